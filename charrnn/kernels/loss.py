@@ -1,0 +1,44 @@
+"""Softmax cross-entropy over the vocabulary, in nats."""
+
+import math
+
+from charrnn.kernels import kernel
+
+
+@kernel
+def _row_logsumexp(row):
+    """log(sum(exp(row))) without overflow, accumulated in float64.  row: (V,)."""
+    m = row[0]
+    for j in range(1, row.shape[0]):
+        if row[j] > m:
+            m = row[j]
+    s = 0.0
+    for j in range(row.shape[0]):
+        s += math.exp(row[j] - m)
+    return m + math.log(s)
+
+
+@kernel
+def softmax_xent(logits, targets):
+    """Sum over rows of -log softmax(logits)[target] (float64).
+    logits: (N, V); targets: (N,)."""
+    total = 0.0
+    for n in range(logits.shape[0]):
+        total += _row_logsumexp(logits[n]) - logits[n, targets[n]]
+    return total
+
+
+@kernel
+def softmax_xent_backward(dlogits, logits, targets, scale):
+    """Loss as in softmax_xent, and dlogits = scale * (softmax(logits) - onehot(target)).
+    dlogits: (N, V) out, may be the same array as logits; targets: (N,)."""
+    total = 0.0
+    for n in range(logits.shape[0]):
+        row = logits[n]
+        lse = _row_logsumexp(row)
+        total += lse - row[targets[n]]
+        drow = dlogits[n]
+        for j in range(row.shape[0]):
+            drow[j] = scale * math.exp(row[j] - lse)
+        drow[targets[n]] -= scale
+    return total

@@ -1,0 +1,35 @@
+import math
+
+import numpy as np
+import pytest
+
+from charrnn.kernels.optim import adam_update, scale_inplace, sum_squares
+
+
+def reference_adam(p, g, m, v, lr, b1, b2, eps, step):
+    """torch.optim.Adam's update, written out."""
+    m = b1 * m + (1 - b1) * g
+    v = b2 * v + (1 - b2) * g * g
+    denom = np.sqrt(v) / math.sqrt(1 - b2 ** step) + eps
+    return p - lr / (1 - b1 ** step) * m / denom, m, v
+
+
+def test_adam_matches_reference_over_several_steps(rng):
+    p = rng.standard_normal(20)
+    m, v = np.zeros(20), np.zeros(20)
+    rp, rm, rv = p.copy(), m.copy(), v.copy()
+    for step in range(1, 6):
+        g = rng.standard_normal(20)
+        adam_update(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, step)
+        rp, rm, rv = reference_adam(rp, g, rm, rv, 1e-2, 0.9, 0.999, 1e-8, step)
+    np.testing.assert_allclose(p, rp, rtol=1e-13)
+    np.testing.assert_allclose(m, rm, rtol=1e-13)
+    np.testing.assert_allclose(v, rv, rtol=1e-13)
+
+
+def test_sum_squares_and_scale(rng):
+    x = rng.standard_normal(1001).astype(np.float32)
+    assert sum_squares(x) == pytest.approx(float((x.astype(np.float64) ** 2).sum()), rel=1e-6)
+    y = x.copy()
+    scale_inplace(y, 0.5)
+    np.testing.assert_allclose(y, x * 0.5, rtol=1e-7)
