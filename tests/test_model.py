@@ -1,0 +1,159 @@
+"""The whole network: layout, loss against the naive reference, gradients of every
+parameter and of the initial state, chunked == whole, and overfitting."""
+
+import numpy as np
+import pytest
+import reference as ref
+from conftest import B, D, H, T, V
+
+from charrnn.errors import CharrnnError
+from charrnn.model import ModelConfig, Network, ParamBuffer, RecurrentState, init_params, parameter_shapes
+
+CELLS = ["lstm", "gru", "rnn"]
+
+
+def make_network(cell, rng, dropout=0.0, layers=2, dtype=np.float64):
+    cfg = ModelConfig(vocab_size=V, cell=cell, layers=layers, hidden=H, embed=D, dropout=dropout)
+    params = ParamBuffer(cfg, dtype)
+    init_params(params, rng)
+    return cfg, params, Network(cfg, params)
+
+
+def random_state(cfg, rng, batch=B):
+    state = RecurrentState.zeros(cfg, batch, np.float64)
+    state.h[:] = rng.standard_normal(state.h.shape)
+    if state.c is not None:
+        state.c[:] = rng.standard_normal(state.c.shape)
+    return state
+
+
+def test_parameter_names_and_shapes_are_pytorchs():
+    cfg = ModelConfig(vocab_size=65, cell="gru", layers=2, hidden=32, embed=8)
+    assert parameter_shapes(cfg) == [
+        ("embedding.weight", (65, 8)),
+        ("rnn.weight_ih_l0", (96, 8)), ("rnn.weight_hh_l0", (96, 32)), ("rnn.bias_ih_l0", (96,)), ("rnn.bias_hh_l0", (96,)),
+        ("rnn.weight_ih_l1", (96, 32)), ("rnn.weight_hh_l1", (96, 32)), ("rnn.bias_ih_l1", (96,)), ("rnn.bias_hh_l1", (96,)),
+        ("decoder.weight", (65, 32)), ("decoder.bias", (65,)),
+    ]
+
+
+def test_views_share_the_flat_buffer():
+    cfg = ModelConfig(vocab_size=V, hidden=H, embed=D)
+    params = ParamBuffer(cfg)
+    params["decoder.bias"][:] = 7
+    assert params.flat[-V:].tolist() == [7] * V
+    assert params.flat.size == sum(np.prod(s) for _, s in params.shapes)
+
+
+@pytest.mark.parametrize("bad", [dict(cell="lstmx"), dict(layers=0), dict(hidden=0), dict(embed=-1),
+                                 dict(dropout=1.0), dict(dropout=-0.1)])
+def test_config_refuses_bad_values(bad):
+    with pytest.raises(CharrnnError):
+        ModelConfig(vocab_size=V, **bad)
+
+
+def test_forget_bias_is_added_to_both_forget_blocks(rng):
+    cfg = ModelConfig(vocab_size=V, hidden=H, embed=D, layers=1)
+    plain, shifted = ParamBuffer(cfg, np.float64), ParamBuffer(cfg, np.float64)
+    init_params(plain, np.random.default_rng(0))
+    init_params(shifted, np.random.default_rng(0), forget_bias=1.0)
+    diff = (shifted["rnn.bias_ih_l0"] - plain["rnn.bias_ih_l0"]) + (shifted["rnn.bias_hh_l0"] - plain["rnn.bias_hh_l0"])
+    np.testing.assert_allclose(diff, np.r_[np.zeros(H), np.ones(H), np.zeros(2 * H)])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("dropout", [0.0, 0.4])
+def test_loss_matches_naive_reference(rng, cell, dropout):
+    cfg, params, net = make_network(cell, rng, dropout)
+    ids, targets = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    state = random_state(cfg, rng)
+    logits, _ = net.forward(ids, state, dropout_key=99)
+    from charrnn.kernels.loss import softmax_xent
+
+    total = softmax_xent(logits, targets.reshape(-1))
+    masks = None
+    if dropout:
+        ws = net._last[0]
+        masks = [m.copy() for m in ws.masks]
+        kept = np.concatenate([m.ravel() for m in masks])
+        assert set(np.unique(kept)) <= {0.0, 1.0 / (1.0 - dropout)}
+    expected = ref.network_loss(params.views, cfg, ids, targets, state.h, state.c, masks)
+    assert total == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_gradients_of_every_parameter_and_the_initial_state(rng, cell):
+    cfg, params, net = make_network(cell, rng, dropout=0.3)
+    ids, targets = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
+    state = random_state(cfg, rng)
+    key = 12345
+
+    def loss():
+        return net.loss_and_grad(ids, targets, state, params.zeros_like(), key)[0]
+
+    grads = params.zeros_like()
+    net.loss_and_grad(ids, targets, state, grads, key)
+    logits, _ = net.forward(ids, state, key)
+    from charrnn.kernels.loss import softmax_xent_backward
+
+    softmax_xent_backward(logits, logits, targets.reshape(-1), 1.0 / targets.size)
+    dstate0 = net.backward(logits, params.zeros_like())
+    for name, view in params.views.items():
+        numeric = ref.numeric_grad(loss, view)
+        np.testing.assert_allclose(grads[name], numeric, rtol=1e-6, atol=1e-9, err_msg=name)
+    np.testing.assert_allclose(dstate0.h, ref.numeric_grad(loss, state.h), rtol=1e-6, atol=1e-9)
+    if cell == "lstm":
+        np.testing.assert_allclose(dstate0.c, ref.numeric_grad(loss, state.c), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_training_in_chunks_with_carried_state_equals_one_long_sequence(rng, cell):
+    """Loss and full-BPTT gradient of an 8-step sequence equal those of its two
+    4-step chunks with the state carried forward and its gradient carried back."""
+    cfg, params, net = make_network(cell, rng)
+    steps = 8
+    ids, targets = rng.integers(0, V, (steps, B)), rng.integers(0, V, (steps, B))
+    state = random_state(cfg, rng)
+    from charrnn.kernels.loss import softmax_xent_backward
+
+    def loss_and_dlogits(net, x, y, s):
+        logits, new = net.forward(x, s)
+        total = softmax_xent_backward(logits, logits, y.reshape(-1), 1.0)
+        return total, new
+
+    whole_grads = params.zeros_like()
+    whole_loss, whole_state = loss_and_dlogits(net, ids, targets, state)
+    net.backward(net._last[0].logits, whole_grads)
+
+    # Two networks so that each keeps its own forward cache for the backward pass.
+    first_net, second_net = Network(cfg, params), Network(cfg, params)
+    loss1, mid = loss_and_dlogits(first_net, ids[:4], targets[:4], state)
+    loss2, end = loss_and_dlogits(second_net, ids[4:], targets[4:], mid)
+    assert loss1 + loss2 == pytest.approx(whole_loss, rel=1e-13)
+    for a, b in zip(end.arrays(), whole_state.arrays()):
+        np.testing.assert_allclose(a, b, rtol=1e-13)
+    chunk_grads = params.zeros_like()
+    dmid = second_net.backward(second_net._last[0].logits, chunk_grads)
+    first_net.backward(first_net._last[0].logits, chunk_grads, dstate_last=dmid)
+    np.testing.assert_allclose(chunk_grads.flat, whole_grads.flat, rtol=1e-11, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_model_overfits_a_short_string(cell):
+    """Adam on one repeated 40-character string drives the loss near zero."""
+    from charrnn.kernels.optim import adam_update
+
+    text = "the quick brown fox jumps over the lazy dog"
+    chars = sorted(set(text))
+    ids = np.array([chars.index(c) for c in text])
+    cfg = ModelConfig(vocab_size=len(chars), cell=cell, layers=1, hidden=32, embed=8)
+    params = ParamBuffer(cfg, np.float32)
+    init_params(params, np.random.default_rng(0))
+    net = Network(cfg, params)
+    m, v = params.zeros_like(), params.zeros_like()
+    x, y = ids[:-1].reshape(-1, 1), ids[1:].reshape(-1, 1)
+    for step in range(1, 301):
+        grads = params.zeros_like()
+        loss, _ = net.loss_and_grad(x, y, RecurrentState.zeros(cfg, 1), grads)
+        adam_update(params.flat, grads.flat, m.flat, v.flat, 1e-2, 0.9, 0.999, 1e-8, step)
+    assert loss < 0.05, loss
