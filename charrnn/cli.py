@@ -1,0 +1,240 @@
+"""The command line: parse, call the library, print. Text goes to stdout; progress,
+logs and errors go to stderr. Heavy modules load inside the commands, so that
+`charrnn --help` stays fast."""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+import sys
+
+import click
+
+from charrnn import __version__
+from charrnn.errors import CharrnnError
+
+CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class Duration(click.ParamType):
+    """A time span: 90, 90s, 5m, 1.5h, 1h30m."""
+
+    name = "duration"
+    _part = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smh]?)")
+    _units = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (int, float)):
+            return float(value)
+        text = str(value).strip().lower()
+        pos, total = 0, 0.0
+        for m in self._part.finditer(text):
+            if m.start() != pos:
+                break
+            total += float(m.group(1)) * self._units[m.group(2)]
+            pos = m.end()
+        if not text or pos != len(text):
+            self.fail(f"{value!r} is not a duration (examples: 90s, 5m, 1h30m)", param, ctx)
+        if total <= 0:
+            self.fail(f"{value!r} must be longer than zero", param, ctx)
+        return total
+
+
+def user_errors(func):
+    """Turn the library's errors into Click's one-line 'Error: ...' and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except CharrnnError as e:
+            raise click.ClickException(str(e)) from None
+        except MemoryError:
+            raise click.ClickException("out of memory: try a smaller model, --batch-size or --seq-len") from None
+        except OSError as e:
+            where = f": {e.filename}" if getattr(e, "filename", None) else ""
+            raise click.ClickException(f"{e.strerror or e}{where}") from None
+
+    return wrapper
+
+
+def err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+@click.group(context_settings=CONTEXT_SETTINGS)
+@click.version_option(__version__, "-V", "--version", prog_name="charrnn")
+def cli():
+    """Train character-level recurrent language models on a CPU, generate text in the
+    same style, and score text by perplexity.
+
+    \b
+    Example:
+      charrnn train data/tinyshakespeare.txt --out runs/shakespeare
+      charrnn sample runs/shakespeare/best.safetensors --prime "ROMEO:"
+    """
+
+
+@cli.command()
+@click.argument("corpus", nargs=-1, required=True, type=click.Path())
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Where to write the vocabulary (JSON); '-' writes to stdout.")
+@user_errors
+def vocab(corpus, output):
+    """Build the vocabulary (every distinct character) of one or more UTF-8 files.
+
+    \b
+    Example:
+      charrnn vocab part1.txt part2.txt -o vocab.json
+    """
+    from charrnn.data import scan_vocab
+
+    v = scan_vocab(corpus)
+    if output == "-":
+        click.echo(v.to_json())
+    else:
+        v.save(output)
+        err(f"wrote {output}: {len(v)} characters")
+
+
+@cli.command()
+@click.argument("corpus", type=click.Path())
+@click.option("--out", "out_dir", required=True, type=click.Path(),
+              help="Run directory: receives last.safetensors, best.safetensors and metrics.jsonl.")
+@click.option("--vocab", "vocab_path", type=click.Path(), help="Use this vocabulary (from `charrnn vocab`).")
+@click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), show_default="lstm", help="Recurrent cell.")
+@click.option("--layers", type=int, show_default="2", help="Number of recurrent layers.")
+@click.option("--hidden", type=int, show_default="256", help="Hidden units per layer.")
+@click.option("--embed", type=int, show_default="64", help="Character embedding size.")
+@click.option("--dropout", type=float, show_default="0", help="Dropout between layers and before the output.")
+@click.option("--batch-size", type=int, show_default="50", help="Parallel streams per batch (B).")
+@click.option("--seq-len", type=int, show_default="50", help="Characters per stream per batch (T, the BPTT length).")
+@click.option("--lr", type=float, show_default="0.002", help="Adam learning rate.")
+@click.option("--grad-clip", type=float, show_default="5", help="Clip the gradient's global norm to this.")
+@click.option("--val-frac", type=float, show_default="0.1", help="Last fraction of the corpus held out for validation.")
+@click.option("--eval-every", type=int, show_default="500", help="Validate and checkpoint every N steps.")
+@click.option("--max-steps", type=int, help="Stop after this many optimiser steps in total.")
+@click.option("--max-epochs", type=float, help="Stop after this many passes over the training text.")
+@click.option("--max-time", type=Duration(), help="Stop after this much training time, e.g. 90s, 5m, 1h.")
+@click.option("--seed", type=int, show_default="0", help="Seed for initialisation and dropout.")
+@click.option("--resume", type=click.Path(), help="Continue training from this checkpoint.")
+@click.option("--overwrite", is_flag=True, help="Start a new run even if --out already holds one.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@user_errors
+def train(corpus, out_dir, vocab_path, cell, layers, hidden, embed, dropout, batch_size, seq_len, lr,
+          grad_clip, val_frac, eval_every, max_steps, max_epochs, max_time, seed, resume, overwrite, quiet):
+    """Train a model on a UTF-8 text file.
+
+    Without a budget (--max-steps, --max-epochs or --max-time) it trains for 5 minutes.
+
+    \b
+    Example:
+      charrnn train corpus.txt --out runs/mine --max-time 10m
+    """
+    from charrnn.train import Trainer
+
+    model_flags = dict(cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout)
+    train_flags = dict(batch_size=batch_size, seq_len=seq_len, lr=lr, grad_clip=grad_clip,
+                       val_frac=val_frac, eval_every=eval_every, max_steps=max_steps,
+                       max_epochs=max_epochs, max_time=max_time, seed=seed)
+    if resume is None and max_steps is None and max_epochs is None and max_time is None:
+        train_flags["max_time"] = 300.0
+    trainer = Trainer(corpus, out_dir, model_flags, train_flags, vocab_path=vocab_path,
+                      resume=resume, overwrite=overwrite, progress=not quiet)
+    summary = trainer.run()
+    best = summary["best_val_loss"]
+    best_text = "n/a" if best is None else f"{best:.4f} nats/char (step {summary['best_step']})"
+    if summary["interrupted"]:
+        err(f"interrupted at step {summary['step']}; saved {summary['last']}")
+        sys.exit(130)
+    err(f"done: {summary['step']} steps in {summary['elapsed']:.0f}s; best validation loss {best_text}; "
+        f"saved {summary['last']} and {summary['best']}")
+
+
+def _load_network(path):
+    from charrnn.checkpoint import load_checkpoint
+    from charrnn.model import Network
+
+    ckpt = load_checkpoint(path, with_training_state=False)
+    return ckpt, Network(ckpt.config, ckpt.params)
+
+
+def _check_temperature(ctx, param, value):
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter("must be a positive number", ctx, param)
+    return value
+
+
+def _check_length(ctx, param, value):
+    if value < 0:
+        raise click.BadParameter("must be >= 0", ctx, param)
+    return value
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path())
+@click.option("-n", "--length", type=int, default=500, show_default=True, callback=_check_length,
+              help="Characters to generate after the prime.")
+@click.option("-t", "--temperature", type=float, default=0.8, show_default=True, callback=_check_temperature,
+              help="Below 1: safer, more repetitive text; above 1: more surprising text.")
+@click.option("-p", "--prime", default="", help="Text to start from; printed before the sample.")
+@click.option("--seed", type=int, help="Seed for reproducible samples (default: random, shown on stderr).")
+@click.option("--argmax", is_flag=True, help="Always take the most likely character (no randomness).")
+@user_errors
+def sample(checkpoint, length, temperature, prime, seed, argmax):
+    """Generate text from a trained checkpoint.
+
+    \b
+    Example:
+      charrnn sample runs/shakespeare/best.safetensors --temperature 0.8 --prime "ROMEO:"
+    """
+    import secrets
+
+    from charrnn.sample import encode_prime, generate
+
+    ckpt, net = _load_network(checkpoint)
+    encode_prime(ckpt.vocab, prime)  # refuse a bad prime before any output
+    if seed is None:
+        seed = secrets.randbelow(2**31)
+        if not argmax:
+            err(f"seed: {seed}")
+    out = sys.stdout
+    out.write(prime)
+    generate(net, ckpt.vocab, length, temperature, prime, seed, argmax, on_char=out.write)
+    out.write("\n")
+    out.flush()
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path())
+@click.argument("textfile", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a sentence.")
+@user_errors
+def evaluate(checkpoint, textfile, as_json):
+    """Score a text file: mean cross-entropy of each character given all before it.
+
+    Prints nats/char, bits/char and perplexity (one stream from a zero state).
+
+    \b
+    Example:
+      charrnn evaluate runs/shakespeare/best.safetensors held_out.txt --json
+    """
+    from charrnn.data import load_ids
+    from charrnn.evaluate import perplexity_report, score_ids
+
+    ckpt, net = _load_network(checkpoint)
+    ids = load_ids(textfile, ckpt.vocab)
+    if ids.size < 2:
+        raise CharrnnError(f"{textfile} has fewer than 2 characters: nothing to predict")
+    report = perplexity_report(*score_ids(net, ids, streams=1))
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        click.echo(f"{report['nats_per_char']:.4f} nats/char, {report['bits_per_char']:.4f} bits/char, "
+                   f"perplexity {report['perplexity']:.3f} over {report['chars']:,} characters")
+
+
+def main():
+    cli(prog_name="charrnn")

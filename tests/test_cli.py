@@ -1,0 +1,138 @@
+"""Every command through Click's CliRunner."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from conftest import SHAKESPEARE
+
+from charrnn.cli import cli
+
+COMMANDS = ["vocab", "train", "sample", "evaluate"]
+TINY = ["--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16",
+        "--eval-every", "10", "--max-steps", "20", "-q"]
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "corpus.txt"
+    path.write_text(SHAKESPEARE.read_text()[:6000])
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(runner, corpus):
+    out = corpus.parent / "run"
+    result = runner.invoke(cli, ["train", str(corpus), "--out", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    return out / "best.safetensors"
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("flag", ["-h", "--help"])
+def test_every_command_has_help_with_an_example(runner, command, flag):
+    result = runner.invoke(cli, [command, flag])
+    assert result.exit_code == 0
+    assert "Example:" in result.output and f"charrnn {command}" in result.output
+
+
+def test_top_level_help_lists_every_command(runner):
+    result = runner.invoke(cli, ["-h"])
+    assert result.exit_code == 0
+    assert all(c in result.output for c in COMMANDS)
+
+
+def test_vocab_writes_json(runner, corpus, tmp_path):
+    out = tmp_path / "v.json"
+    result = runner.invoke(cli, ["vocab", str(corpus), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    chars = json.loads(out.read_text())["chars"]
+    assert chars == sorted(set(corpus.read_text()))
+
+
+def test_vocab_to_stdout(runner, corpus):
+    result = runner.invoke(cli, ["vocab", str(corpus), "-o", "-"])
+    assert json.loads(result.stdout)["format"] == "charrnn-vocab"
+
+
+def test_train_writes_the_run_directory(trained):
+    names = {p.name for p in trained.parent.iterdir()}
+    assert {"last.safetensors", "best.safetensors", "metrics.jsonl"} <= names
+
+
+def test_train_with_a_vocab_file(runner, corpus, tmp_path):
+    vocab = tmp_path / "v.json"
+    runner.invoke(cli, ["vocab", str(corpus), "-o", str(vocab)])
+    result = runner.invoke(cli, ["train", str(corpus), "--out", str(tmp_path / "r"), "--vocab", str(vocab), *TINY])
+    assert result.exit_code == 0, result.output
+
+
+def test_sample_prints_prime_then_exactly_length_characters(runner, trained):
+    result = runner.invoke(cli, ["sample", str(trained), "--length", "120", "--prime", "ROMEO:", "--seed", "7"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("ROMEO:")
+    assert len(result.stdout) == len("ROMEO:") + 120 + 1  # and a final newline
+    again = runner.invoke(cli, ["sample", str(trained), "--length", "120", "--prime", "ROMEO:", "--seed", "7"])
+    assert again.stdout == result.stdout
+
+
+def test_sample_without_seed_reports_the_seed_it_used(runner, trained):
+    result = runner.invoke(cli, ["sample", str(trained), "--length", "40"])
+    seed = int(result.stderr.split("seed:")[1].split()[0])
+    again = runner.invoke(cli, ["sample", str(trained), "--length", "40", "--seed", str(seed)])
+    assert again.stdout == result.stdout
+
+
+def test_sample_argmax(runner, trained):
+    a = runner.invoke(cli, ["sample", str(trained), "--length", "30", "--argmax"])
+    b = runner.invoke(cli, ["sample", str(trained), "--length", "30", "--argmax"])
+    assert a.exit_code == 0 and a.stdout == b.stdout
+
+
+def test_evaluate_prints_all_three_measures(runner, trained, corpus):
+    result = runner.invoke(cli, ["evaluate", str(trained), str(corpus)])
+    assert result.exit_code == 0, result.output
+    assert "nats/char" in result.stdout and "bits/char" in result.stdout and "perplexity" in result.stdout
+
+
+def test_evaluate_json(runner, trained, corpus):
+    result = runner.invoke(cli, ["evaluate", str(trained), str(corpus), "--json"])
+    report = json.loads(result.stdout)
+    assert set(report) == {"nats_per_char", "bits_per_char", "perplexity", "chars"}
+    assert report["chars"] == len(corpus.read_text()) - 1
+
+
+def test_any_utf8_corpus(runner, tmp_path):
+    text = "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。\n" * 40 + "Ünïcödé ✓ 🙂\n" * 20
+    corpus = tmp_path / "poem.txt"
+    corpus.write_text(text, encoding="utf-8")
+    out = tmp_path / "run"
+    result = runner.invoke(cli, ["train", str(corpus), "--out", str(out), *TINY])
+    assert result.exit_code == 0, result.output
+    sample = runner.invoke(cli, ["sample", str(out / "best.safetensors"), "--prime", "春眠", "--length", "20",
+                                 "--seed", "1"])
+    assert sample.exit_code == 0 and len(sample.stdout) == 2 + 20 + 1
+    assert set(sample.stdout[:-1]) <= set(text)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "missing.txt", "--out", "x"], "no such file"),
+    (["sample", "missing.safetensors"], "no such checkpoint"),
+    (["evaluate", "missing.safetensors", "missing.txt"], "no such checkpoint"),
+])
+def test_bad_input_is_one_line_and_non_zero(runner, args, message, tmp_path):
+    result = runner.invoke(cli, args)
+    assert result.exit_code != 0
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_prime_is_refused_before_any_output(runner, trained):
+    result = runner.invoke(cli, ["sample", str(trained), "--prime", "ROMEO€"])
+    assert result.exit_code == 1
+    assert "'€'" in result.stderr and result.stdout == ""
