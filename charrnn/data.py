@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import codecs
 import os
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from charrnn.errors import CharrnnError
-from charrnn.vocab import Vocab, code_points
+from charrnn.vocab import UnknownCharactersError, Vocab, code_points, describe_chars
 
 CHUNK_BYTES = 1 << 24  # decode 16 MB at a time: big files never exist as one str
 
@@ -74,19 +75,36 @@ def scan_vocab(paths) -> Vocab:
 
 def load_ids(path, vocab: Vocab) -> np.ndarray:
     """The file as an array of ids in vocab's compact dtype. Characters missing from
-    the vocabulary are an error that names them."""
+    the vocabulary are an UnknownCharactersError that names them."""
+    ids, _ = _load_ids(path, vocab, skip_unknown=False)
+    return ids
+
+
+def load_known_ids(path, vocab: Vocab) -> tuple[np.ndarray, Counter]:
+    """The ids of the file's characters that are in the vocabulary, and how many
+    times each character that is not was dropped."""
+    return _load_ids(path, vocab, skip_unknown=True)
+
+
+def _load_ids(path, vocab: Vocab, skip_unknown: bool) -> tuple[np.ndarray, Counter]:
     p = check_text_file(path)
     # A character takes at least one byte, so the file size bounds the length.
     out = np.empty(p.stat().st_size, dtype=vocab.id_dtype)
+    unknown: Counter = Counter()
     n = 0
     for text in iter_text(p):
-        try:
-            ids = vocab.encode(text)
-        except CharrnnError as e:
-            raise CharrnnError(f"{p}: {e}") from None
+        cps = code_points(text)
+        ids = vocab.lookup(cps)
+        known = ids >= 0
+        if not known.all():
+            chars, counts = np.unique(cps[~known], return_counts=True)
+            unknown.update({chr(int(cp)): int(k) for cp, k in zip(chars, counts)})
+            ids = ids[known]
         out[n:n + ids.size] = ids
         n += ids.size
-    return out[:n]
+    if unknown and not skip_unknown:  # every unknown character of the file is named
+        raise UnknownCharactersError(f"{p}: characters not in the vocabulary: {describe_chars(unknown)}", unknown)
+    return out[:n], unknown
 
 
 def split_train_val(ids: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.ndarray]:
@@ -135,11 +153,15 @@ class Batches:
 
 
 def fitting_batch_hint(n_chars: int, batch_size: int, seq_len: int) -> str:
-    """Suggest flags that fit a short text, keeping the user's choices where possible."""
-    if n_chars < 3:
+    """Suggest flags that fit a short text, keeping one of the user's two choices."""
+    if n_chars < 2:
         return "use a longer text"
-    fit_seq = (n_chars - 1) // batch_size
-    if fit_seq >= 1:
-        return f"--seq-len {fit_seq} would fit, or a smaller --batch-size"
-    fit_batch = max(1, (n_chars - 1) // max(1, min(seq_len, n_chars - 1)))
-    return f"--batch-size {fit_batch} --seq-len {min(seq_len, n_chars - 1)} would fit"
+    room = n_chars - 1  # a batch of B x T needs B * T + 1 characters
+    options = []
+    if room // seq_len >= 1:
+        options.append(f"--batch-size {room // seq_len} (with --seq-len {seq_len})")
+    if room // batch_size >= 1:
+        options.append(f"--seq-len {room // batch_size} (with --batch-size {batch_size})")
+    if not options:
+        options.append(f"--batch-size 1 --seq-len {room}")
+    return " or ".join(options) + " would fit"

@@ -22,6 +22,14 @@ def describe_chars(chars: Iterable[str], limit: int = 10) -> str:
     return shown + (f" and {more} more" if more > 0 else "")
 
 
+class UnknownCharactersError(CharrnnError):
+    """Text has characters that are not in the vocabulary; .chars names them."""
+
+    def __init__(self, message: str, chars: Iterable[str]):
+        super().__init__(message)
+        self.chars = sorted(set(chars))
+
+
 def code_points(text: str) -> np.ndarray:
     """The code points of text as a uint32 array, without a Python list in between."""
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
@@ -35,6 +43,8 @@ class Vocab:
         for c in chars:
             if not isinstance(c, str) or len(c) != 1:
                 raise CharrnnError(f"vocabulary entries must be single characters, got {c!r}")
+            if "\ud800" <= c <= "\udfff":  # never in UTF-8 text, and cannot be saved as UTF-8
+                raise CharrnnError(f"vocabulary entries must be characters, got the lone surrogate {c!r}")
         if len(set(chars)) != len(chars):
             raise CharrnnError("vocabulary has duplicate characters")
         if not chars:
@@ -67,16 +77,21 @@ class Vocab:
         """The characters of chars that are not in the vocabulary, sorted."""
         return sorted(set(chars) - set(self.chars))
 
-    def encode_code_points(self, cps: np.ndarray) -> np.ndarray:
-        """Ids of an array of code points (compact dtype); unknown ones are an error."""
+    def lookup(self, cps: np.ndarray) -> np.ndarray:
+        """Ids (int32) of an array of code points, -1 for those not in the vocabulary."""
         if self._table is None:
             # A dense table over all of Unicode (4.4 MB) makes encoding one gather.
             self._table = np.full(_MAX_CODE_POINT + 1, -1, dtype=np.int32)
             self._table[self._cps] = np.arange(len(self.chars), dtype=np.int32)
-        ids = self._table[cps]
+        return self._table[cps]
+
+    def encode_code_points(self, cps: np.ndarray) -> np.ndarray:
+        """Ids of an array of code points (compact dtype); unknown ones are an
+        UnknownCharactersError that names them."""
+        ids = self.lookup(cps)
         if ids.size and ids.min() < 0:
             unknown = {chr(int(cp)) for cp in np.unique(cps[ids < 0])}
-            raise CharrnnError(f"characters not in the vocabulary: {describe_chars(unknown)}")
+            raise UnknownCharactersError(f"characters not in the vocabulary: {describe_chars(unknown)}", unknown)
         return ids.astype(self.id_dtype)
 
     def encode(self, text: str) -> np.ndarray:
@@ -93,7 +108,7 @@ class Vocab:
     def from_json(cls, text: str) -> "Vocab":
         try:
             data = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
+        except (ValueError, RecursionError) as e:  # ValueError includes JSONDecodeError
             raise CharrnnError(f"not a vocabulary file (invalid JSON: {e})") from None
         if not isinstance(data, dict) or data.get("format") != VOCAB_FORMAT:
             raise CharrnnError("not a charrnn vocabulary file (no \"format\": \"charrnn-vocab\")")

@@ -56,11 +56,37 @@ def test_batches_are_contiguous_streams():
 
 
 def test_too_short_text_says_what_would_fit():
-    with pytest.raises(CharrnnError, match=r"too short.*--seq-len 4 would fit"):
+    with pytest.raises(CharrnnError, match=r"has 220 characters, too short.*needs 2501.*"
+                                           r"--batch-size 4 \(with --seq-len 50\) or --seq-len 4 \(with --batch-size 50\)"):
         Batches(np.arange(220), batch_size=50, seq_len=50)
+    with pytest.raises(CharrnnError, match=r"--batch-size 1 --seq-len 29 would fit"):
+        Batches(np.arange(30), batch_size=50, seq_len=50)
 
 
 def test_vocab_from_several_files(tmp_path):
     (tmp_path / "a.txt").write_text("abc")
     (tmp_path / "b.txt").write_text("cde")
     assert scan_vocab([tmp_path / "a.txt", tmp_path / "b.txt"]) == Vocab(list("abcde"))
+
+
+def test_every_unknown_character_of_a_file_is_named_not_only_the_first_chunks(tmp_path, monkeypatch):
+    import charrnn.data as data
+    from charrnn.vocab import UnknownCharactersError
+
+    path = tmp_path / "c.txt"
+    path.write_text("abc" * 20 + "é" + "abc" * 20 + "ß", encoding="utf-8")
+    monkeypatch.setattr(data, "CHUNK_BYTES", 8)
+    with pytest.raises(UnknownCharactersError, match=r"c.txt: .*'ß' \(U\+00DF\), 'é' \(U\+00E9\)") as e:
+        load_ids(path, Vocab.from_chars("abc"))
+    assert e.value.chars == ["ß", "é"]
+
+
+def test_load_known_ids_drops_and_counts_unknown_characters(tmp_path):
+    from charrnn.data import load_known_ids
+
+    path = tmp_path / "c.txt"
+    path.write_text("abéc éa☕", encoding="utf-8")
+    vocab = Vocab.from_chars("abc ")
+    ids, skipped = load_known_ids(path, vocab)
+    assert vocab.decode(ids) == "abc a"
+    assert skipped == {"é": 2, "☕": 1}

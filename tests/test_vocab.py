@@ -42,3 +42,22 @@ def test_unknown_characters_are_named():
 def test_bad_json_is_refused(text):
     with pytest.raises(CharrnnError):
         Vocab.from_json(text)
+
+
+def test_lone_surrogates_are_not_characters():
+    # JSON can spell one ("\ud800"); UTF-8 text never holds one, and it could not be saved.
+    with pytest.raises(CharrnnError, match="lone surrogate"):
+        Vocab.from_json('{"format": "charrnn-vocab", "version": 1, "chars": ["a", "\\ud800"]}')
+
+
+def test_absurdly_long_numbers_are_refused_as_bad_json():
+    with pytest.raises(CharrnnError, match="invalid JSON"):
+        Vocab.from_json('{"format": "charrnn-vocab", "version": ' + "9" * 5000 + "}")
+
+
+def test_unknown_characters_error_carries_them():
+    from charrnn.vocab import UnknownCharactersError
+
+    with pytest.raises(UnknownCharactersError) as e:
+        Vocab.from_chars("abc").encode("abzyz")
+    assert e.value.chars == ["y", "z"]
