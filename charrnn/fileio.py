@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import glob
 import os
+import stat
 import tempfile
 from pathlib import Path
 
@@ -16,11 +18,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), suffix=".tmp", dir=directory)
     except OSError as e:
         raise CharrnnError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            _set_mode(f.fileno(), path)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -34,6 +37,39 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             raise CharrnnError(f"cannot write {path}: {e.strerror or e}") from None
         raise
     _fsync_directory(directory)
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}."
+
+
+def remove_stale_temp_files(directory: str | os.PathLike, names) -> list[Path]:
+    """Delete the temporary files that an atomic write of one of names into directory
+    leaves behind when the process is killed before its rename (never the files
+    themselves). Returns what was removed."""
+    removed = []
+    for name in names:
+        for tmp in Path(directory).glob(f"{glob.escape(_temp_prefix(name))}*.tmp"):
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except OSError:
+                pass
+    return removed
+
+
+def _set_mode(fd: int, path: Path) -> None:
+    """Give the temporary file (created 0600) the mode the file would have had from a
+    plain open(): the old file's mode when replacing one, else 0666 less the umask."""
+    if not hasattr(os, "fchmod"):
+        return
+    try:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    os.fchmod(fd, mode)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
