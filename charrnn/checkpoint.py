@@ -13,6 +13,8 @@ No math here: reading, checking and writing files only. Nothing is ever unpickle
 from __future__ import annotations
 
 import json
+import math
+import reprlib
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,9 +71,10 @@ def save_checkpoint(path, ckpt: Checkpoint) -> None:
     atomic_write_bytes(path, data)
 
 
-def read_header(path) -> tuple[dict, bytes]:
-    """The safetensors JSON header of a file and the file's bytes, with one-line
-    errors for files that are missing, truncated or of another kind."""
+def read_header(path) -> tuple[dict, bytes, int]:
+    """The safetensors JSON header of a file, the file's bytes and where the tensor
+    data starts, with one-line errors for files that are missing, truncated or of
+    another kind. Every tensor's data_offsets are checked to lie inside the file."""
     p = Path(path)
     if p.is_dir():
         raise CharrnnError(f"{p} is a directory; give a .safetensors checkpoint file "
@@ -91,7 +94,7 @@ def read_header(path) -> tuple[dict, bytes]:
         raise CharrnnError(f"{p} is truncated (header says {8 + n} bytes or more, file has {len(data)})")
     try:
         header = json.loads(data[8:8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # ValueError includes JSONDecodeError
         raise CharrnnError(f"{p} is not a safetensors checkpoint (unreadable header)") from None
     if not isinstance(header, dict):
         raise CharrnnError(f"{p} is not a safetensors checkpoint (unreadable header)")
@@ -101,19 +104,19 @@ def read_header(path) -> tuple[dict, bytes]:
             continue
         try:
             start, stop = info["data_offsets"]
-            ok = 0 <= start <= stop and isinstance(start, int) and isinstance(stop, int)
+            ok = _is_count(start) and _is_count(stop) and start <= stop
         except (TypeError, KeyError, ValueError):
             ok = False
         if not ok:
             raise CharrnnError(f"{p} is not a valid safetensors file (bad entry for tensor {name!r})")
         if end + stop > len(data):
             raise CharrnnError(f"{p} is truncated (tensor {name!r} runs past the end of the file)")
-    return header, data
+    return header, data, end
 
 
 def read_metadata(path) -> dict:
     """The charrnn metadata of a checkpoint, checked for version and structure."""
-    header, _ = read_header(path)
+    header, _, _ = read_header(path)
     return _metadata(path, header)
 
 
@@ -124,12 +127,12 @@ def _metadata(path, header: dict) -> dict:
         raise CharrnnError(f"{path} is a safetensors file but not a charrnn checkpoint (no '{METADATA_KEY}' metadata)")
     try:
         meta = json.loads(raw)
-    except (json.JSONDecodeError, TypeError, RecursionError):
+    except (ValueError, TypeError, RecursionError):
         raise CharrnnError(f"{path}: the charrnn metadata is not valid JSON") from None
     if not isinstance(meta, dict):
         raise CharrnnError(f"{path}: the charrnn metadata is not a JSON object")
     version = meta.get("format_version")
-    if not isinstance(version, int):
+    if not _is_count(version):
         raise CharrnnError(f"{path}: the charrnn metadata has no format_version")
     if version > FORMAT_VERSION:
         raise CharrnnError(f"{path} has checkpoint format {version}, newer than this charrnn "
@@ -143,10 +146,12 @@ def _metadata(path, header: dict) -> dict:
 
 
 def load_checkpoint(path, with_training_state: bool = True) -> Checkpoint:
-    """Read and check a checkpoint. Every problem is a one-line CharrnnError."""
-    from safetensors.numpy import load
+    """Read and check a checkpoint. Every problem is a one-line CharrnnError.
 
-    header, data = read_header(path)
+    Every tensor is checked against the header (present, float32, the shape the
+    config implies) before anything is allocated, so a damaged or hostile config
+    cannot ask for more memory than the file itself holds."""
+    header, data, data_start = read_header(path)
     meta = _metadata(path, header)
     try:
         vocab = Vocab(meta["vocab"])
@@ -160,47 +165,98 @@ def load_checkpoint(path, with_training_state: bool = True) -> Checkpoint:
         raise CharrnnError(f"{path}: bad model config: {e}") from None
     if cfg.vocab_size != len(vocab):
         raise CharrnnError(f"{path}: config says {cfg.vocab_size} characters, vocabulary has {len(vocab)}")
-    try:
-        tensors = load(data)
-    except Exception as e:  # safetensors raises its own error type for malformed files
-        raise CharrnnError(f"{path} is not a valid safetensors file ({_first_line(e)})") from None
 
+    tensors = _Tensors(path, header, data, data_start)
+    shapes = parameter_shapes(cfg)
+    tensors.check(shapes)
     params = ParamBuffer(cfg, np.float32)
-    _fill(params, tensors, "", path)
+    tensors.fill(params, "")
     ckpt = Checkpoint(cfg, vocab, params, state=meta["state"], train=meta.get("train", {}))
     if not with_training_state:
         return ckpt
-    if all(f"optimizer.{slot}.{name}" in tensors for slot in OPTIMIZER_SLOTS for name, _ in params.shapes):
+    _check_state(meta["state"], path)
+    moments = [(f"optimizer.{slot}.{name}", shape) for slot in OPTIMIZER_SLOTS for name, shape in shapes]
+    if any(name in header for name, _ in moments):
+        tensors.check(moments)
         ckpt.optimizer = {}
         for slot in OPTIMIZER_SLOTS:
             ckpt.optimizer[slot] = params.zeros_like()
-            _fill(ckpt.optimizer[slot], tensors, f"optimizer.{slot}.", path)
-    if "train.state.h" in tensors:
-        h = _tensor(tensors, "train.state.h", None, path)
-        c = _tensor(tensors, "train.state.c", h.shape, path) if cfg.cell == "lstm" else None
-        if h.ndim != 3 or h.shape[0] != cfg.layers or h.shape[2] != cfg.hidden:
-            raise CharrnnError(f"{path}: tensor 'train.state.h' has shape {h.shape}, "
+            tensors.fill(ckpt.optimizer[slot], f"optimizer.{slot}.")
+    if "train.state.h" in header:
+        shape = header["train.state.h"].get("shape") if isinstance(header["train.state.h"], dict) else None
+        if not (isinstance(shape, list) and len(shape) == 3 and shape[0] == cfg.layers
+                and _is_count(shape[1]) and shape[2] == cfg.hidden):
+            raise CharrnnError(f"{path}: tensor 'train.state.h' has shape {_short(shape)}, "
                                f"expected ({cfg.layers}, batch, {cfg.hidden})")
-        ckpt.carry = RecurrentState(h, c)
+        names = ["train.state.h", "train.state.c"] if cfg.cell == "lstm" else ["train.state.h"]
+        tensors.check([(name, tuple(shape)) for name in names])
+        ckpt.carry = RecurrentState(*(tensors.read(name) for name in names))
     return ckpt
 
 
-def _tensor(tensors: dict, name: str, shape, path) -> np.ndarray:
-    if name not in tensors:
-        raise CharrnnError(f"{path}: missing tensor {name!r}")
-    t = tensors[name]
-    if t.dtype != np.float32:
-        raise CharrnnError(f"{path}: tensor {name!r} is {t.dtype}, expected float32")
-    if shape is not None and tuple(t.shape) != tuple(shape):
-        raise CharrnnError(f"{path}: tensor {name!r} has shape {tuple(t.shape)}, expected {tuple(shape)}")
-    return np.array(t, dtype=np.float32)
+class _Tensors:
+    """The float32 tensors of a safetensors file, read straight from its checked bytes."""
+
+    def __init__(self, path, header: dict, data: bytes, data_start: int):
+        self.path, self.header, self.data, self.data_start = path, header, data, data_start
+
+    def check(self, expected) -> None:
+        """Every (name, shape) is present, float32, of that shape and size."""
+        for name, shape in expected:
+            info = self.header.get(name)
+            if name == "__metadata__" or not isinstance(info, dict):
+                raise CharrnnError(f"{self.path}: missing tensor {name!r}")
+            if info.get("dtype") != "F32":
+                raise CharrnnError(f"{self.path}: tensor {name!r} is {_short(info.get('dtype'))}, expected F32 (float32)")
+            got = info.get("shape")
+            valid = isinstance(got, list) and all(_is_count(d) for d in got)
+            if not valid or tuple(got) != tuple(shape):
+                shown = tuple(got) if valid else _short(got)
+                raise CharrnnError(f"{self.path}: tensor {name!r} has shape {shown}, expected {tuple(shape)}")
+            start, stop = info["data_offsets"]
+            if stop - start != 4 * math.prod(shape):
+                raise CharrnnError(f"{self.path}: tensor {name!r} holds {stop - start} bytes, "
+                                   f"its shape {tuple(shape)} needs {4 * math.prod(shape)}")
+
+    def read(self, name: str) -> np.ndarray:
+        """A copy of a tensor that check() has passed."""
+        info = self.header[name]
+        start, stop = info["data_offsets"]
+        flat = np.frombuffer(self.data, dtype="<f4", count=(stop - start) // 4, offset=self.data_start + start)
+        return flat.astype(np.float32).reshape(info["shape"])
+
+    def fill(self, buffer: ParamBuffer, prefix: str) -> None:
+        for name, view in buffer.views.items():
+            view[...] = self.read(prefix + name)
 
 
-def _fill(buffer: ParamBuffer, tensors: dict, prefix: str, path) -> None:
-    for name, shape in parameter_shapes(buffer.cfg):
-        buffer.views[name][...] = _tensor(tensors, prefix + name, shape, path)
+def _is_count(v) -> bool:
+    """A non-negative int (JSON's true/false are not counts)."""
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+def _is_finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _short(value, limit: int = 40) -> str:
+    """repr(value), cut short for a one-line message (reprlib bounds the work too)."""
+    text = reprlib.repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+# The training state a resumable checkpoint records: key -> (check, what it must be).
+_STATE_KEYS = {
+    "step": (_is_count, "a non-negative integer"),
+    "best_step": (lambda v: v is None or _is_count(v), "null or a non-negative integer"),
+    "best_val_loss": (lambda v: v is None or _is_finite(v), "null or a finite number"),
+    "val_loss": (lambda v: v is None or _is_finite(v), "null or a finite number"),
+    "elapsed": (lambda v: _is_finite(v) and v >= 0, "a non-negative number of seconds"),
+    "corpus_sha256": (lambda v: v is None or isinstance(v, str), "null or a string"),
+}
+
+
+def _check_state(state: dict, path) -> None:
+    for key, (ok, what) in _STATE_KEYS.items():
+        if key in state and not ok(state[key]):
+            raise CharrnnError(f"{path}: the training state's {key!r} is {_short(state[key])}, expected {what}")

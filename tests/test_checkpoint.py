@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -94,4 +95,68 @@ def test_foreign_safetensors_file_is_refused(tmp_path):
     path = tmp_path / "c.safetensors"
     save_file({"x": np.zeros(1, np.float32)}, path)
     with pytest.raises(CharrnnError, match="not a charrnn checkpoint"):
+        load_checkpoint(path)
+
+
+def _with_meta(src, dst, edit):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    with safe_open(src, "np") as f:
+        meta = json.loads(f.metadata()["charrnn"])
+    edit(meta)
+    save_file(load_file(src), dst, metadata={"charrnn": json.dumps(meta)})
+
+
+def test_a_config_asking_for_a_huge_model_is_refused_before_allocating(tmp_path):
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, make_checkpoint())
+    _with_meta(path, path, lambda m: m["config"].update(hidden=10**12))
+    with pytest.raises(CharrnnError, match=r"'embedding.weight'|has shape .* expected"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("step", -1, "'step' is -1, expected a non-negative integer"),
+    ("step", True, "'step' is True"),
+    ("best_val_loss", "low", "'best_val_loss' is 'low', expected null or a finite number"),
+    ("elapsed", [1], "'elapsed' is [1]"),
+])
+def test_a_damaged_training_state_is_named(tmp_path, key, value, message):
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, make_checkpoint())
+    _with_meta(path, path, lambda m: m["state"].update({key: value}))
+    with pytest.raises(CharrnnError, match=re.escape(message)):
+        load_checkpoint(path)
+    load_checkpoint(path, with_training_state=False)  # sampling does not need it
+
+
+def test_partial_optimiser_state_names_the_missing_tensor(tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, make_checkpoint())
+    tensors = load_file(path)
+    with safe_open(path, "np") as f:
+        meta = f.metadata()
+    del tensors["optimizer.exp_avg_sq.decoder.bias"]
+    save_file(tensors, path, metadata=meta)
+    with pytest.raises(CharrnnError, match="missing tensor 'optimizer.exp_avg_sq.decoder.bias'"):
+        load_checkpoint(path)
+
+
+def test_tensor_whose_bytes_do_not_match_its_shape(tmp_path):
+    import struct
+
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, make_checkpoint())
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    start, stop = header["decoder.bias"]["data_offsets"]
+    header["decoder.bias"]["data_offsets"] = [start, stop - 4]
+    raw = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
+    with pytest.raises(CharrnnError, match="'decoder.bias' holds 20 bytes, its shape \\(6,\\) needs 24"):
         load_checkpoint(path)
