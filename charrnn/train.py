@@ -8,6 +8,7 @@ import math
 import signal
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -17,12 +18,49 @@ from charrnn.checkpoint import Checkpoint, load_checkpoint, read_metadata, save_
 from charrnn.data import Batches, check_text_file, load_ids, scan_vocab, split_train_val
 from charrnn.errors import CharrnnError
 from charrnn.evaluate import score_ids
-from charrnn.fileio import atomic_write_text
-from charrnn.model import ModelConfig, Network, ParamBuffer, RecurrentState, init_params
-from charrnn.vocab import Vocab
+from charrnn.fileio import atomic_write_text, remove_stale_temp_files
+from charrnn.model import GATES, ModelConfig, Network, ParamBuffer, RecurrentState, init_params, parameter_shapes
+from charrnn.vocab import UnknownCharactersError, Vocab, describe_chars
 
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _optional(rule):
+    ok, what = rule
+    return (lambda v: v is None or ok(v)), what
+
+
+# flag -> (check, what the value must be). Checked here, before a value reaches
+# ModelConfig or TrainConfig, so that every message names the flag as typed.
+POSITIVE_INT = (lambda v: _is_int(v) and v >= 1, "a positive integer")
+NON_NEGATIVE_INT = (lambda v: _is_int(v) and v >= 0, "a non-negative integer")
+POSITIVE_NUMBER = (lambda v: _is_real(v) and v > 0, "a positive number")
+FRACTION = (lambda v: _is_real(v) and 0 <= v < 1, "in [0, 1)")
+MODEL_FLAGS = {"cell": (lambda v: v in GATES, f"one of {', '.join(GATES)}"),
+               "layers": POSITIVE_INT, "hidden": POSITIVE_INT, "embed": POSITIVE_INT, "dropout": FRACTION}
+TRAIN_FLAGS = {"batch_size": POSITIVE_INT, "seq_len": POSITIVE_INT, "lr": POSITIVE_NUMBER,
+               "grad_clip": POSITIVE_NUMBER, "val_frac": FRACTION, "eval_every": POSITIVE_INT,
+               "max_steps": _optional(NON_NEGATIVE_INT), "max_epochs": _optional(POSITIVE_NUMBER),
+               "max_time": _optional(POSITIVE_NUMBER), "seed": NON_NEGATIVE_INT}
+# The budget: a resumed run given any of these replaces the saved budget with them.
+BUDGET = ("max_steps", "max_epochs", "max_time")
+
+
+def check_flags(values: dict, rules: dict) -> None:
+    """A one-line CharrnnError naming the first flag whose value breaks its rule."""
+    for name, value in values.items():
+        ok, what = rules[name]
+        if not ok(value):
+            raise CharrnnError(f"--{name.replace('_', '-')} must be {what}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -41,25 +79,7 @@ class TrainConfig:
     seed: int = 0
 
     def __post_init__(self):
-        positive_ints = ("batch_size", "seq_len", "eval_every")
-        for name in positive_ints:
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise CharrnnError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
-        if self.max_steps is not None and self.max_steps < 0:
-            raise CharrnnError(f"--max-steps must be >= 0, got {self.max_steps}")
-        for name in ("lr", "grad_clip"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise CharrnnError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
-        for name in ("max_epochs", "max_time"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise CharrnnError(f"--{name.replace('_', '-')} must be a positive number, got {value}")
-        if not (math.isfinite(self.val_frac) and 0.0 <= self.val_frac < 1.0):
-            raise CharrnnError(f"--val-frac must be in [0, 1), got {self.val_frac}")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise CharrnnError(f"--seed must be a non-negative integer, got {self.seed}")
+        check_flags(asdict(self), TRAIN_FLAGS)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,37 +108,76 @@ def corpus_fingerprint(path: Path) -> str:
     return h.hexdigest()
 
 
+RUN_FILES = ("last.safetensors", "best.safetensors", "metrics.jsonl")
+
+
+@contextmanager
+def _memory_for(cfg: ModelConfig):
+    """Turn a failed allocation for a model of cfg's size into a one-line error."""
+    try:
+        yield
+    except (MemoryError, ValueError):  # numpy raises ValueError when the size overflows
+        n = sum(math.prod(shape) for _, shape in parameter_shapes(cfg))
+        raise CharrnnError(
+            f"a model of {n:,} parameters does not fit in memory (training keeps 4 float32 copies, "
+            f"{16 * n / 1e9:,.1f} GB); use a smaller --hidden, --layers or --embed") from None
+
+
 class Trainer:
-    """One training run: set up from flags or a checkpoint, then run() to the budget."""
+    """One training run: set up from flags or a checkpoint, then run() to the budget.
+
+    Every input is checked before anything is written: a refused run leaves the
+    file system as it was."""
 
     def __init__(self, corpus, out_dir, model_flags: dict, train_flags: dict,
                  vocab_path=None, resume=None, overwrite: bool = False, progress: bool = True):
+        given_model = {k: v for k, v in model_flags.items() if v is not None}
+        given_train = {k: v for k, v in train_flags.items() if v is not None}
+        check_flags(given_model, MODEL_FLAGS)
+        check_flags(given_train, TRAIN_FLAGS)
         self.corpus = check_text_file(corpus)
         self.out_dir = Path(out_dir)
         self.progress = progress
-        self._prepare_out_dir(resume, overwrite)
-        given_model = {k: v for k, v in model_flags.items() if v is not None}
-        given_train = {k: v for k, v in train_flags.items() if v is not None}
+        self.resumed = resume is not None
+        self._check_out_dir(resume, overwrite)
         if resume is not None:
-            self._setup_resume(resume, given_model, given_train, vocab_path)
+            self._setup_resume(resume, given_model, given_train, vocab_path, overwrite)
         else:
             self._setup_fresh(given_model, given_train, vocab_path)
-        self.ids = load_ids(self.corpus, self.vocab)
+        self.ids = self._load_corpus(resume, vocab_path)
         self.train_ids, self.val_ids = split_train_val(self.ids, self.tcfg.val_frac)
-        self.batches = Batches(self.train_ids, self.tcfg.batch_size, self.tcfg.seq_len)
+        self.batches = self._batches()
         self.fingerprint = corpus_fingerprint(self.corpus)
+        self._create_out_dir()
         self._check_resumed_corpus()
         self.net = Network(self.cfg, self.params)
-        self.grads = self.params.zeros_like()
+        with _memory_for(self.cfg):
+            self.grads = self.params.zeros_like()
         self.metrics = self._load_metrics()
         self.interrupted = False
 
     # ----- set-up -------------------------------------------------------------
 
-    def _prepare_out_dir(self, resume, overwrite):
+    def _check_out_dir(self, resume, overwrite):
+        """Refuse an --out that cannot hold a run, or whose run would be replaced
+        without --overwrite. Writes nothing."""
         out = self.out_dir
         if out.exists() and not out.is_dir():
             raise CharrnnError(f"--out {out} is a file, not a directory")
+        existing = [name for name in RUN_FILES[:2] if (out / name).exists()]
+        if not existing or overwrite:
+            return
+        if resume is None:
+            raise CharrnnError(
+                f"{out} already holds a run ({', '.join(existing)}); continue it with "
+                f"--resume {out / 'last.safetensors'}, or pass --overwrite to start over")
+        if Path(resume).resolve().parent != out.resolve():
+            raise CharrnnError(
+                f"{out} already holds another run ({', '.join(existing)}) that resuming {resume} "
+                f"would replace; give another --out, or pass --overwrite to replace it")
+
+    def _create_out_dir(self):
+        out = self.out_dir
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -129,11 +188,8 @@ class Trainer:
             probe.unlink()
         except OSError as e:
             raise CharrnnError(f"--out {out} is not writable: {e.strerror or e}") from None
-        existing = [name for name in ("last.safetensors", "best.safetensors") if (out / name).exists()]
-        if existing and resume is None and not overwrite:
-            raise CharrnnError(
-                f"{out} already holds a run ({', '.join(existing)}); continue it with "
-                f"--resume {out / 'last.safetensors'}, or pass --overwrite to start over")
+        # What a killed run left half-written: never renamed, so never needed.
+        remove_stale_temp_files(out, RUN_FILES)
 
     def _setup_fresh(self, given_model, given_train, vocab_path):
         self.tcfg = TrainConfig(**given_train)
@@ -142,15 +198,16 @@ class Trainer:
         else:
             self.vocab = scan_vocab([self.corpus])
         self.cfg = ModelConfig(vocab_size=len(self.vocab), **given_model)
-        self.params = ParamBuffer(self.cfg, np.float32)
+        with _memory_for(self.cfg):
+            self.params = ParamBuffer(self.cfg, np.float32)
+            self.moments = {slot: self.params.zeros_like() for slot in ("exp_avg", "exp_avg_sq")}
         init_params(self.params, np.random.default_rng(self.tcfg.seed))
-        self.moments = {slot: self.params.zeros_like() for slot in ("exp_avg", "exp_avg_sq")}
         self.state = {"step": 0, "elapsed": 0.0, "best_val_loss": None, "best_step": None,
                       "val_loss": None}
         self.carry = None
         self.resumed_fingerprint = None
 
-    def _setup_resume(self, resume, given_model, given_train, vocab_path):
+    def _setup_resume(self, resume, given_model, given_train, vocab_path, overwrite):
         ckpt = load_checkpoint(resume)
         if ckpt.optimizer is None or "step" not in ckpt.state:
             raise CharrnnError(f"{resume} has no optimiser state, so training cannot resume from it")
@@ -160,33 +217,80 @@ class Trainer:
             if getattr(ckpt.config, name) != value:
                 raise CharrnnError(f"--{name} {value} conflicts with the checkpoint's "
                                    f"{name} = {getattr(ckpt.config, name)}; drop the flag to resume")
-        saved_train = TrainConfig.from_dict(ckpt.train)
+        try:
+            saved_train = TrainConfig.from_dict(ckpt.train)
+        except (CharrnnError, TypeError) as e:
+            raise CharrnnError(f"{resume}: bad training settings: {e}") from None
         for name in DATA_SETTINGS:
             if name in given_train and given_train[name] != getattr(saved_train, name):
                 raise CharrnnError(
                     f"--{name.replace('_', '-')} {given_train[name]} conflicts with the checkpoint's "
                     f"{getattr(saved_train, name)}; a resumed run keeps it so that it sees the same data")
+        if any(name in given_train for name in BUDGET):  # a new budget replaces the saved one
+            saved_train = replace(saved_train, **{name: None for name in BUDGET})
         self.tcfg = replace(saved_train, **given_train)
         self.vocab, self.cfg, self.params = ckpt.vocab, ckpt.config, ckpt.params
         self.moments = ckpt.optimizer
         self.state = {"elapsed": 0.0, **ckpt.state}
         self.carry = ckpt.carry
         self.resumed_fingerprint = self.state.get("corpus_sha256")
-        best_on_disk = self._best_on_disk()
-        if best_on_disk is not None:
-            mine = self.state.get("best_val_loss")
-            if mine is None or best_on_disk < mine:
-                self.state["best_val_loss"] = best_on_disk
+        if not overwrite:
+            self._check_last_on_disk(resume)
+            self._adopt_best_on_disk()
 
-    def _best_on_disk(self):
+    def _check_last_on_disk(self, resume):
+        """Resuming from an older checkpoint of this run (such as best.safetensors)
+        would replace a newer last.safetensors: that takes --overwrite."""
+        last = self.out_dir / "last.safetensors"
+        if not last.exists() or last.resolve() == Path(resume).resolve():
+            return
+        try:
+            last_step = read_metadata(last)["state"].get("step")
+        except CharrnnError:
+            return  # unreadable: nothing to keep
+        if isinstance(last_step, int) and last_step > self.step:
+            raise CharrnnError(
+                f"{last} is at step {last_step}, ahead of {resume} (step {self.step}), and resuming "
+                f"would replace it; pass --overwrite to do so, or give another --out")
+
+    def _adopt_best_on_disk(self):
+        """best.safetensors is only ever replaced by a lower validation loss, also
+        across resumes: start from the lower of the checkpoint's and the file's."""
         best = self.out_dir / "best.safetensors"
         if not best.exists():
-            return None
+            return
         try:
-            loss = read_metadata(best)["state"].get("val_loss")
+            state = read_metadata(best)["state"]
         except CharrnnError:
-            return None
-        return loss if isinstance(loss, (int, float)) and math.isfinite(loss) else None
+            return
+        loss, step = state.get("val_loss"), state.get("best_step")
+        if not (isinstance(loss, (int, float)) and math.isfinite(loss)):
+            return
+        mine = self.state.get("best_val_loss")
+        if mine is None or loss < mine:
+            self.state["best_val_loss"] = loss
+            self.state["best_step"] = step if isinstance(step, int) else None
+
+    def _load_corpus(self, resume, vocab_path) -> np.ndarray:
+        try:
+            return load_ids(self.corpus, self.vocab)
+        except UnknownCharactersError as e:
+            if resume is not None:
+                raise CharrnnError(
+                    f"{self.corpus} has characters that are not in the vocabulary of {resume}: "
+                    f"{describe_chars(e.chars)}; a resumed model cannot learn new characters") from None
+            raise CharrnnError(
+                f"{self.corpus} has characters that are not in --vocab {vocab_path}: "
+                f"{describe_chars(e.chars)}; rebuild it with charrnn vocab") from None
+
+    def _batches(self) -> Batches:
+        t = self.tcfg
+        try:
+            return Batches(self.train_ids, t.batch_size, t.seq_len)
+        except CharrnnError as e:
+            held_out = (f" (--val-frac {t.val_frac:g} holds out the last {len(self.val_ids):,} of its "
+                        f"{len(self.ids):,} characters for validation)") if len(self.val_ids) else ""
+            raise CharrnnError(f"{self.corpus}: {e}{held_out}") from None
 
     def _check_resumed_corpus(self):
         if self.resumed_fingerprint is not None and self.resumed_fingerprint != self.fingerprint:
@@ -194,17 +298,18 @@ class Trainer:
                      "training continues on the new text")
 
     def _load_metrics(self) -> list[dict]:
-        """Earlier evaluations of this run (when resuming into the same directory)."""
+        """Earlier evaluations of this run (when resuming into the same directory),
+        up to the resumed step: later rows belong to checkpoints being replaced."""
         path = self.out_dir / "metrics.jsonl"
-        if self.state["step"] == 0 or not path.exists():
+        if not self.resumed or not path.is_file():
             return []
         rows = []
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError:
+            except (ValueError, RecursionError):
                 continue
-            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= self.state["step"]:
+            if isinstance(row, dict) and _is_int(row.get("step")) and row["step"] <= self.step:
                 rows.append(row)
         return rows
 
@@ -214,15 +319,24 @@ class Trainer:
     def step(self) -> int:
         return self.state["step"]
 
-    def finished(self, elapsed: float) -> bool:
+    def budget_reached(self, elapsed: float) -> str | None:
+        """The budget flag that is spent, or None while training should go on."""
         t = self.tcfg
         if t.max_steps is not None and self.step >= t.max_steps:
-            return True
+            return f"--max-steps {t.max_steps}"
         if t.max_epochs is not None and self.step >= t.max_epochs * self.batches.steps_per_epoch:
-            return True
-        return t.max_time is not None and elapsed >= t.max_time
+            return f"--max-epochs {t.max_epochs:g} ({math.ceil(t.max_epochs * self.batches.steps_per_epoch)} steps)"
+        if t.max_time is not None and elapsed >= t.max_time:
+            return f"--max-time {t.max_time:g}s"
+        return None
+
+    def finished(self, elapsed: float) -> bool:
+        return self.budget_reached(elapsed) is not None
 
     def lr(self, elapsed: float) -> float:
+        """The learning rate of the next step: the one place it comes from. A schedule
+        may depend on self.step, self.tcfg and elapsed, all of which a checkpoint
+        restores (elapsed only for --max-time runs, the only ones it can matter to)."""
         return self.tcfg.lr
 
     # ----- one step -----------------------------------------------------------
@@ -239,16 +353,18 @@ class Trainer:
         loss, new_state = self.net.loss_and_grad(x, y, state, self.grads, step_key(self.tcfg.seed, self.step))
         norm = math.sqrt(sum_squares(self.grads.flat))
         if not (math.isfinite(loss) and math.isfinite(norm)):
-            what = "loss" if not math.isfinite(loss) else "gradient norm"
-            raise CharrnnError(
-                f"training diverged at step {self.step + 1}: the {what} is not finite; "
-                f"try a lower --lr (this run used {self.tcfg.lr:g}); checkpoints on disk are untouched")
+            raise self.diverged(self.step + 1, "training loss" if not math.isfinite(loss) else "gradient norm")
         if norm > self.tcfg.grad_clip:
             scale_inplace(self.grads.flat, self.tcfg.grad_clip / (norm + 1e-6))
         adam_update(self.params.flat, self.grads.flat, self.moments["exp_avg"].flat,
                     self.moments["exp_avg_sq"].flat, self.lr(elapsed), ADAM_BETAS[0], ADAM_BETAS[1],
                     ADAM_EPS, self.step + 1)
         return loss, new_state
+
+    def diverged(self, step: int, what: str) -> CharrnnError:
+        return CharrnnError(
+            f"training diverged at step {step}: the {what} is not finite; try a lower --lr "
+            f"(this run used {self.tcfg.lr:g}); the checkpoints already in {self.out_dir} are untouched")
 
     def validate(self) -> float | None:
         """Mean loss (nats/char) over the whole validation split, state carried."""
@@ -269,12 +385,23 @@ class Trainer:
         return Checkpoint(self.cfg, self.vocab, self.params, self.moments, state, self.tcfg.to_dict(), carry)
 
     def save(self, carry, improved: bool) -> None:
-        ckpt = self.checkpoint(carry)
-        save_checkpoint(self.out_dir / "last.safetensors", ckpt)
-        if improved:
-            save_checkpoint(self.out_dir / "best.safetensors", ckpt)
+        """Write metrics.jsonl, then best.safetensors (if improved), then last.safetensors,
+        each atomically. In this order a kill between two writes leaves files that
+        resuming from last.safetensors reconciles: it drops metrics rows past its step,
+        and takes the best loss from best.safetensors when that is lower."""
+        self.state["corpus_sha256"] = self.fingerprint
         rows = "".join(json.dumps(row) + "\n" for row in self.metrics)
         atomic_write_text(self.out_dir / "metrics.jsonl", rows)
+        ckpt = self.checkpoint(carry)
+        if improved:
+            save_checkpoint(self.out_dir / "best.safetensors", ckpt)
+        save_checkpoint(self.out_dir / "last.safetensors", ckpt)
+
+    def save_interrupted(self, carry) -> None:
+        """On Ctrl-C: last.safetensors only, without the (slow) validation; best and
+        metrics stay as they are."""
+        self.state["val_loss"] = None  # these weights have not been validated
+        self.save(carry, improved=False)
 
     def log(self, message: str) -> None:
         from tqdm import tqdm
@@ -282,16 +409,20 @@ class Trainer:
         tqdm.write(message, file=sys.stderr)
 
     def record_evaluation(self, carry, train_loss, elapsed, chars_per_sec) -> float | None:
-        """Score the validation split, log it, and write checkpoints."""
+        """Score the validation split, log it, and write checkpoints. A non-finite
+        validation loss or weight stops training before anything is written."""
         val = self.validate()
-        improved = False
-        if val is not None and math.isfinite(val):
+        if val is not None and not math.isfinite(val):
+            raise self.diverged(self.step, "validation loss")
+        if not np.isfinite(self.params.flat).all():
+            raise self.diverged(self.step, "model's weights")
+        if val is None:
+            improved = True  # no validation split: best is the newest
+        else:
             best = self.state.get("best_val_loss")
             improved = best is None or val < best
             if improved:
                 self.state["best_val_loss"], self.state["best_step"] = val, self.step
-        elif val is None:
-            improved = True  # no validation split: best is the newest
         self.state["val_loss"] = val
         row = {"step": self.step, "epoch": round(self.step / self.batches.steps_per_epoch, 4),
                "train_loss": train_loss, "val_loss": val,
@@ -299,10 +430,9 @@ class Trainer:
                "lr": self.lr(elapsed), "elapsed": round(elapsed, 3),
                "chars_per_sec": round(chars_per_sec, 1)}
         self.metrics.append(row)
-        self.state["corpus_sha256"] = self.fingerprint
         self.save(carry, improved)
-        shown = "n/a" if val is None else f"{val:.4f}"
-        self.log(f"step {self.step}: train loss {train_loss:.4f}, val loss {shown}"
+        shown = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+        self.log(f"step {self.step}: train loss {shown(train_loss)}, val loss {shown(val)}"
                  + (" (best)" if improved and val is not None else ""))
         return val
 
@@ -320,6 +450,10 @@ class Trainer:
         t = self.tcfg
         if t.max_steps is None and t.max_epochs is None and t.max_time is None:
             raise CharrnnError("no training budget: give --max-steps, --max-epochs or --max-time")
+        spent = self.budget_reached(self.state["elapsed"])
+        if self.resumed and spent:
+            raise CharrnnError(f"nothing to do: the checkpoint is at step {self.step}, which already meets "
+                               f"{spent}; give a larger --max-steps, --max-epochs or --max-time")
         self.log(self.describe())
         state = self.carry if self.carry is not None else RecurrentState.zeros(self.cfg, t.batch_size)
         if state.h.shape[1] != t.batch_size:
@@ -333,7 +467,8 @@ class Trainer:
         bar = tqdm(total=t.max_steps, initial=self.step, file=sys.stderr, unit="step",
                    disable=not self.progress, dynamic_ncols=True, leave=False)
         losses, timed_chars, timed_seconds = [], 0, 0.0
-        last_eval_step = self.step if self.metrics else None
+        self.start_step = self.step
+        saved_step = self.step if self.resumed else None  # the step last.safetensors holds
         try:
             while not self.finished(time.perf_counter() - start) and not self.interrupted:
                 t0 = time.perf_counter()
@@ -348,11 +483,15 @@ class Trainer:
                 bar.set_postfix_str(self._postfix(losses, rate), refresh=False)
                 if self.step % t.eval_every == 0:
                     self.record_evaluation(state, float(np.mean(losses)), self.state["elapsed"], rate)
-                    last_eval_step, losses, timed_chars, timed_seconds = self.step, [], 0, 0.0
-            if last_eval_step != self.step:
-                rate = timed_chars / timed_seconds if timed_seconds else 0.0
-                train_loss = float(np.mean(losses)) if losses else float("nan")
-                self.record_evaluation(state, train_loss, self.state["elapsed"], rate)
+                    saved_step, losses, timed_chars, timed_seconds = self.step, [], 0, 0.0
+            if saved_step != self.step:
+                if self.interrupted:
+                    if self.step != self.start_step:
+                        self.save_interrupted(state)
+                else:
+                    rate = timed_chars / timed_seconds if timed_seconds else 0.0
+                    train_loss = float(np.mean(losses)) if losses else None
+                    self.record_evaluation(state, train_loss, self.state["elapsed"], rate)
         finally:
             bar.close()
             if previous is not None:
@@ -374,7 +513,9 @@ class Trainer:
                 f"starting at step {self.step}")
 
     def summary(self) -> dict:
+        """What run() did; "trained" is whether it took any step (so wrote last.safetensors)."""
         return {"step": self.step, "val_loss": self.state.get("val_loss"),
                 "best_val_loss": self.state.get("best_val_loss"), "best_step": self.state.get("best_step"),
                 "elapsed": self.state["elapsed"], "interrupted": self.interrupted,
+                "trained": self.step != self.start_step,
                 "last": str(self.out_dir / "last.safetensors"), "best": str(self.out_dir / "best.safetensors")}

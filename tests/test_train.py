@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -66,3 +68,175 @@ def test_max_epochs_counts_passes_over_the_text(corpus, tmp_path):
     trainer = Trainer(corpus, tmp_path, TINY_MODEL, dict(TINY_TRAIN, max_epochs=0.5), progress=False)
     summary = trainer.run()
     assert summary["step"] == int(np.ceil(0.5 * trainer.batches.steps_per_epoch))
+
+
+def files_of(out):
+    return {p.name: p.read_bytes() for p in out.iterdir()}
+
+
+def interrupt_during_step(trainer, step):
+    """Send this process a real SIGINT while the trainer computes step `step`."""
+    original = trainer.train_step
+
+    def train_step(state, elapsed):
+        if trainer.step + 1 == step:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(state, elapsed)
+
+    trainer.train_step = train_step
+
+
+def test_ctrl_c_saves_last_without_validating_and_resumes_exactly(corpus, tmp_path):
+    run(corpus, tmp_path / "whole", 40)
+    out = tmp_path / "split"
+    run(corpus, out, 20)
+    before = files_of(out)
+    trainer = Trainer(corpus, out, {}, dict(TINY_TRAIN, max_steps=40), resume=out / "last.safetensors",
+                      progress=False)
+    trainer.validate = lambda: pytest.fail("Ctrl-C must not run the validation")
+    interrupt_during_step(trainer, 25)
+    summary = trainer.run()
+    assert summary["interrupted"] and summary["trained"] and summary["step"] == 25
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    after = files_of(out)
+    assert after["best.safetensors"] == before["best.safetensors"]
+    assert after["metrics.jsonl"] == before["metrics.jsonl"]
+    last = load_checkpoint(out / "last.safetensors")
+    assert last.state["step"] == 25 and last.state["val_loss"] is None
+    run(corpus, out, 40, resume=out / "last.safetensors")
+    assert (out / "last.safetensors").read_bytes() == (tmp_path / "whole" / "last.safetensors").read_bytes()
+    assert (out / "best.safetensors").read_bytes() == (tmp_path / "whole" / "best.safetensors").read_bytes()
+
+
+def test_ctrl_c_before_the_first_step_writes_nothing(corpus, tmp_path):
+    trainer = Trainer(corpus, tmp_path, TINY_MODEL, dict(TINY_TRAIN, max_steps=40), progress=False)
+    trainer.interrupted = True  # as if Ctrl-C came during start-up
+    summary = trainer.run()
+    assert summary["interrupted"] and not summary["trained"]
+    assert list(tmp_path.iterdir()) == []
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs."""
+
+
+def test_a_kill_between_two_writes_resumes_to_the_same_files(corpus, tmp_path, monkeypatch):
+    import charrnn.train as train
+
+    run(corpus, tmp_path / "whole", 40)
+    out = tmp_path / "killed"
+    real_save = train.save_checkpoint
+
+    def save_then_die_before_last(path, ckpt):
+        if path.name == "last.safetensors" and ckpt.state["step"] == 20:
+            raise Killed  # metrics.jsonl and best.safetensors of step 20 are written, last is of step 10
+        real_save(path, ckpt)
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die_before_last)
+    with pytest.raises(Killed):
+        run(corpus, out, 40)
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    assert load_checkpoint(out / "last.safetensors").state["step"] == 10
+    assert load_checkpoint(out / "best.safetensors").state["step"] == 20
+    run(corpus, out, 40, resume=out / "last.safetensors")
+    for name in ("last.safetensors", "best.safetensors"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    rows = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [10, 20, 30, 40]
+
+
+def test_a_new_budget_on_resume_replaces_the_saved_one(corpus, tmp_path):
+    first = Trainer(corpus, tmp_path, TINY_MODEL, dict(TINY_TRAIN, max_epochs=0.1), progress=False).run()
+    # The saved --max-epochs is spent; a --max-steps given now is the budget, not an extra limit.
+    summary = run(corpus, tmp_path, first["step"] + 5, resume=tmp_path / "last.safetensors")
+    assert summary["step"] == first["step"] + 5
+
+
+def test_resuming_a_finished_run_says_what_to_do(corpus, tmp_path):
+    run(corpus, tmp_path, 10)
+    trainer = Trainer(corpus, tmp_path, {}, {"max_steps": 10}, resume=tmp_path / "last.safetensors", progress=False)
+    with pytest.raises(CharrnnError, match="nothing to do: .* step 10, which already meets --max-steps 10; "
+                                           "give a larger --max-steps"):
+        trainer.run()
+
+
+def test_resume_never_replaces_another_run_or_a_newer_checkpoint_unasked(corpus, tmp_path):
+    run(corpus, tmp_path / "a", 10)
+    run(corpus, tmp_path / "b", 20)
+    with pytest.raises(CharrnnError, match="already holds another run"):
+        run(corpus, tmp_path / "b", 30, resume=tmp_path / "a" / "last.safetensors")
+    older = tmp_path / "b" / "older.safetensors"
+    older.write_bytes((tmp_path / "a" / "last.safetensors").read_bytes())
+    with pytest.raises(CharrnnError, match=r"last.safetensors is at step 20, ahead of .*older.safetensors \(step 10\)"):
+        run(corpus, tmp_path / "b", 30, resume=older)
+    flags = dict(TINY_TRAIN, max_steps=30)
+    assert Trainer(corpus, tmp_path / "b", {}, flags, resume=older, overwrite=True, progress=False).run()["step"] == 30
+
+
+def test_resume_with_characters_outside_the_checkpoints_vocabulary(corpus, tmp_path):
+    run(corpus, tmp_path, 10)
+    other = tmp_path / "other.txt"
+    other.write_text(corpus.read_text() + "naïve ☃")
+    with pytest.raises(CharrnnError, match=r"not in the vocabulary of .*last.safetensors: 'ï' \(U\+00EF\), "
+                                           r"'☃' \(U\+2603\); a resumed model cannot learn new characters"):
+        Trainer(other, tmp_path, {}, {"max_steps": 20}, resume=tmp_path / "last.safetensors", progress=False)
+
+
+def test_resume_refuses_a_different_data_setting(corpus, tmp_path):
+    run(corpus, tmp_path, 10)
+    with pytest.raises(CharrnnError, match="--seq-len 8 conflicts with the checkpoint's 16"):
+        Trainer(corpus, tmp_path, {}, {"max_steps": 20, "seq_len": 8}, resume=tmp_path / "last.safetensors",
+                progress=False)
+
+
+def test_divergence_stops_with_a_hint_and_leaves_every_file_untouched(corpus, tmp_path):
+    run(corpus, tmp_path, 20)
+    before = files_of(tmp_path)
+    with pytest.raises(CharrnnError, match=r"diverged at step 2\d: the training loss is not finite; "
+                                           r"try a lower --lr \(this run used 1e\+20\)"):
+        run(corpus, tmp_path, 40, resume=tmp_path / "last.safetensors", lr=1e20)
+    assert files_of(tmp_path) == before
+
+
+def test_a_non_finite_validation_loss_is_divergence_too(corpus, tmp_path, monkeypatch):
+    run(corpus, tmp_path, 10)
+    before = files_of(tmp_path)
+    monkeypatch.setattr(Trainer, "validate", lambda self: float("nan"))
+    with pytest.raises(CharrnnError, match="diverged at step 20: the validation loss is not finite; try a lower --lr"):
+        run(corpus, tmp_path, 20, resume=tmp_path / "last.safetensors")
+    assert files_of(tmp_path) == before
+
+
+def test_best_is_only_replaced_by_a_lower_loss_also_across_resumes(corpus, tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    for name in ("kept", "control"):
+        run(corpus, tmp_path / name, 20)
+    best = tmp_path / "kept" / "best.safetensors"
+    with safe_open(best, "np") as f:  # a best from an earlier, better phase of the run
+        meta = json.loads(f.metadata()["charrnn"])
+    meta["state"].update(val_loss=0.5, best_val_loss=0.5, best_step=7)
+    save_file(load_file(best), best, metadata={"charrnn": json.dumps(meta)})
+    before = best.read_bytes()
+    control_before = (tmp_path / "control" / "best.safetensors").read_bytes()
+    for name in ("kept", "control"):
+        run(corpus, tmp_path / name, 40, resume=tmp_path / name / "last.safetensors")
+    assert best.read_bytes() == before
+    assert (tmp_path / "control" / "best.safetensors").read_bytes() != control_before  # the loss did fall
+    last = load_checkpoint(tmp_path / "kept" / "last.safetensors")
+    assert last.state["best_val_loss"] == 0.5 and last.state["best_step"] == 7
+
+
+def test_stale_temporary_files_are_cleared_and_do_not_stop_a_run(corpus, tmp_path):
+    run(corpus, tmp_path, 10)
+    stale = tmp_path / ".last.safetensors.x8Yz.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    run(corpus, tmp_path, 20, resume=tmp_path / "last.safetensors")
+    assert not stale.exists()
+
+
+def test_metrics_hold_only_valid_json(corpus, tmp_path):
+    Trainer(corpus, tmp_path, TINY_MODEL, dict(TINY_TRAIN, max_steps=0), progress=False).run()
+    row = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=pytest.fail)
+    assert row["step"] == 0 and row["train_loss"] is None
