@@ -42,8 +42,14 @@ class Duration(click.ParamType):
         return total
 
 
+# What to try when a command runs out of memory.
+MEMORY_HINTS = {"train": "try a smaller model, --batch-size or --seq-len", "sample": "try a smaller --length",
+                "evaluate": "try a shorter text"}
+
+
 def user_errors(func):
-    """Turn the library's errors into Click's one-line 'Error: ...' and exit code 1."""
+    """Turn the library's errors into Click's one-line 'Error: ...' and exit code 1,
+    and Ctrl-C into a short note and exit code 130 (128 + SIGINT), as shells expect."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -51,8 +57,12 @@ def user_errors(func):
             return func(*args, **kwargs)
         except CharrnnError as e:
             raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            err("interrupted")
+            sys.exit(130)
         except MemoryError:
-            raise click.ClickException("out of memory: try a smaller model, --batch-size or --seq-len") from None
+            hint = MEMORY_HINTS.get(click.get_current_context().info_name)
+            raise click.ClickException("out of memory" + (f": {hint}" if hint else "")) from None
         except OSError as e:
             where = f": {e.filename}" if getattr(e, "filename", None) else ""
             raise click.ClickException(f"{e.strerror or e}{where}") from None
@@ -143,11 +153,19 @@ def train(corpus, out_dir, vocab_path, cell, layers, hidden, embed, dropout, bat
         train_flags["max_time"] = 300.0
     trainer = Trainer(corpus, out_dir, model_flags, train_flags, vocab_path=vocab_path,
                       resume=resume, overwrite=overwrite, progress=not quiet)
-    summary = trainer.run()
+    try:
+        summary = trainer.run()
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-step or mid-write
+        err(f"interrupted; the files in {out_dir} are complete, as of the last save")
+        sys.exit(130)
     best = summary["best_val_loss"]
     best_text = "n/a" if best is None else f"{best:.4f} nats/char (step {summary['best_step']})"
     if summary["interrupted"]:
-        err(f"interrupted at step {summary['step']}; saved {summary['last']}")
+        if summary["trained"]:
+            err(f"interrupted at step {summary['step']}; saved {summary['last']} "
+                f"(best.safetensors untouched); continue with --resume {summary['last']}")
+        else:
+            err(f"interrupted at step {summary['step']} before any training step; nothing was written")
         sys.exit(130)
     err(f"done: {summary['step']} steps in {summary['elapsed']:.0f}s; best validation loss {best_text}; "
         f"saved {summary['last']} and {summary['best']}")
@@ -163,13 +181,16 @@ def _load_network(path):
 
 def _check_temperature(ctx, param, value):
     if value is not None and not (math.isfinite(value) and value > 0):
-        raise click.BadParameter("must be a positive number", ctx, param)
+        raise click.BadParameter(f"must be a positive number, got {value}", ctx, param)
     return value
 
 
+MAX_LENGTH = 10**9  # generation draws its random numbers up front: 8 bytes per character
+
+
 def _check_length(ctx, param, value):
-    if value < 0:
-        raise click.BadParameter("must be >= 0", ctx, param)
+    if not 0 <= value <= MAX_LENGTH:
+        raise click.BadParameter(f"must be between 0 and {MAX_LENGTH:,}, got {value}", ctx, param)
     return value
 
 
@@ -211,8 +232,11 @@ def sample(checkpoint, length, temperature, prime, seed, argmax):
 @click.argument("checkpoint", type=click.Path())
 @click.argument("textfile", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a sentence.")
+@click.option("--skip-unknown", is_flag=True,
+              help="Drop characters that are not in the model's vocabulary (counted on stderr) "
+                   "instead of refusing the file.")
 @user_errors
-def evaluate(checkpoint, textfile, as_json):
+def evaluate(checkpoint, textfile, as_json, skip_unknown):
     """Score a text file: mean cross-entropy of each character given all before it.
 
     Prints nats/char, bits/char and perplexity (one stream from a zero state).
@@ -221,14 +245,28 @@ def evaluate(checkpoint, textfile, as_json):
     Example:
       charrnn evaluate runs/shakespeare/best.safetensors held_out.txt --json
     """
-    from charrnn.data import load_ids
+    from charrnn.data import load_ids, load_known_ids
     from charrnn.evaluate import perplexity_report, score_ids
+    from charrnn.vocab import UnknownCharactersError, describe_chars
 
     ckpt, net = _load_network(checkpoint)
-    ids = load_ids(textfile, ckpt.vocab)
+    skipped = 0
+    if skip_unknown:
+        ids, unknown = load_known_ids(textfile, ckpt.vocab)
+        skipped = sum(unknown.values())
+    else:
+        try:
+            ids = load_ids(textfile, ckpt.vocab)
+        except UnknownCharactersError as e:
+            raise CharrnnError(f"{e}; pass --skip-unknown to score the rest") from None
     if ids.size < 2:
-        raise CharrnnError(f"{textfile} has fewer than 2 characters: nothing to predict")
+        left = f" once {skipped:,} unknown ones are skipped" if skipped else ""
+        raise CharrnnError(f"{textfile} has fewer than 2 characters{left}: nothing to predict")
+    if skipped:
+        err(f"skipped {skipped:,} characters not in the vocabulary: {describe_chars(unknown)}")
     report = perplexity_report(*score_ids(net, ids, streams=1))
+    if skip_unknown:
+        report["skipped"] = skipped
     if as_json:
         click.echo(json.dumps(report))
     else:

@@ -136,3 +136,59 @@ def test_bad_prime_is_refused_before_any_output(runner, trained):
     result = runner.invoke(cli, ["sample", str(trained), "--prime", "ROMEO€"])
     assert result.exit_code == 1
     assert "'€'" in result.stderr and result.stdout == ""
+
+
+def test_ctrl_c_during_training_saves_last_and_exits_130(runner, corpus, tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from charrnn.train import Trainer
+
+    original = Trainer.train_step
+
+    def train_step(self, state, elapsed):
+        if self.step + 1 == 15:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, state, elapsed)
+
+    monkeypatch.setattr(Trainer, "train_step", train_step)
+    out = tmp_path / "run"
+    result = runner.invoke(cli, ["train", str(corpus), "--out", str(out), *TINY])
+    assert result.exit_code == 130, result.output
+    last = out / "last.safetensors"
+    assert f"interrupted at step 15; saved {last}" in result.stderr and f"--resume {last}" in result.stderr
+    from charrnn.checkpoint import load_checkpoint
+
+    assert load_checkpoint(last).state["step"] == 15
+
+
+@pytest.mark.parametrize("where,args,message", [
+    ("charrnn.train.Trainer.__init__", ["train", "CORPUS", "--out", "OUT"], "interrupted"),
+    ("charrnn.train.Trainer.run", ["train", "CORPUS", "--out", "OUT"], "files in OUT are complete"),
+    ("charrnn.sample.generate", ["sample", "CKPT"], "interrupted"),
+    ("charrnn.evaluate.score_ids", ["evaluate", "CKPT", "CORPUS"], "interrupted"),
+])
+def test_ctrl_c_anywhere_exits_130_with_a_short_note(runner, corpus, trained, tmp_path, monkeypatch,
+                                                      where, args, message):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(where, interrupted)
+    names = {"CORPUS": str(corpus), "OUT": str(tmp_path / "out"), "CKPT": str(trained)}
+    result = runner.invoke(cli, [names.get(a, a) for a in args])
+    assert result.exit_code == 130
+    assert message.replace("OUT", str(tmp_path / "out")) in result.stderr
+    assert "Aborted" not in result.output and "Traceback" not in result.output
+
+
+def test_help_mentions_skip_unknown(runner):
+    assert "--skip-unknown" in runner.invoke(cli, ["evaluate", "-h"]).output
+
+
+def test_out_of_memory_hint_fits_the_command(runner, trained, monkeypatch):
+    def exhausted(*a, **k):
+        raise MemoryError
+
+    monkeypatch.setattr("charrnn.sample.generate", exhausted)
+    result = runner.invoke(cli, ["sample", str(trained), "--seed", "1"])
+    assert result.exit_code == 1 and "Error: out of memory: try a smaller --length" in result.stderr
