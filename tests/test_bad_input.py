@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import SHAKESPEARE
+from test_checkpoint import rewrite_checkpoint
+from test_cli import TINY
 
 from charrnn.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from charrnn.cli import cli
-
-TINY = ["--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16",
-        "--eval-every", "10", "--max-steps", "20", "-q"]
 
 
 @pytest.fixture(scope="module")
@@ -228,21 +227,6 @@ def test_corpus_with_characters_outside_a_vocab_file(runner, files, tmp_path):
 
 # ----- checkpoint and vocabulary files ----------------------------------------------
 
-def _rewrite(src: Path, dst: Path, edit_meta=None, edit_tensors=None):
-    from safetensors import safe_open
-    from safetensors.numpy import load_file, save_file
-
-    tensors = load_file(src)
-    with safe_open(src, "np") as f:
-        meta = json.loads(f.metadata()["charrnn"])
-    if edit_meta:
-        edit_meta(meta)
-    if edit_tensors:
-        edit_tensors(tensors)
-    save_file(tensors, dst, metadata={"charrnn": json.dumps(meta)})
-    return dst
-
-
 @pytest.mark.parametrize("make,message", [
     (lambda d: d / "missing.safetensors", "no such checkpoint file"),
     (lambda d: d / "run", "is a directory"),
@@ -251,17 +235,17 @@ def _rewrite(src: Path, dst: Path, edit_meta=None, edit_tensors=None):
     (lambda d: d / "vocab.json", "is not a safetensors checkpoint"),
     (lambda d: d / "corpus.txt", "is not a safetensors checkpoint"),
     (lambda d: _foreign(d), "not a charrnn checkpoint"),
-    (lambda d: _rewrite(d / "run" / "last.safetensors", d / "newer.safetensors",
+    (lambda d: rewrite_checkpoint(d / "run" / "last.safetensors", d / "newer.safetensors",
                         edit_meta=lambda m: m.update(format_version=2)), "newer than this charrnn"),
-    (lambda d: _rewrite(d / "run" / "last.safetensors", d / "no_tensor.safetensors",
+    (lambda d: rewrite_checkpoint(d / "run" / "last.safetensors", d / "no_tensor.safetensors",
                         edit_tensors=lambda t: t.pop("decoder.bias")), "missing tensor 'decoder.bias'"),
-    (lambda d: _rewrite(d / "run" / "last.safetensors", d / "shape.safetensors",
+    (lambda d: rewrite_checkpoint(d / "run" / "last.safetensors", d / "shape.safetensors",
                         edit_tensors=lambda t: t.update({"decoder.bias": np.zeros(3, np.float32)})),
      "'decoder.bias' has shape (3,), expected"),
-    (lambda d: _rewrite(d / "run" / "last.safetensors", d / "dtype.safetensors",
+    (lambda d: rewrite_checkpoint(d / "run" / "last.safetensors", d / "dtype.safetensors",
                         edit_tensors=lambda t: t.update({"decoder.bias": t["decoder.bias"].astype(np.float16)})),
      "'decoder.bias' is 'F16', expected F32"),
-    (lambda d: _rewrite(d / "run" / "last.safetensors", d / "config.safetensors",
+    (lambda d: rewrite_checkpoint(d / "run" / "last.safetensors", d / "config.safetensors",
                         edit_meta=lambda m: m["config"].update(hidden=10**9)), "has shape"),
 ])
 @pytest.mark.parametrize("command", ["sample", "evaluate", "resume"])
@@ -291,7 +275,7 @@ def test_resume_needs_the_training_state(runner, files, tmp_path):
 
 
 def test_resume_with_a_damaged_training_state(runner, files, tmp_path):
-    path = _rewrite(files / "run" / "last.safetensors", tmp_path / "state.safetensors",
+    path = rewrite_checkpoint(files / "run" / "last.safetensors", tmp_path / "state.safetensors",
                     edit_meta=lambda m: m["state"].update(step="twenty"))
     result = runner.invoke(cli, ["train", str(files / "corpus.txt"), "--out", str(tmp_path / "r"),
                                  "--resume", str(path), "--max-steps", "30"])
