@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import re
 import sys
 
@@ -60,6 +61,10 @@ def user_errors(func):
         except KeyboardInterrupt:
             err("interrupted")
             sys.exit(130)
+        except BrokenPipeError:  # the reader went away (`charrnn sample ... | head`): stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # so that the flush at exit cannot fail again
+            sys.exit(141)  # 128 + SIGPIPE, as a shell reports a command killed by it
         except MemoryError:
             hint = MEMORY_HINTS.get(click.get_current_context().info_name)
             raise click.ClickException("out of memory" + (f": {hint}" if hint else "")) from None

@@ -192,3 +192,15 @@ def test_out_of_memory_hint_fits_the_command(runner, trained, monkeypatch):
     monkeypatch.setattr("charrnn.sample.generate", exhausted)
     result = runner.invoke(cli, ["sample", str(trained), "--seed", "1"])
     assert result.exit_code == 1 and "Error: out of memory: try a smaller --length" in result.stderr
+
+
+def test_a_closed_pipe_ends_sample_quietly(trained):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "charrnn", "sample", str(trained), "-n", "1000000", "--seed", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert len(proc.stdout.read(10)) == 10
+    proc.stdout.close()  # as `| head -c 10` does
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=30) == 141 and stderr == ""
