@@ -302,6 +302,45 @@ class Network:
             rnn_backward(dx, ws.dh0, dw_ih, dw_hh, db_ih, db_hh, ws.dgates, dy, dh_last,
                          x, h0, hs, w_ih, w_hh)
 
+    def step(self, ids: np.ndarray, state: RecurrentState):
+        """One character for each of B independent streams: (logits (B, V), new state).
+
+        ids: (B,) ints. Row b's result depends only on row b's input and state, bit
+        for bit, whatever B is; state is not modified."""
+        from charrnn.kernels.gru import gru_cell_forward
+        from charrnn.kernels.inference import rows_matvec_add, rows_set
+        from charrnn.kernels.lstm import lstm_cell_forward
+
+        cfg, p = self.cfg, self.params
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        B, H, dtype = ids.shape[0], cfg.hidden, p.dtype
+        x = np.ascontiguousarray(p["embedding.weight"][ids])
+        new = RecurrentState.zeros(cfg, B, dtype)
+        for layer in range(cfg.layers):
+            w_ih, w_hh, b_ih, b_hh = p.layer(layer)
+            h = state.h[layer]
+            gates = np.empty((B, cfg.gates * H), dtype)
+            if cfg.cell == "gru":
+                # r, z take both biases; n's recurrent part is gated by r, so keep it apart.
+                rows_set(gates, b_ih + np.r_[b_hh[:2 * H], np.zeros(H, dtype)])
+                rows_matvec_add(gates, w_ih, x)
+                hg = np.zeros((B, 3 * H), dtype)
+                rows_matvec_add(hg, w_hh, h)
+                gru_cell_forward(new.h[layer], gates, np.empty((B, H), dtype), hg, h, b_hh[2 * H:])
+            else:
+                rows_set(gates, b_ih + b_hh)
+                rows_matvec_add(gates, w_ih, x)
+                rows_matvec_add(gates, w_hh, h)
+                if cfg.cell == "lstm":
+                    lstm_cell_forward(new.h[layer], new.c[layer], gates, state.c[layer])
+                else:
+                    new.h[layer] = np.tanh(gates)
+            x = new.h[layer]
+        logits = np.empty((B, cfg.vocab_size), dtype)
+        rows_set(logits, p["decoder.bias"])
+        rows_matvec_add(logits, p["decoder.weight"], x)
+        return logits, new
+
     def loss_and_grad(self, ids, targets, state, grads: ParamBuffer, dropout_key: int | None = None):
         """Mean cross-entropy (nats/char) of a (T, B) batch; adds its gradient to grads.
         Returns (loss, state after the batch)."""

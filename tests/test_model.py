@@ -157,3 +157,23 @@ def test_a_model_overfits_a_short_string(cell):
         loss, _ = net.loss_and_grad(x, y, RecurrentState.zeros(cfg, 1), grads)
         adam_update(params.flat, grads.flat, m.flat, v.flat, 1e-2, 0.9, 0.999, 1e-8, step)
     assert loss < 0.05, loss
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_step_matches_forward_and_each_row_is_independent_of_the_batch(rng, cell):
+    cfg, params, net = make_network(cell, rng, layers=2, dtype=np.float32)
+    state = RecurrentState.zeros(cfg, 4)
+    state.h[:] = rng.standard_normal(state.h.shape)
+    if state.c is not None:
+        state.c[:] = rng.standard_normal(state.c.shape)
+    ids = rng.integers(0, V, 4)
+    logits, new = net.step(ids, state)
+    expected, expected_state = net.forward(ids.reshape(1, 4), state)
+    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+    for a, b in zip(new.arrays(), expected_state.arrays()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for b in range(4):  # alone, row b gives bitwise what it gave in the batch
+        alone, alone_state = net.step(ids[b:b + 1], state.rows([b]))
+        np.testing.assert_array_equal(alone[0], logits[b])
+        for a, s in zip(alone_state.arrays(), new.arrays()):
+            np.testing.assert_array_equal(a[:, 0], s[:, b])
