@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import re
 import sys
@@ -44,7 +43,7 @@ class Duration(click.ParamType):
 
 
 # What to try when a command runs out of memory.
-MEMORY_HINTS = {"train": "try a smaller model, --batch-size or --seq-len", "sample": "try a smaller --length",
+MEMORY_HINTS = {"train": "try a smaller model, --batch-size or --seq-len", "sample": "try a smaller --length or --num-samples",
                 "evaluate": "try a shorter text"}
 
 
@@ -184,53 +183,86 @@ def _load_network(path):
     return ckpt, Network(ckpt.config, ckpt.params)
 
 
-def _check_temperature(ctx, param, value):
-    if value is not None and not (math.isfinite(value) and value > 0):
-        raise click.BadParameter(f"must be a positive number, got {value}", ctx, param)
-    return value
+def _rule(name):
+    """A Click callback that refuses a value breaking charrnn.sample.RULES[name]
+    with a message naming the flag (None, an option not given, passes)."""
+
+    def check(ctx, param, value):
+        from charrnn.sample import RULES
+
+        ok, what = RULES[name]
+        if value is not None and not ok(value):
+            raise click.BadParameter(f"must be {what}, got {value}", ctx, param)
+        return value
+
+    return check
 
 
-MAX_LENGTH = 10**9  # generation draws its random numbers up front: 8 bytes per character
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
 
 
-def _check_length(ctx, param, value):
-    if not 0 <= value <= MAX_LENGTH:
-        raise click.BadParameter(f"must be between 0 and {MAX_LENGTH:,}, got {value}", ctx, param)
-    return value
+def _unescape(text: str) -> str:
+    """\\n, \\t, \\r and \\\\ in a flag's value as the characters they name; any other
+    backslash stays as it is."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
 
 
 @cli.command()
 @click.argument("checkpoint", type=click.Path())
-@click.option("-n", "--length", type=int, default=500, show_default=True, callback=_check_length,
-              help="Characters to generate after the prime.")
-@click.option("-t", "--temperature", type=float, default=0.8, show_default=True, callback=_check_temperature,
+@click.option("-n", "--length", type=int, default=500, show_default=True, callback=_rule("length"),
+              help="Characters to generate after the prime (at most; see --stop).")
+@click.option("-t", "--temperature", type=float, default=0.8, show_default=True, callback=_rule("temperature"),
               help="Below 1: safer, more repetitive text; above 1: more surprising text.")
+@click.option("-k", "--top-k", type=int, callback=_rule("top_k"),
+              help="Draw only from the K most likely characters at each step.")
+@click.option("--top-p", type=float, callback=_rule("top_p"),
+              help="Draw only from the fewest most likely characters whose probability reaches P "
+                   "(nucleus sampling; applied after temperature and --top-k).")
 @click.option("-p", "--prime", default="", help="Text to start from; printed before the sample.")
-@click.option("--seed", type=int, help="Seed for reproducible samples (default: random, shown on stderr).")
-@click.option("--argmax", is_flag=True, help="Always take the most likely character (no randomness).")
+@click.option("--seed", type=int, callback=_rule("seed"),
+              help="Seed for reproducible samples (default: random, shown on stderr).")
+@click.option("--argmax", is_flag=True,
+              help="Always take the most likely character (no randomness; ignores -t, -k, --top-p).")
+@click.option("--num-samples", type=int, default=1, show_default=True, callback=_rule("num_samples"),
+              help="Generate N samples together, printed one after another, each headed by its own seed.")
+@click.option("--stop", multiple=True,
+              help="End a sample where it produces this text (kept). Repeatable; \\n, \\t, \\\\ are understood.")
+@click.option("--stream", is_flag=True,
+              help="Write each character as soon as it is generated (always so when stdout is a terminal).")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per line per sample: sample, seed, text, generated, stop, settings.")
 @user_errors
-def sample(checkpoint, length, temperature, prime, seed, argmax):
+def sample(checkpoint, length, temperature, top_k, top_p, prime, seed, argmax, num_samples, stop, stream,
+           as_json):
     """Generate text from a trained checkpoint.
+
+    Sample 1 uses --seed itself; every sample's own seed, shown in its header and
+    in --json, reproduces it alone. Ctrl-C stops, keeping what was printed.
 
     \b
     Example:
       charrnn sample runs/shakespeare/best.safetensors --temperature 0.8 --prime "ROMEO:"
+      charrnn sample CKPT --top-p 0.9 --num-samples 5 --stop "\\n\\n" --seed 7
     """
     import secrets
 
-    from charrnn.sample import encode_prime, generate
+    from charrnn.sample import BatchSampler, Decoding, write_samples
 
     ckpt, net = _load_network(checkpoint)
-    encode_prime(ckpt.vocab, prime)  # refuse a bad prime before any output
-    if seed is None:
+    chosen = seed is None
+    if chosen:
         seed = secrets.randbelow(2**31)
-        if not argmax:
-            err(f"seed: {seed}")
-    out = sys.stdout
-    out.write(prime)
-    generate(net, ckpt.vocab, length, temperature, prime, seed, argmax, on_char=out.write)
-    out.write("\n")
-    out.flush()
+    stops = [_unescape(s) for s in stop]
+    sampler = BatchSampler(net, ckpt.vocab, length, seed, num_samples, prime,
+                           Decoding(temperature, top_k, top_p, argmax), stops)  # refuses bad input
+    if chosen and sampler.uses_randomness:
+        err(f"seed: {seed}")
+    settings = None
+    if as_json:
+        settings = {"checkpoint": checkpoint, "length": length, "temperature": temperature, "top_k": top_k,
+                    "top_p": top_p, "argmax": argmax, "prime": prime, "stop": stops,
+                    "num_samples": num_samples, "seed": seed}
+    write_samples(sampler, sys.stdout, settings, stream=stream or sys.stdout.isatty())
 
 
 @cli.command()

@@ -1,14 +1,86 @@
-"""Generating text from a trained model."""
+"""Generating text from a trained model: one sample or many generated together as
+one batch, with temperature, top-k, top-p, stop strings and reproducible seeds.
+
+Sample k of a batch (counting from 1) is exactly what generating it alone with its
+own seed gives: the prime runs once and its state is copied to every row, each row
+draws its random numbers from its own numpy Generator, and the engine's
+Network.step computes every row bit for bit as it would alone.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TextIO
 
 import numpy as np
 
 from charrnn.errors import CharrnnError
 from charrnn.model import Network, RecurrentState
 from charrnn.vocab import Vocab, describe_chars
+
+# Uniform numbers drawn at a time for the whole batch (8 MB of float64): drawing in
+# blocks keeps memory flat for any --length, and a Generator's random(a) followed by
+# random(b) gives the same numbers as random(a + b), so blocks do not change a sample.
+UNIFORMS_PER_BLOCK = 1 << 20
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# setting -> (check, what the value must be): used by Decoding and by the CLI's flags.
+RULES = {
+    "temperature": (lambda v: _is_real(v) and v > 0, "a positive number"),
+    "top_k": (lambda v: v is None or (_is_int(v) and v >= 1), "a positive integer"),
+    "top_p": (lambda v: v is None or (_is_real(v) and 0 < v <= 1), "a number in (0, 1]"),
+    "length": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+    "num_samples": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "seed": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
+}
+
+
+def check_setting(name: str, value) -> None:
+    ok, what = RULES[name]
+    if not ok(value):
+        raise CharrnnError(f"--{name.replace('_', '-')} must be {what}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How the next character is chosen from the logits: divide them by the
+    temperature, keep the top_k most likely characters (None: all), then the top_p
+    nucleus of those (None: all), and draw; or, with argmax, take the most likely."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float | None = None
+    argmax: bool = False
+
+    def __post_init__(self):
+        for name in ("temperature", "top_k", "top_p"):
+            check_setting(name, getattr(self, name))
+
+
+def sample_seed(seed: int, k: int) -> int:
+    """The seed of sample k (counting from 1) of a batch started with `seed`.
+
+    Sample 1 uses the seed itself, so adding --num-samples never changes the first
+    sample. Sample k >= 2 uses the first 64-bit word of numpy's
+    SeedSequence([seed, k]), shifted right by 11 bits: a number below 2**53, which
+    JSON readers that use doubles keep exactly. Nearby seeds (7 and 8) therefore
+    share no samples, and generating alone with sample k's seed reproduces it."""
+    check_setting("seed", seed)
+    if k == 1:
+        return int(seed)
+    word = np.random.SeedSequence([int(seed), int(k)]).generate_state(1, np.uint64)[0]
+    return int(word >> np.uint64(11))
 
 
 def encode_prime(vocab: Vocab, prime: str) -> np.ndarray:
@@ -19,43 +91,294 @@ def encode_prime(vocab: Vocab, prime: str) -> np.ndarray:
     return vocab.encode(prime).astype(np.int64)
 
 
-def generate(net: Network, vocab: Vocab, length: int, temperature: float = 1.0, prime: str = "",
-             seed: int = 0, argmax: bool = False, on_char: Callable[[str], None] | None = None) -> str:
-    """length new characters following prime (which is not part of the result).
+def encode_stops(vocab: Vocab, stops: Sequence[str]) -> list[np.ndarray]:
+    """The ids of each stop string; one the model can never produce is refused."""
+    out = []
+    for s in stops:
+        if not s:
+            raise CharrnnError("--stop must not be empty")
+        missing = vocab.missing(s)
+        if missing:
+            raise CharrnnError(f"--stop {s!r} can never occur: {describe_chars(missing)} "
+                               f"not in the model's vocabulary")
+        out.append(vocab.encode(s).astype(np.int64))
+    return out
 
-    Each character is drawn from softmax(logits / temperature) (or the most likely
-    one with argmax) using one uniform number from numpy's default_rng(seed), so
-    the same seed gives the same text. Without a prime the model starts after a
-    newline when the vocabulary has one (the start of a line), else from a random
-    character, which is then the first one generated.
-    """
-    from charrnn.kernels.sampling import argmax_rows, sample_rows
 
-    rng = np.random.default_rng(seed)
-    state = RecurrentState.zeros(net.cfg, 1, net.params.dtype)
-    out: list[int] = []
-    if prime:
-        ids = encode_prime(vocab, prime)
-        if ids.size > 1:
-            _, state = net.forward(ids[:-1].reshape(-1, 1), state)
-        current = int(ids[-1])
-    elif "\n" in vocab:
-        current = vocab.chars.index("\n")
-    elif length > 0:
-        current = int(rng.integers(len(vocab)))
-        out.append(current)
-        if on_char is not None:
-            on_char(vocab.chars[current])
-    uniforms = rng.random(length)
-    choice = np.zeros(1, np.int64)
-    while len(out) < length:
-        logits, state = net.forward(np.array([[current]]), state)
-        if argmax:
-            argmax_rows(choice, logits)
+class BatchSampler:
+    """Generates num_samples samples side by side, one character per step for all
+    rows that are still going; a row that ends (by a stop string) leaves the batch and
+    costs nothing more. Every sample has at most `length` generated characters."""
+
+    def __init__(self, net: Network, vocab: Vocab, length: int, seed: int, num_samples: int = 1,
+                 prime: str = "", decoding: Decoding = Decoding(), stops: Sequence[str] = ()):
+        check_setting("length", length)
+        check_setting("num_samples", num_samples)
+        check_setting("seed", seed)
+        self.net, self.vocab, self.length, self.decoding = net, vocab, int(length), decoding
+        self.prime = prime
+        self.prime_ids = encode_prime(vocab, prime)
+        self.stops = list(stops)
+        self.stop_ids = encode_stops(vocab, self.stops)
+        self.seeds = [sample_seed(seed, k) for k in range(1, num_samples + 1)]
+        # Which stop string ended each sample (index into stops), or -1.
+        self.stopped_by = np.full(num_samples, -1, np.int64)
+
+    @property
+    def random_start(self) -> bool:
+        """Without a prime or a newline to start from, the first character is random."""
+        return not self.prime and "\n" not in self.vocab
+
+    @property
+    def uses_randomness(self) -> bool:
+        return self.length > 0 and (not self.decoding.argmax or self.random_start)
+
+    def _start_state(self, n: int) -> RecurrentState:
+        """The state after all but the last prime character, computed once (batch 1)
+        and copied to n rows."""
+        state = RecurrentState.zeros(self.net.cfg, 1, self.net.params.dtype)
+        if self.prime_ids.size > 1:
+            _, state = self.net.forward(self.prime_ids[:-1].reshape(-1, 1), state)
+        return RecurrentState(*(np.repeat(a, n, axis=1) for a in state.arrays()))
+
+    def steps(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per step: (rows, ids, ended). rows are the samples (0-based, ascending)
+        that produced a character, ids those characters, and ended marks the rows for
+        which it was the last one. Stops early when every sample has ended."""
+        from charrnn.kernels.sampling import argmax_rows, sample_rows
+
+        n, length, d = len(self.seeds), self.length, self.decoding
+        if length == 0:
+            return
+        rngs = [np.random.default_rng(s) for s in self.seeds]
+        state = self._start_state(n)
+        rows = np.arange(n)
+        history = self._history(n)
+        if self.prime:
+            current = np.full(n, self.prime_ids[-1], np.int64)
+        elif not self.random_start:
+            current = np.full(n, self.vocab.chars.index("\n"), np.int64)
         else:
-            sample_rows(choice, logits, temperature, uniforms[len(out):len(out) + 1])
-        current = int(choice[0])
-        out.append(current)
+            current = np.array([rng.integers(len(self.vocab)) for rng in rngs], np.int64)
+            ended = self._ended(history, current, rows, 1)
+            yield rows, current, ended
+            rows, current, state, history = self._drop(ended, rows, current, state, history)
+        t = 1 if self.random_start else 0
+        block = max(1, UNIFORMS_PER_BLOCK // n)
+        uniforms, block_start = None, t
+        top_k = 0 if d.top_k is None else d.top_k
+        top_p = 1.0 if d.top_p is None else d.top_p
+        while t < length and rows.size:
+            if not d.argmax and (uniforms is None or t - block_start == uniforms.shape[0]):
+                uniforms, block_start = np.empty((min(block, length - t), n)), t
+                for i in rows:
+                    uniforms[:, i] = rngs[i].random(uniforms.shape[0])
+            logits, state = self.net.step(current, state)
+            chosen = np.empty(rows.size, np.int64)
+            if d.argmax:
+                argmax_rows(chosen, logits)
+            else:
+                sample_rows(chosen, logits, float(d.temperature), uniforms[t - block_start, rows],
+                            top_k, float(top_p))
+            t += 1
+            ended = self._ended(history, chosen, rows, t)
+            yield rows, chosen, ended
+            rows, current, state, history = self._drop(ended, rows, chosen, state, history)
+
+    def _history(self, n: int) -> np.ndarray | None:
+        """The last characters of each row's text (prime included), as many as the
+        longest stop string, -1 before the start: a stop string may begin in the
+        prime but must end in generated text."""
+        if not self.stop_ids:
+            return None
+        width = max(s.size for s in self.stop_ids)
+        tail = self.prime_ids[-width:]
+        history = np.full((n, width), -1, np.int64)
+        if tail.size:
+            history[:, width - tail.size:] = tail
+        return history
+
+    def _ended(self, history, chosen, rows, t) -> np.ndarray:
+        """Rows whose text now ends with a stop string, or that reached the length."""
+        ended = np.full(rows.size, t >= self.length)
+        if history is None:
+            return ended
+        history[:, :-1] = history[:, 1:]
+        history[:, -1] = chosen
+        width = history.shape[1]
+        for index, s in enumerate(self.stop_ids):
+            hit = (history[:, width - s.size:] == s).all(axis=1)
+            first = hit & (self.stopped_by[rows] < 0)
+            self.stopped_by[rows[first]] = index
+            ended |= hit
+        return ended
+
+    @staticmethod
+    def _drop(ended, rows, current, state, history):
+        """Remove the rows that ended from the batch."""
+        if not ended.any():
+            return rows, current, state, history
+        keep = ~ended
+        return (rows[keep], current[keep], state.rows(keep),
+                None if history is None else history[keep])
+
+    def stop_of(self, index: int) -> str | None:
+        """The stop string that ended sample `index` (0-based), or None."""
+        k = int(self.stopped_by[index])
+        return None if k < 0 else self.stops[k]
+
+
+class _IdBuffer:
+    """The characters generated so far by every row: (rows, steps), grown by doubling."""
+
+    def __init__(self, n: int, dtype):
+        self.data = np.zeros((n, 256), dtype)
+
+    def put(self, rows, column: int, ids) -> None:
+        if column >= self.data.shape[1]:
+            grown = np.zeros((self.data.shape[0], 2 * self.data.shape[1]), self.data.dtype)
+            grown[:, :self.data.shape[1]] = self.data
+            self.data = grown
+        self.data[rows, column] = ids
+
+
+class SamplePrinter:
+    """Prints the samples of a batch in order, each as soon as it can be: the first
+    one character by character while it is generated, the others from a buffer once
+    the ones before them are complete.
+
+    As text, each sample is its prime and generated characters and a newline; with
+    several samples each is preceded by a header line naming its number and seed,
+    and followed by a blank line. As JSON (settings given), each sample is one line:
+    {"sample", "seed", "text", "generated", "stop", "settings"}."""
+
+    def __init__(self, out: TextIO, sampler: BatchSampler, settings: dict | None = None, stream: bool = False):
+        self.out, self.sampler, self.settings, self.stream = out, sampler, settings, stream
+        n = len(sampler.seeds)
+        self.n, self.head = n, 0
+        self.count = np.zeros(n, np.int64)  # characters generated so far
+        self.ended = np.zeros(n, bool)
+        self.written = 0  # generated characters of the head sample already written
+        self.open = False  # the head sample's text has begun
+        self.buffer = _IdBuffer(n, sampler.vocab.id_dtype) if n > 1 or settings is not None else None
+        self.code_points = np.array([ord(c) for c in sampler.vocab.chars], np.uint32)
+
+    def text(self, ids) -> str:
+        return self.code_points[ids].tobytes().decode("utf-32-le")
+
+    def begin(self) -> None:
+        """Start writing the first sample (its header and prime), before any step."""
+        self._begin()
+        self._flush()
+
+    def step(self, rows, ids, ended) -> None:
+        if self.buffer is not None:
+            self.buffer.put(rows, int(self.count[rows[0]]), ids)
+        self.count[rows] += 1
+        self.ended[rows[ended]] = True
+        if self.open and rows[0] == self.head:
+            if self.buffer is None:
+                self._write(self.text(ids[:1]))
+                self.written += 1
+            else:
+                self._catch_up()
+        self._advance()
+        self._flush()
+
+    def close(self) -> None:
+        """Generation is over: every sample has ended; write what is left."""
+        self.ended[:] = True
+        self._advance()
+        self.out.flush()
+
+    def interrupt(self) -> None:
+        """Ctrl-C: end the line of a sample cut short, keep what was written."""
+        if self.open and self.settings is None:
+            self._write("\n")
+        self.out.flush()
+
+    def _begin(self) -> None:
+        if self.head >= self.n or self.settings is not None:
+            return
+        if self.n > 1:
+            k = self.head + 1
+            self._write(("\n" if k > 1 else "") + f"--- sample {k} of {self.n}, seed {self.sampler.seeds[self.head]} ---\n")
+        self._write(self.sampler.prime)
+        self.open, self.written = True, 0
+        self._catch_up()
+
+    def _catch_up(self) -> None:
+        """Write the head sample's buffered characters that are not written yet."""
+        end = int(self.count[self.head])
+        if self.buffer is not None and end > self.written:
+            self._write(self.text(self.buffer.data[self.head, self.written:end]))
+        self.written = end
+
+    def _advance(self) -> None:
+        while self.head < self.n and self.ended[self.head]:
+            self._finish(self.head)
+            self.head += 1
+            self._begin()
+
+    def _finish(self, i: int) -> None:
+        if self.settings is None:
+            self._write("\n")
+            self.open = False
+            return
+        ids = self.buffer.data[i, :self.count[i]]
+        record = {"sample": i + 1, "seed": self.sampler.seeds[i], "text": self.sampler.prime + self.text(ids),
+                  "generated": int(self.count[i]), "stop": self.sampler.stop_of(i), "settings": self.settings}
+        self._write(json.dumps(record) + "\n")
+
+    def _write(self, text: str) -> None:
+        if text:
+            self.out.write(text)
+
+    def _flush(self) -> None:
+        if self.stream:
+            self.out.flush()
+
+
+def write_samples(sampler: BatchSampler, out: TextIO, settings: dict | None = None, stream: bool = False) -> None:
+    """Generate and print every sample (see SamplePrinter); on Ctrl-C end the line
+    and keep what was printed, then let the KeyboardInterrupt through."""
+    printer = SamplePrinter(out, sampler, settings, stream)
+    try:
+        printer.begin()
+        for rows, ids, ended in sampler.steps():
+            printer.step(rows, ids, ended)
+        printer.close()
+    except KeyboardInterrupt:
+        printer.interrupt()
+        raise
+
+
+def generate_many(net: Network, vocab: Vocab, length: int, seed: int, num_samples: int, prime: str = "",
+                  decoding: Decoding = Decoding(), stops: Sequence[str] = ()) -> list[str]:
+    """The generated text (without the prime) of each of num_samples samples."""
+    sampler = BatchSampler(net, vocab, length, seed, num_samples, prime, decoding, stops)
+    out: list[list[int]] = [[] for _ in range(num_samples)]
+    for rows, ids, _ in sampler.steps():
+        for row, i in zip(rows.tolist(), ids.tolist()):
+            out[row].append(i)
+    return [vocab.decode(ids) for ids in out]
+
+
+def generate(net: Network, vocab: Vocab, length: int, temperature: float = 1.0, prime: str = "",
+             seed: int = 0, argmax: bool = False, on_char: Callable[[str], None] | None = None,
+             top_k: int | None = None, top_p: float | None = None, stops: Sequence[str] = ()) -> str:
+    """Up to `length` new characters following prime (which is not part of the result).
+
+    Each character is drawn from softmax(logits / temperature), restricted to the
+    top_k and then the top_p nucleus (or the most likely one with argmax), using one
+    uniform number from numpy's default_rng(seed), so the same seed gives the same
+    text. Without a prime the model starts after a newline when the vocabulary has
+    one (the start of a line), else from a random character, which is then the first
+    one generated. A stop string ends the text where it first occurs (kept)."""
+    sampler = BatchSampler(net, vocab, length, seed, 1, prime, Decoding(temperature, top_k, top_p, argmax), stops)
+    out: list[str] = []
+    for _, ids, _ in sampler.steps():
+        out.append(vocab.chars[int(ids[0])])
         if on_char is not None:
-            on_char(vocab.chars[current])
-    return vocab.decode(out)
+            on_char(out[-1])
+    return "".join(out)

@@ -125,8 +125,15 @@ def test_out_of_range_flags_are_checked_before_a_resume_compares_them(runner, fi
     (["--temperature", "0"], "must be a positive number, got 0.0"),
     (["--temperature", "-1"], "must be a positive number, got -1.0"),
     (["--temperature", "nan"], "must be a positive number, got nan"),
-    (["--length", "-5"], "must be between 0 and"),
-    (["--length", "100000000000"], "must be between 0 and 1,000,000,000"),
+    (["--length", "-5"], "must be a non-negative integer, got -5"),
+    (["--top-k", "-1"], "must be a positive integer, got -1"),
+    (["--top-k", "0"], "must be a positive integer, got 0"),
+    (["--top-p", "1.5"], "must be a number in (0, 1], got 1.5"),
+    (["--top-p", "nan"], "must be a number in (0, 1], got nan"),
+    (["--top-p", "0"], "must be a number in (0, 1], got 0.0"),
+    (["--top-p", "-0.5"], "must be a number in (0, 1], got -0.5"),
+    (["--num-samples", "0"], "must be a positive integer, got 0"),
+    (["--seed", "-1"], "must be a non-negative integer, got -1"),
 ])
 def test_out_of_range_sampling_numbers_name_the_flag(runner, files, args, message):
     result = runner.invoke(cli, ["sample", str(files / "run" / "best.safetensors"), *args])
@@ -186,6 +193,14 @@ def test_a_new_run_does_not_replace_an_old_one(runner, files):
 def test_prime_with_characters_outside_the_vocabulary(runner, files):
     result = runner.invoke(cli, ["sample", str(files / "run" / "best.safetensors"), "--prime", "Zoë → ✓"])
     refused(result, "'ë' (U+00EB)", "'→' (U+2192)", "'✓' (U+2713)")
+
+
+@pytest.mark.parametrize("stop,message", [
+    ("→", "--stop '→' can never occur: '→' (U+2192) not in the model's vocabulary"),
+    ("", "--stop must not be empty"),
+])
+def test_stop_strings_the_model_cannot_produce(runner, files, stop, message):
+    refused(runner.invoke(cli, ["sample", str(files / "run" / "best.safetensors"), "--stop", stop]), message)
 
 
 def test_evaluation_text_with_characters_outside_the_vocabulary(runner, files, tmp_path):

@@ -94,6 +94,55 @@ def test_sample_argmax(runner, trained):
     assert a.exit_code == 0 and a.stdout == b.stdout
 
 
+def test_sample_k_of_a_batch_is_reproduced_alone_by_its_own_seed(runner, trained):
+    args = ["sample", str(trained), "-n", "60", "--prime", "TH", "--top-k", "8", "--top-p", "0.95",
+            "--stop", "e\\n", "--seed", "5", "--json"]
+    result = runner.invoke(cli, [*args, "--num-samples", "3"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [r["sample"] for r in rows] == [1, 2, 3] and rows[0]["seed"] == 5
+    assert rows[0]["settings"] == {"checkpoint": str(trained), "length": 60, "temperature": 0.8, "top_k": 8,
+                                   "top_p": 0.95, "argmax": False, "prime": "TH", "stop": ["e\n"],
+                                   "num_samples": 3, "seed": 5}
+    for row in rows:
+        assert row["text"].startswith("TH") and len(row["text"]) == 2 + row["generated"]
+        assert (row["stop"] == "e\n") == row["text"].endswith("e\n") and (row["stop"] or row["generated"] == 60)
+        alone = runner.invoke(cli, [*args[:-3], "--seed", str(row["seed"]), "--json"])
+        assert json.loads(alone.stdout)["text"] == row["text"]
+    again = runner.invoke(cli, [*args, "--num-samples", "3"])
+    assert again.stdout == result.stdout
+
+
+def test_sample_several_as_text_each_under_a_header(runner, trained):
+    result = runner.invoke(cli, ["sample", str(trained), "-n", "30", "--num-samples", "2", "--seed", "3",
+                                 "--prime", "A"])
+    assert result.exit_code == 0, result.output
+    first, second = result.stdout.split("\n\n--- sample 2 of 2, seed ")
+    assert first.startswith("--- sample 1 of 2, seed 3 ---\nA") and len(first) == len("--- sample 1 of 2, seed 3 ---\n") + 31
+    seed = second.split(" ---")[0]
+    alone = runner.invoke(cli, ["sample", str(trained), "-n", "30", "--seed", seed, "--prime", "A"])
+    assert second.split(" ---\n", 1)[1] == alone.stdout
+
+
+def test_sample_ctrl_c_keeps_what_was_printed(runner, trained, monkeypatch):
+    from charrnn.model import Network
+
+    original, calls = Network.step, []
+
+    def step(self, ids, state):
+        calls.append(1)
+        if len(calls) > 10:
+            raise KeyboardInterrupt
+        return original(self, ids, state)
+
+    monkeypatch.setattr(Network, "step", step)
+    result = runner.invoke(cli, ["sample", str(trained), "-n", "100", "--prime", "AB", "--seed", "1", "--stream"])
+    assert result.exit_code == 130 and "interrupted" in result.stderr
+    monkeypatch.undo()
+    full = runner.invoke(cli, ["sample", str(trained), "-n", "100", "--prime", "AB", "--seed", "1"]).stdout
+    assert result.stdout == full[:2 + 10] + "\n"
+
+
 def test_evaluate_prints_all_three_measures(runner, trained, corpus):
     result = runner.invoke(cli, ["evaluate", str(trained), str(corpus)])
     assert result.exit_code == 0, result.output
@@ -165,7 +214,7 @@ def test_ctrl_c_during_training_saves_last_and_exits_130(runner, corpus, tmp_pat
 @pytest.mark.parametrize("where,args,message", [
     ("charrnn.train.Trainer.__init__", ["train", "CORPUS", "--out", "OUT"], "interrupted"),
     ("charrnn.train.Trainer.run", ["train", "CORPUS", "--out", "OUT"], "files in OUT are complete"),
-    ("charrnn.sample.generate", ["sample", "CKPT"], "interrupted"),
+    ("charrnn.sample.write_samples", ["sample", "CKPT"], "interrupted"),
     ("charrnn.evaluate.score_ids", ["evaluate", "CKPT", "CORPUS"], "interrupted"),
 ])
 def test_ctrl_c_anywhere_exits_130_with_a_short_note(runner, corpus, trained, tmp_path, monkeypatch,
@@ -189,7 +238,7 @@ def test_out_of_memory_hint_fits_the_command(runner, trained, monkeypatch):
     def exhausted(*a, **k):
         raise MemoryError
 
-    monkeypatch.setattr("charrnn.sample.generate", exhausted)
+    monkeypatch.setattr("charrnn.sample.write_samples", exhausted)
     result = runner.invoke(cli, ["sample", str(trained), "--seed", "1"])
     assert result.exit_code == 1 and "Error: out of memory: try a smaller --length" in result.stderr
 

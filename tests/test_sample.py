@@ -54,3 +54,141 @@ def test_vocabulary_without_newline(model):
     vocab = Vocab.from_chars("abcdefghij")
     text = generate(net, vocab, 12, seed=4)
     assert len(text) == 12
+
+
+# ----- many samples, seeds, stops, printing ---------------------------------------------
+
+import io  # noqa: E402
+import json  # noqa: E402
+
+from charrnn.sample import BatchSampler, Decoding, generate_many, sample_seed, write_samples  # noqa: E402
+
+
+@pytest.mark.parametrize("decoding", [Decoding(0.9), Decoding(1.3, top_k=3, top_p=0.8), Decoding(argmax=True)])
+@pytest.mark.parametrize("prime", ["", "a b\nc"])
+def test_each_sample_of_a_batch_is_that_sample_alone_with_its_own_seed(model, decoding, prime):
+    net, vocab = model
+    stops = ["e ", "hh"]  # rows end at different steps and leave the batch
+    batch = generate_many(net, vocab, 60, 11, 5, prime, decoding, stops)
+    for k, text in enumerate(batch, start=1):
+        alone = generate(net, vocab, 60, decoding.temperature, prime, sample_seed(11, k), decoding.argmax,
+                         top_k=decoding.top_k, top_p=decoding.top_p, stops=stops)
+        assert text == alone
+    assert generate_many(net, vocab, 60, 11, 5, prime, decoding, stops) == batch
+
+
+def test_sample_seeds_sample_1_is_the_seed_others_are_spread():
+    assert sample_seed(7, 1) == 7
+    seeds = [sample_seed(s, k) for s in (7, 8) for k in range(2, 50)]
+    assert len(set(seeds)) == len(seeds) and all(0 <= s < 2**53 for s in seeds)
+    assert sample_seed(7, 2) == int(np.random.SeedSequence([7, 2]).generate_state(1, np.uint64)[0] >> np.uint64(11))
+
+
+def test_a_batch_draws_its_uniforms_in_blocks_without_changing_a_sample(model, monkeypatch):
+    net, vocab = model
+    whole = generate_many(net, vocab, 40, 3, 3)
+    monkeypatch.setattr("charrnn.sample.UNIFORMS_PER_BLOCK", 7)  # blocks of 2 steps for 3 rows
+    assert generate_many(net, vocab, 40, 3, 3) == whole
+
+
+def test_random_start_without_newline_is_reproduced_alone(model):
+    net, _ = model
+    vocab = Vocab.from_chars("abcdefghij")
+    batch = generate_many(net, vocab, 15, 2, 3)
+    assert batch[2] == generate(net, vocab, 15, seed=sample_seed(2, 3))
+
+
+def test_stop_ends_at_the_first_occurrence_and_keeps_it(model):
+    net, vocab = model
+    full = generate(net, vocab, 300, 1.0, "ab", seed=9)
+    stop = full[40:42]
+    end = full.index(stop) + len(stop)
+    assert generate(net, vocab, 300, 1.0, "ab", seed=9, stops=[stop]) == full[:end]
+    # Another stop that occurs later changes nothing; the earliest of several wins.
+    later = full[end + 10:end + 14]
+    if later not in full[:end]:
+        assert generate(net, vocab, 300, 1.0, "ab", seed=9, stops=[later, stop]) == full[:end]
+
+
+def test_a_stop_may_begin_in_the_prime_but_must_end_in_generated_text(model):
+    net, vocab = model
+    full = generate(net, vocab, 50, 1.0, "ab", seed=4)
+    assert generate(net, vocab, 50, 1.0, "ab", seed=4, stops=["b" + full[0]]) == full[0]
+    expected = full[:full.index("ab") + 2] if "ab" in full else full  # not at the start: "ab" is the prime
+    assert generate(net, vocab, 50, 1.0, "ab", seed=4, stops=["ab"]) == expected
+
+
+def test_stops_the_model_cannot_produce_are_refused(model):
+    net, vocab = model
+    with pytest.raises(CharrnnError, match="'z'"):
+        BatchSampler(net, vocab, 10, 0, stops=["az"])
+    with pytest.raises(CharrnnError, match="empty"):
+        BatchSampler(net, vocab, 10, 0, stops=[""])
+
+
+class Recorder(io.StringIO):
+    def __init__(self):
+        super().__init__()
+        self.flushed = []  # the text written at each flush
+
+    def flush(self):
+        self.flushed.append(self.getvalue())
+
+
+def test_streaming_writes_and_flushes_every_character(model):
+    net, vocab = model
+    out = Recorder()
+    write_samples(BatchSampler(net, vocab, 20, 5, prime="ab"), out, stream=True)
+    text = "ab" + generate(net, vocab, 20, prime="ab", seed=5) + "\n"
+    assert out.getvalue() == text
+    # The prime, then each character (the last one with the newline), then the close.
+    assert out.flushed == [text[:i] for i in range(2, 22)] + [text, text]
+
+
+def test_without_streaming_output_is_flushed_once(model):
+    net, vocab = model
+    out = Recorder()
+    write_samples(BatchSampler(net, vocab, 20, 5), out)
+    assert out.flushed == [out.getvalue()]
+
+
+def test_several_samples_print_in_order_each_with_a_header(model):
+    net, vocab = model
+    out = Recorder()
+    write_samples(BatchSampler(net, vocab, 30, 5, 3, prime="a", stops=["b"]), out, stream=True)
+    texts = generate_many(net, vocab, 30, 5, 3, "a", stops=["b"])
+    expected = "\n".join(f"--- sample {k} of 3, seed {sample_seed(5, k)} ---\na{t}\n" for k, t in enumerate(texts, 1))
+    assert out.getvalue() == expected
+    first = f"--- sample 1 of 3, seed 5 ---\na{texts[0]}"
+    assert any(t.startswith(first[:-1]) and not t.startswith(first) for t in out.flushed)  # sample 1 streamed
+
+
+def test_json_lines_hold_text_with_prime_seed_and_settings(model):
+    net, vocab = model
+    out = io.StringIO()
+    write_samples(BatchSampler(net, vocab, 25, 8, 2, prime="ab", stops=["c"]), out, settings={"x": 1})
+    rows = [json.loads(line) for line in out.getvalue().splitlines()]
+    texts = generate_many(net, vocab, 25, 8, 2, "ab", stops=["c"])
+    for k, (row, text) in enumerate(zip(rows, texts), start=1):
+        assert row["sample"] == k and row["seed"] == sample_seed(8, k) and row["settings"] == {"x": 1}
+        assert row["text"] == "ab" + text and row["generated"] == len(text)
+        assert row["stop"] == ("c" if text.endswith("c") else None)
+
+
+def test_ctrl_c_keeps_what_was_printed_and_ends_the_line(model, monkeypatch):
+    net, vocab = model
+    steps = []
+    original = type(net).step
+
+    def step(self, ids, state):
+        if len(steps) == 6:
+            raise KeyboardInterrupt
+        steps.append(1)
+        return original(self, ids, state)
+
+    monkeypatch.setattr(type(net), "step", step)
+    out = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        write_samples(BatchSampler(net, vocab, 50, 5, prime="ab"), out)
+    monkeypatch.undo()
+    assert out.getvalue() == "ab" + generate(net, vocab, 6, prime="ab", seed=5) + "\n"
