@@ -267,48 +267,82 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, seed, argmax, n
 
 @cli.command()
 @click.argument("checkpoint", type=click.Path())
-@click.argument("textfile", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a sentence.")
+@click.argument("texts", nargs=-1, required=True, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of sentences.")
 @click.option("--skip-unknown", is_flag=True,
               help="Drop characters that are not in the model's vocabulary (counted on stderr) "
                    "instead of refusing the file.")
+@click.option("--novelty", is_flag=True,
+              help="Also report the fraction of each text's 20- and 40-character runs that do not occur "
+                   "verbatim in --train.")
+@click.option("--train", "train_corpus", type=click.Path(), help="The training corpus that --novelty compares with.")
 @user_errors
-def evaluate(checkpoint, textfile, as_json, skip_unknown):
-    """Score a text file: mean cross-entropy of each character given all before it.
+def evaluate(checkpoint, texts, as_json, skip_unknown, novelty, train_corpus):
+    """Score text files: mean cross-entropy of each character given all before it.
 
-    Prints nats/char, bits/char and perplexity (one stream from a zero state).
+    Prints nats/char, bits/char and perplexity for each file (one stream from a zero
+    state), and their total when there are several. '-' reads standard input.
 
     \b
     Example:
       charrnn evaluate runs/shakespeare/best.safetensors held_out.txt --json
+      charrnn sample CKPT -n 5000 | charrnn evaluate CKPT - --novelty --train corpus.txt
     """
-    from charrnn.data import load_ids, load_known_ids
-    from charrnn.evaluate import perplexity_report, score_ids
+    from charrnn.data import check_text_file
+    from charrnn.evaluate import STDIN, evaluate_texts, load_text
     from charrnn.vocab import UnknownCharactersError, describe_chars
 
+    if novelty and train_corpus is None:
+        raise click.UsageError("--novelty needs --train CORPUS, the text to compare with")
+    if train_corpus is not None and not novelty:
+        raise click.UsageError("--train is only used with --novelty")
+    if texts.count(STDIN) > 1:
+        raise CharrnnError("standard input ('-') can be read only once")
     ckpt, net = _load_network(checkpoint)
-    skipped = 0
-    if skip_unknown:
-        ids, unknown = load_known_ids(textfile, ckpt.vocab)
-        skipped = sum(unknown.values())
-    else:
+    if novelty:
         try:
-            ids = load_ids(textfile, ckpt.vocab)
+            check_text_file(train_corpus)
+        except CharrnnError as e:
+            raise CharrnnError(f"--train {e}") from None
+    loaded = []
+    for source in texts:
+        try:
+            text = load_text(source, ckpt.vocab, skip_unknown, with_code_points=novelty)
         except UnknownCharactersError as e:
             raise CharrnnError(f"{e}; pass --skip-unknown to score the rest") from None
-    if ids.size < 2:
-        left = f" once {skipped:,} unknown ones are skipped" if skipped else ""
-        raise CharrnnError(f"{textfile} has fewer than 2 characters{left}: nothing to predict")
-    if skipped:
-        err(f"skipped {skipped:,} characters not in the vocabulary: {describe_chars(unknown)}")
-    report = perplexity_report(*score_ids(net, ids, streams=1))
+        if text.ids.size < 2:
+            left = f" once {text.skipped:,} unknown ones are skipped" if text.skipped else ""
+            raise CharrnnError(f"{text.name} has fewer than 2 characters{left}: nothing to predict")
+        loaded.append(text)
+    several = len(loaded) > 1
+    for text in loaded:
+        if text.skipped:
+            err(f"{text.name + ': ' if several else ''}skipped {text.skipped:,} characters not in the "
+                f"vocabulary: {describe_chars(text.unknown)}")
+    result = evaluate_texts(net, loaded, train_corpus if novelty else None)
     if skip_unknown:
-        report["skipped"] = skipped
+        for report, text in zip(result["files"], loaded):
+            report["skipped"] = text.skipped
+        result["total"]["skipped"] = sum(t.skipped for t in loaded)
     if as_json:
-        click.echo(json.dumps(report))
-    else:
-        click.echo(f"{report['nats_per_char']:.4f} nats/char, {report['bits_per_char']:.4f} bits/char, "
-                   f"perplexity {report['perplexity']:.3f} over {report['chars']:,} characters")
+        if not several:
+            result = {k: v for k, v in result["files"][0].items() if k != "file"}
+        click.echo(json.dumps(result))
+        return
+    for report in result["files"]:
+        click.echo(f"{report['file'] + ': ' if several else ''}{_score_line(report, train_corpus)}")
+    if several:
+        click.echo(f"total: {_score_line(result['total'], train_corpus, f' in {len(loaded)} files')}")
+
+
+def _score_line(report: dict, train_corpus, where: str = "") -> str:
+    line = (f"{report['nats_per_char']:.4f} nats/char, {report['bits_per_char']:.4f} bits/char, "
+            f"perplexity {report['perplexity']:.3f} over {report['chars']:,} characters{where}")
+    if "novelty" in report:
+        parts = [f"no {n}-grams (shorter than {n} characters)" if f is None else f"{100 * f:.1f}% of {n}-grams"
+                 for n, f in report["novelty"].items()]
+        line += f"; not in {train_corpus}: " + ", ".join(parts)
+    return line
 
 
 def main():

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import math
+import sys
+from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
+from charrnn.data import iter_text, load_ids, load_known_ids
+from charrnn.errors import CharrnnError
 from charrnn.model import Network, RecurrentState
+from charrnn.vocab import UnknownCharactersError, Vocab, code_points, describe_chars
 
 
 def score_ids(net: Network, ids: np.ndarray, streams: int = 1, chunk: int = 1024) -> tuple[float, int]:
@@ -47,3 +53,89 @@ def perplexity_report(nats: float, count: int) -> dict:
     mean = nats / count if count else float("nan")
     return {"nats_per_char": mean, "bits_per_char": mean / math.log(2),
             "perplexity": math.exp(mean) if mean < 700 else float("inf"), "chars": count}
+
+
+STDIN = "-"
+
+
+def source_name(source) -> str:
+    return "standard input" if str(source) == STDIN else str(source)
+
+
+def read_stdin_text(stream=None) -> str:
+    """All of standard input as text, refused (one line) unless it is UTF-8 without
+    NUL characters, as data.iter_text does for a file; a byte-order mark is dropped."""
+    raw = (stream if stream is not None else sys.stdin.buffer).read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CharrnnError(f"standard input is not UTF-8 text (invalid byte at offset {e.start})") from None
+    text = text.removeprefix("\ufeff")
+    if "\x00" in text:
+        raise CharrnnError("standard input looks like binary data (it contains NUL bytes), not text")
+    return text
+
+
+@dataclass
+class Text:
+    """One text to score: its ids in the model's vocabulary, the characters that were
+    dropped as unknown (with --skip-unknown), and its code points when needed."""
+
+    name: str
+    ids: np.ndarray
+    unknown: Counter
+    code_points: np.ndarray | None = None
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.unknown.values())
+
+
+def load_text(source, vocab: Vocab, skip_unknown: bool = False, with_code_points: bool = False) -> Text:
+    """A file, or standard input for "-". Characters outside the vocabulary are an
+    UnknownCharactersError naming them, or dropped and counted with skip_unknown."""
+    name = source_name(source)
+    if str(source) != STDIN:
+        ids, unknown = load_known_ids(source, vocab) if skip_unknown else (load_ids(source, vocab), Counter())
+        cps = None
+        if with_code_points:
+            pieces = [code_points(t) for t in iter_text(source)]
+            cps = np.concatenate(pieces) if pieces else np.zeros(0, np.uint32)
+        return Text(name, ids, unknown, cps)
+    cps = code_points(read_stdin_text())
+    found = vocab.lookup(cps)
+    known = found >= 0
+    unknown = Counter({chr(int(c)): int(k) for c, k in zip(*np.unique(cps[~known], return_counts=True))})
+    if unknown and not skip_unknown:
+        raise UnknownCharactersError(f"{name}: characters not in the vocabulary: {describe_chars(unknown)}", unknown)
+    return Text(name, found[known].astype(vocab.id_dtype), unknown, cps)
+
+
+def novelty_report(counts: dict) -> dict:
+    """{"20": fraction or None, "40": ...} for novelty.novelty()'s counts of one text."""
+    from charrnn.novelty import fraction
+
+    return {str(n): fraction(c) for n, c in counts.items()}
+
+
+def evaluate_texts(net: Network, texts: list[Text], train_corpus=None) -> dict:
+    """Score each text as one stream from a zero state; with train_corpus, also the
+    novelty of each text's characters (all of them, also those skipped as unknown)
+    against that corpus. Returns {"files": [report per text], "total": report}, the
+    total over all predicted characters (and all n-grams)."""
+    reports, nats, count = [], 0.0, 0
+    for text in texts:
+        total, n = score_ids(net, text.ids, streams=1)
+        nats, count = nats + total, count + n
+        reports.append({"file": text.name, **perplexity_report(total, n)})
+    summary = {"files": reports, "total": perplexity_report(nats, count)}
+    if train_corpus is not None:
+        from charrnn.novelty import NGRAM_SIZES, novelty
+
+        counts = novelty([t.code_points for t in texts], (code_points(c) for c in iter_text(train_corpus)))
+        for report, c in zip(reports, counts):
+            report["novelty"] = novelty_report(c)
+        summed = {n: [c[n] for c in counts if c[n] is not None] for n in NGRAM_SIZES}
+        summary["total"]["novelty"] = novelty_report(
+            {n: (sum(a for a, _ in v), sum(b for _, b in v)) if v else None for n, v in summed.items()})
+    return summary

@@ -232,6 +232,29 @@ def test_evaluate_when_skipping_leaves_nothing(runner, files, tmp_path):
             "fewer than 2 characters once 3 unknown ones are skipped")
 
 
+@pytest.mark.parametrize("data,message", [
+    (b"caf\xe9 au lait", "standard input is not UTF-8 text (invalid byte at offset 3)"),
+    (b"text\x00\x01 more", "standard input looks like binary data"),
+    (b"", "standard input has fewer than 2 characters"),
+    ("café ☕".encode(), "standard input: characters not in the vocabulary: 'é' (U+00E9), '☕' (U+2615); "
+                         "pass --skip-unknown"),
+])
+def test_unusable_standard_input(runner, files, data, message):
+    refused(runner.invoke(cli, ["evaluate", str(files / "run" / "best.safetensors"), "-"], input=data), message)
+
+
+@pytest.mark.parametrize("args,message,code", [
+    (["-", "-"], "standard input ('-') can be read only once", 1),
+    (["CORPUS", "--novelty"], "--novelty needs --train CORPUS", 2),
+    (["CORPUS", "--train", "CORPUS"], "--train is only used with --novelty", 2),
+    (["CORPUS", "--novelty", "--train", "missing.txt"], "--train missing.txt: no such file", 1),
+    (["CORPUS", "missing.txt"], "missing.txt: no such file", 1),
+])
+def test_evaluate_arguments_that_do_not_fit(runner, files, args, message, code):
+    args = [str(files / "corpus.txt") if a == "CORPUS" else a for a in args]
+    refused(runner.invoke(cli, ["evaluate", str(files / "run" / "best.safetensors"), *args]), message, code=code)
+
+
 def test_corpus_with_characters_outside_a_vocab_file(runner, files, tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text(SHAKESPEARE.read_text()[:3000] + "ñ")

@@ -156,6 +156,61 @@ def test_evaluate_json(runner, trained, corpus):
     assert report["chars"] == len(corpus.read_text()) - 1
 
 
+def test_evaluate_reads_standard_input(runner, trained, corpus):
+    from_file = runner.invoke(cli, ["evaluate", str(trained), str(corpus), "--json"])
+    from_stdin = runner.invoke(cli, ["evaluate", str(trained), "-", "--json"], input=corpus.read_bytes())
+    assert from_stdin.exit_code == 0, from_stdin.output
+    assert from_stdin.stdout == from_file.stdout
+
+
+def test_evaluate_several_files_a_line_each_and_a_total(runner, trained, corpus, tmp_path):
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text(corpus.read_text()[:700])
+    b.write_text(corpus.read_text()[700:2000])
+    result = runner.invoke(cli, ["evaluate", str(trained), str(a), str(b)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3 and lines[0].startswith(f"{a}: ") and lines[1].startswith(f"{b}: ")
+    assert lines[2].startswith("total: ") and "over 1,998 characters in 2 files" in lines[2]
+    report = json.loads(runner.invoke(cli, ["evaluate", str(trained), str(a), str(b), "--json"]).stdout)
+    alone = [json.loads(runner.invoke(cli, ["evaluate", str(trained), str(p), "--json"]).stdout) for p in (a, b)]
+    assert [r.pop("file") for r in report["files"]] == [str(a), str(b)] and report["files"] == alone
+    nats = sum(r["nats_per_char"] * r["chars"] for r in alone) / 1998
+    assert report["total"]["chars"] == 1998 and report["total"]["nats_per_char"] == pytest.approx(nats, rel=1e-12)
+
+
+def test_novelty_of_a_verbatim_slice_shuffled_text_and_a_short_text(runner, trained, corpus, tmp_path):
+    import random
+
+    text = corpus.read_text()
+    verbatim, shuffled, short = tmp_path / "verbatim.txt", tmp_path / "shuffled.txt", tmp_path / "short.txt"
+    verbatim.write_text(text[1000:2500])
+    chars = list(text[1000:2500])
+    random.Random(0).shuffle(chars)
+    shuffled.write_text("".join(chars))
+    short.write_text(text[:30])
+    args = ["evaluate", str(trained), str(verbatim), str(shuffled), str(short), "--novelty", "--train", str(corpus)]
+    report = json.loads(runner.invoke(cli, [*args, "--json"]).stdout)
+    novelty = [r["novelty"] for r in report["files"]]
+    assert novelty[0] == {"20": 0.0, "40": 0.0}
+    assert novelty[1]["20"] > 0.99 and novelty[1]["40"] == 1.0
+    assert novelty[2] == {"20": 0.0, "40": None}
+    assert report["total"]["novelty"]["40"] == pytest.approx(1461 / (1461 + 1461))
+    lines = runner.invoke(cli, args).stdout.splitlines()
+    assert lines[0].endswith(f"not in {corpus}: 0.0% of 20-grams, 0.0% of 40-grams")
+    assert lines[2].endswith("0.0% of 20-grams, no 40-grams (shorter than 40 characters)")
+
+
+def test_sample_piped_into_evaluate_with_novelty(runner, trained, corpus):
+    sample = runner.invoke(cli, ["sample", str(trained), "-n", "300", "--seed", "2"])
+    result = runner.invoke(cli, ["evaluate", str(trained), "-", "--novelty", "--train", str(corpus), "--json"],
+                           input=sample.stdout)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report) == {"nats_per_char", "bits_per_char", "perplexity", "chars", "novelty"}
+    assert report["chars"] == 300 and 0.0 <= report["novelty"]["20"] <= 1.0
+
+
 def test_any_utf8_corpus(runner, tmp_path):
     text = "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。\n" * 40 + "Ünïcödé ✓ 🙂\n" * 20
     corpus = tmp_path / "poem.txt"

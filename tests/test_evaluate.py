@@ -47,3 +47,11 @@ def test_several_streams_cover_every_character_and_the_remainder_continues_the_l
 def test_report_units():
     r = perplexity_report(2 * math.log(2) * 10, 10)
     assert r["bits_per_char"] == pytest.approx(2.0) and r["perplexity"] == pytest.approx(4.0) and r["chars"] == 10
+
+
+def test_standard_input_drops_a_byte_order_mark():
+    import io
+
+    from charrnn.evaluate import read_stdin_text
+
+    assert read_stdin_text(io.BytesIO("\ufeffab\n".encode())) == "ab\n"
