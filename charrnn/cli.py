@@ -345,5 +345,26 @@ def _score_line(report: dict, train_corpus, where: str = "") -> str:
     return line
 
 
+@cli.command()
+@click.argument("path", metavar="CKPT_OR_RUN_DIR", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@user_errors
+def info(path, as_json):
+    """Describe a checkpoint or a run directory: model, vocabulary, training progress, settings.
+
+    For a run directory (its last.safetensors), also the validation loss of every
+    evaluation as a small chart.
+
+    \b
+    Example:
+      charrnn info runs/shakespeare
+      charrnn info runs/shakespeare/best.safetensors --json
+    """
+    from charrnn.info import describe, format_text
+
+    described = describe(path)
+    click.echo(json.dumps(described) if as_json else format_text(described))
+
+
 def main():
     cli(prog_name="charrnn")

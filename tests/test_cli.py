@@ -8,7 +8,7 @@ from conftest import SHAKESPEARE
 
 from charrnn.cli import cli
 
-COMMANDS = ["vocab", "train", "sample", "evaluate"]
+COMMANDS = ["vocab", "train", "sample", "evaluate", "info"]
 TINY = ["--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16",
         "--eval-every", "10", "--max-steps", "20", "-q"]
 
@@ -209,6 +209,36 @@ def test_sample_piped_into_evaluate_with_novelty(runner, trained, corpus):
     report = json.loads(result.stdout)
     assert set(report) == {"nats_per_char", "bits_per_char", "perplexity", "chars", "novelty"}
     assert report["chars"] == 300 and 0.0 <= report["novelty"]["20"] <= 1.0
+
+
+def test_info_on_a_run_directory_and_on_a_checkpoint(runner, trained):
+    run = runner.invoke(cli, ["info", str(trained.parent)])
+    assert run.exit_code == 0, run.output
+    text = run.stdout
+    for expected in ["last.safetensors (resumable)", "lstm, 1 layer of 16 units, embedding 8, dropout 0",
+                     "20 steps", "best val", "at step 20", "--hidden 16", "--batch-size 4 --seq-len 16",
+                     "--max-steps 20", "validation loss (nats/char) at 2 evaluations:", "step 10 to 20"]:
+        assert expected in text, expected
+    report = json.loads(runner.invoke(cli, ["info", str(trained.parent), "--json"]).stdout)
+    from charrnn.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(trained)
+    assert report["parameters"] == ckpt.params.flat.size and report["vocab"] == ckpt.vocab.chars
+    assert report["config"] == ckpt.config.to_dict() and report["train"] == ckpt.train
+    assert report["step"] == 20 and report["best_step"] == ckpt.state["best_step"]
+    assert report["best_val_loss"] == ckpt.state["best_val_loss"] and report["epoch"] > 0
+    assert [row["step"] for row in report["history"]] == [10, 20]
+    alone = runner.invoke(cli, ["info", str(trained)])
+    assert alone.exit_code == 0 and "best.safetensors" in alone.stdout and "validation loss (" not in alone.stdout
+    assert json.loads(runner.invoke(cli, ["info", str(trained), "--json"]).stdout)["history"] is None
+
+
+@pytest.mark.parametrize("name,message", [("missing", "no such checkpoint file or run directory"),
+                                          (".", "is not a run directory"),
+                                          ("corpus.txt", "is not a safetensors checkpoint")])
+def test_info_refuses_what_is_not_a_checkpoint(runner, corpus, name, message):
+    result = runner.invoke(cli, ["info", str(corpus.parent / name)])
+    assert result.exit_code == 1 and message in result.stderr and "Traceback" not in result.output
 
 
 def test_any_utf8_corpus(runner, tmp_path):
