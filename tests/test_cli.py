@@ -254,6 +254,30 @@ def test_any_utf8_corpus(runner, tmp_path):
     assert set(sample.stdout[:-1]) <= set(text)
 
 
+def test_sample_evaluate_and_info_on_a_unicode_corpus(runner, tmp_path):
+    text = "春眠不觉晓，处处闻啼鸟。夜来风雨声，花落知多少。\n" * 40 + "Ünïcödé ✓ 🙂\n" * 20
+    corpus = tmp_path / "poem.txt"
+    corpus.write_text(text, encoding="utf-8")
+    out = tmp_path / "run"
+    assert runner.invoke(cli, ["train", str(corpus), "--out", str(out), *TINY]).exit_code == 0
+    ckpt = str(out / "best.safetensors")
+    result = runner.invoke(cli, ["sample", ckpt, "--prime", "🙂", "-n", "40", "--num-samples", "3", "--stop", "。",
+                                 "--top-k", "10", "--top-p", "0.9", "--seed", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 3 and all(r["text"].startswith("🙂") and set(r["text"]) <= set(text) for r in rows)
+    assert all(r["text"].endswith("。") == (r["stop"] == "。") for r in rows)
+    sample = "".join(r["text"] for r in rows)
+    scored = runner.invoke(cli, ["evaluate", ckpt, "-", "--novelty", "--train", str(corpus)], input=sample)
+    assert scored.exit_code == 0, scored.output
+    assert "perplexity" in scored.stdout and ("% of 20-grams" in scored.stdout or "no 20-grams" in scored.stdout)
+    verbatim = runner.invoke(cli, ["evaluate", ckpt, "-", "--novelty", "--train", str(corpus), "--json"],
+                             input=text[5:200])
+    assert json.loads(verbatim.stdout)["novelty"] == {"20": 0.0, "40": 0.0}
+    info = runner.invoke(cli, ["info", str(out)])
+    assert info.exit_code == 0 and "春" in info.stdout and "🙂" in info.stdout
+
+
 @pytest.mark.parametrize("args,message", [
     (["train", "missing.txt", "--out", "x"], "no such file"),
     (["sample", "missing.safetensors"], "no such checkpoint"),
