@@ -148,6 +148,7 @@ class BatchSampler:
         from charrnn.kernels.sampling import argmax_rows, sample_rows
 
         n, length, d = len(self.seeds), self.length, self.decoding
+        self.stopped_by[:] = -1
         if length == 0:
             return
         rngs = [np.random.default_rng(s) for s in self.seeds]
