@@ -6,6 +6,7 @@ import codecs
 import os
 from collections import Counter
 from collections.abc import Iterator
+from typing import BinaryIO
 from pathlib import Path
 
 import numpy as np
@@ -33,33 +34,38 @@ def check_text_file(path) -> Path:
 
 
 def iter_text(path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
-    """The UTF-8 text of a file in pieces, a leading byte-order mark dropped.
-
-    Refuses (CharrnnError) bytes that are not UTF-8, naming the offset, and NUL
-    characters, which mean a binary file rather than text."""
+    """The UTF-8 text of a file in pieces; see decode_stream."""
     p = check_text_file(path)
+    with open(p, "rb") as f:
+        yield from decode_stream(f, str(p), chunk_bytes)
+
+
+def decode_stream(stream: BinaryIO, name: str, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
+    """The UTF-8 text of a binary stream in pieces, a leading byte-order mark dropped.
+
+    Refuses (CharrnnError, naming the stream as `name`) bytes that are not UTF-8,
+    with their offset, and NUL characters, which mean binary data rather than text."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     offset = 0
     first = True
-    with open(p, "rb") as f:
-        while True:
-            raw = f.read(chunk_bytes)
-            final = not raw
-            try:
-                text = decoder.decode(raw, final=final)
-            except UnicodeDecodeError as e:
-                raise CharrnnError(f"{p} is not UTF-8 text (invalid byte at offset {offset + e.start}); "
-                                   "convert it first, e.g. iconv -f latin1 -t utf-8") from None
-            if first and text.startswith("\ufeff"):
-                text = text[1:]
-            first = first and not text
-            if "\x00" in text:
-                raise CharrnnError(f"{p} looks like a binary file (it contains NUL bytes), not text")
-            if text:
-                yield text
-            if final:
-                return
-            offset += len(raw)
+    while True:
+        raw = stream.read(chunk_bytes)
+        final = not raw
+        try:
+            text = decoder.decode(raw, final=final)
+        except UnicodeDecodeError as e:
+            raise CharrnnError(f"{name} is not UTF-8 text (invalid byte at offset {offset + e.start}); "
+                               "convert it first, e.g. iconv -f latin1 -t utf-8") from None
+        if first and text.startswith("\ufeff"):
+            text = text[1:]
+        first = first and not text
+        if "\x00" in text:
+            raise CharrnnError(f"{name} looks like binary data (it contains NUL bytes), not text")
+        if text:
+            yield text
+        if final:
+            return
+        offset += len(raw)
 
 
 def scan_vocab(paths) -> Vocab:

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from charrnn.data import iter_text, load_ids, load_known_ids
-from charrnn.errors import CharrnnError
+from charrnn.data import decode_stream, iter_text, load_ids, load_known_ids
 from charrnn.model import Network, RecurrentState
 from charrnn.vocab import UnknownCharactersError, Vocab, code_points, describe_chars
 
@@ -63,17 +62,8 @@ def source_name(source) -> str:
 
 
 def read_stdin_text(stream=None) -> str:
-    """All of standard input as text, refused (one line) unless it is UTF-8 without
-    NUL characters, as data.iter_text does for a file; a byte-order mark is dropped."""
-    raw = (stream if stream is not None else sys.stdin.buffer).read()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CharrnnError(f"standard input is not UTF-8 text (invalid byte at offset {e.start})") from None
-    text = text.removeprefix("\ufeff")
-    if "\x00" in text:
-        raise CharrnnError("standard input looks like binary data (it contains NUL bytes), not text")
-    return text
+    """All of standard input as text, checked as data.iter_text checks a file."""
+    return "".join(decode_stream(stream if stream is not None else sys.stdin.buffer, "standard input"))
 
 
 @dataclass

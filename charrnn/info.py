@@ -8,47 +8,18 @@ from pathlib import Path
 
 from charrnn.checkpoint import load_checkpoint, read_header
 from charrnn.errors import CharrnnError
-
-MODEL_FLAGS = ("cell", "layers", "hidden", "embed", "dropout")
-TRAIN_FLAGS = ("batch_size", "seq_len", "lr", "grad_clip", "val_frac", "eval_every", "max_steps", "max_epochs",
-               "max_time", "seed")
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """The rows of a metrics.jsonl that are JSON objects with an integer step; none
-    when there is no such file. A damaged line is passed over."""
-    rows = []
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return rows
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool):
-            rows.append(row)
-    return rows
+from charrnn.train import MODEL_FLAGS, TRAIN_FLAGS, read_metrics
 
 
 def _number(v) -> float | None:
     return v if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
-def _epoch(step, rows: list[dict]) -> float | None:
-    """Epochs done at a step: the metrics row of that step says, or the ratio of
-    epochs to steps of the latest row (steps per epoch are fixed within a run)."""
-    if not isinstance(step, int):
+def _epoch(step, steps_per_epoch) -> float | None:
+    """Passes over the training text done by a step."""
+    if not (isinstance(step, int) and isinstance(steps_per_epoch, int) and steps_per_epoch > 0):
         return None
-    for row in reversed(rows):
-        if row["step"] == step and _number(row.get("epoch")) is not None:
-            return row["epoch"]
-    for row in reversed(rows):
-        epoch = _number(row.get("epoch"))
-        if row["step"] > 0 and epoch:
-            return round(step * epoch / row["step"], 4)
-    return None
+    return round(step / steps_per_epoch, 4)
 
 
 def _row_at(step, rows: list[dict]) -> dict:
@@ -58,8 +29,7 @@ def _row_at(step, rows: list[dict]) -> dict:
 def describe(path) -> dict:
     """Everything `charrnn info` shows about a checkpoint file or a run directory
     (whose last.safetensors, else best.safetensors, is described, with the
-    validation history of its metrics.jsonl). A checkpoint's epochs come from the
-    metrics.jsonl beside it, when there is one."""
+    validation history of its metrics.jsonl)."""
     p = Path(path)
     run_dir = None
     if not p.exists():
@@ -91,12 +61,12 @@ def describe(path) -> dict:
         "vocab": ckpt.vocab.chars,
         "resumable": "optimizer.exp_avg.embedding.weight" in header,
         "step": step,
-        "epoch": _epoch(step, rows),
+        "epoch": _epoch(step, state.get("steps_per_epoch")),
         "elapsed": elapsed,
         "val_loss": state.get("val_loss"),
         "best_val_loss": state.get("best_val_loss"),
         "best_step": best_step,
-        "best_epoch": _epoch(best_step, rows),
+        "best_epoch": _epoch(best_step, state.get("steps_per_epoch")),
         "best_elapsed": _number(_row_at(best_step, rows).get("elapsed")),
         "corpus_sha256": state.get("corpus_sha256"),
         "train": train,
@@ -118,7 +88,7 @@ def _duration(seconds: float) -> str:
 def settings_flags(config: dict, train: dict) -> str:
     """The training settings as `charrnn train` flags."""
     flags = []
-    for name in MODEL_FLAGS + TRAIN_FLAGS:
+    for name in [*MODEL_FLAGS, *TRAIN_FLAGS]:
         value = config.get(name, train.get(name))
         if value is None:
             continue

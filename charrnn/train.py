@@ -111,6 +111,24 @@ def corpus_fingerprint(path: Path) -> str:
 RUN_FILES = ("last.safetensors", "best.safetensors", "metrics.jsonl")
 
 
+def read_metrics(path: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl (JSON objects with an integer step), none
+    when there is no such file. A damaged line is passed over."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(row, dict) and _is_int(row.get("step")):
+            rows.append(row)
+    return rows
+
+
 @contextmanager
 def _memory_for(cfg: ModelConfig):
     """Turn a failed allocation for a model of cfg's size into a one-line error."""
@@ -147,6 +165,7 @@ class Trainer:
         self.ids = self._load_corpus(resume, vocab_path)
         self.train_ids, self.val_ids = split_train_val(self.ids, self.tcfg.val_frac)
         self.batches = self._batches()
+        self.state["steps_per_epoch"] = self.batches.steps_per_epoch
         self.fingerprint = corpus_fingerprint(self.corpus)
         self._create_out_dir()
         self._check_resumed_corpus()
@@ -300,18 +319,9 @@ class Trainer:
     def _load_metrics(self) -> list[dict]:
         """Earlier evaluations of this run (when resuming into the same directory),
         up to the resumed step: later rows belong to checkpoints being replaced."""
-        path = self.out_dir / "metrics.jsonl"
-        if not self.resumed or not path.is_file():
+        if not self.resumed:
             return []
-        rows = []
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                row = json.loads(line)
-            except (ValueError, RecursionError):
-                continue
-            if isinstance(row, dict) and _is_int(row.get("step")) and row["step"] <= self.step:
-                rows.append(row)
-        return rows
+        return [row for row in read_metrics(self.out_dir / "metrics.jsonl") if row["step"] <= self.step]
 
     # ----- budget -------------------------------------------------------------
 

@@ -11,10 +11,9 @@ def test_chart_has_a_column_per_point_or_per_run_of_points():
     assert flat[0].endswith("|**")
 
 
-def test_epochs_from_the_row_of_the_step_or_the_ratio_of_the_latest_row():
-    rows = [{"step": 10, "epoch": 0.5}, {"step": 20, "epoch": 1.0}]
-    assert _epoch(10, rows) == 0.5 and _epoch(25, rows) == 1.25 and _epoch(None, rows) is None
-    assert _epoch(5, []) is None
+def test_epochs_are_steps_over_steps_per_epoch():
+    assert _epoch(10, 20) == 0.5 and _epoch(25, 20) == 1.25
+    assert _epoch(None, 20) is None and _epoch(5, None) is None and _epoch(5, 0) is None
 
 
 def test_settings_read_as_train_flags():
