@@ -72,10 +72,14 @@ def parameter_shapes(cfg: ModelConfig) -> list[tuple[str, tuple[int, ...]]]:
 
 
 class ParamBuffer:
-    """A flat array with a named, shaped view per tensor."""
+    """A flat array with a named, shaped view per tensor.
+
+    `version` counts changes: whoever changes the values in place calls touch(), and
+    a Network repacks its weights when it sees a new version."""
 
     def __init__(self, cfg: ModelConfig, dtype=np.float32, flat: np.ndarray | None = None):
         self.cfg = cfg
+        self.version = 0
         self.shapes = parameter_shapes(cfg)
         size = sum(math.prod(shape) for _, shape in self.shapes)
         if flat is None:
@@ -93,6 +97,10 @@ class ParamBuffer:
     @property
     def dtype(self):
         return self.flat.dtype
+
+    def touch(self) -> None:
+        """Record that the values changed."""
+        self.version += 1
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.views[name]
@@ -159,48 +167,31 @@ def layer_dropout_keys(key: int, layers: int) -> np.ndarray:
     return np.random.SeedSequence([key & 0xFFFFFFFFFFFFFFFF, 0x6D61736B]).generate_state(layers, np.uint64)
 
 
-class _Workspace:
-    """Every array one forward/backward pass over a (T, B) batch needs, allocated once."""
-
-    def __init__(self, cfg: ModelConfig, T: int, B: int, dtype, dropout: bool):
-        H, GH = cfg.hidden, cfg.gates * cfg.hidden
-        new = lambda *shape: np.zeros(shape, dtype)  # noqa: E731
-        self.emb = new(T, B, cfg.embed)
-        self.hs = [new(T, B, H) for _ in range(cfg.layers)]
-        self.acts = [new(T, B, GH) for _ in range(cfg.layers)] if cfg.cell != "rnn" else None
-        # LSTM: cell states; GRU: W_hn h + b_hn; RNN: nothing more.
-        self.extra = [new(T, B, H) for _ in range(cfg.layers)] if cfg.cell != "rnn" else None
-        self.masks = [new(T, B, H) for _ in range(cfg.layers)] if dropout else None
-        self.ys = [new(T, B, H) for _ in range(cfg.layers)] if dropout else None
-        self.logits = new(T * B, cfg.vocab_size)
-        # Backward: the gradient w.r.t. a layer's output, w.r.t. the embedding output,
-        # and the per-step gate gradients (two arrays for the GRU, see weight_gradients).
-        self.dy = [new(T, B, H), new(T, B, H)]
-        self.demb = new(T, B, cfg.embed)
-        self.dgates = new(T, B, GH)
-        self.dgates_h = new(T, B, GH) if cfg.cell == "gru" else None
-        self.dh0 = new(B, H)
-        self.dc0 = new(B, H)
-
-    def layer_output(self, layer: int) -> np.ndarray:
-        """What the layer above (or the decoder) reads: the output after dropout."""
-        return self.ys[layer] if self.ys is not None else self.hs[layer]
-
-
 class Network:
     """The model's forward and backward passes over (T, B) batches of character ids."""
 
     def __init__(self, cfg: ModelConfig, params: ParamBuffer):
         self.cfg = cfg
         self.params = params
-        self._workspaces: dict[tuple, _Workspace] = {}
+        self._workspaces: dict[tuple, object] = {}
+        self._packed = None
         self._last = None  # (workspace, ids, initial state, dropout) of the last forward
 
-    def _workspace(self, T: int, B: int, dropout: bool) -> _Workspace:
+    def _workspace(self, T: int, B: int, dropout: bool):
+        from charrnn.engine import Workspace
+
         key = (T, B, dropout)
         if key not in self._workspaces:
-            self._workspaces[key] = _Workspace(self.cfg, T, B, self.params.dtype, dropout)
+            self._workspaces[key] = Workspace(self.cfg, T, B, self.params.dtype, dropout)
         return self._workspaces[key]
+
+    def packed(self, nthreads: int):
+        """The weights packed for the kernels, rebuilt when the parameters change."""
+        from charrnn.engine import PackedWeights
+
+        if self._packed is None or self._packed.version != self.params.version:
+            self._packed = PackedWeights(self.cfg, self.params, nthreads)
+        return self._packed
 
     def forward(self, ids: np.ndarray, state: RecurrentState, dropout_key: int | None = None):
         """Logits for every position, and the state after the last step.
@@ -210,46 +201,37 @@ class Network:
         then applies dropout (if the config has any) with masks derived from the key.
         Returns logits: (T * B, V), row t * B + b for stream b at step t, and the new state.
         """
-        from charrnn.kernels.linear import embedding_forward, linear_forward
+        from charrnn.engine import layer_forward, product, threads
+        from charrnn.kernels.dropout import apply_mask, dropout_mask
+        from charrnn.kernels.linear import gather_rows, set_rows
 
-        cfg = self.cfg
+        cfg, nthreads = self.cfg, threads()
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         T, B = ids.shape
         use_dropout = dropout_key is not None and cfg.dropout > 0.0
         ws = self._workspace(T, B, use_dropout)
+        packed = self.packed(nthreads)
         keys = layer_dropout_keys(dropout_key, cfg.layers) if use_dropout else None
-        embedding_forward(ws.emb, ids, self.params["embedding.weight"])
-        x = ws.emb
-        for layer in range(cfg.layers):
+        below = None
+        for layer, (buf, weights) in enumerate(zip(ws.layers, packed.layers)):
+            if layer == 0:
+                gather_rows(buf.input_side(), packed.table, ids.reshape(-1), nthreads)
+            else:
+                set_rows(buf.input_side(), weights.bias, nthreads)
+                product(buf.input_side(), below.reshape(T * B, cfg.hidden), False, weights.ih_t, nthreads)
             c0 = state.c[layer] if state.c is not None else None
-            self._layer_forward(layer, ws, x, state.h[layer], c0)
+            layer_forward(cfg.cell, buf, weights, state.h[layer], c0, nthreads)
             if use_dropout:
-                from charrnn.kernels.dropout import dropout_mask
-
-                dropout_mask(ws.masks[layer], keys[layer], cfg.dropout)
-                np.multiply(ws.hs[layer], ws.masks[layer], out=ws.ys[layer])
-            x = ws.layer_output(layer)
-        top = x.reshape(T * B, cfg.hidden)
-        linear_forward(ws.logits, top, self.params["decoder.weight"], self.params["decoder.bias"])
+                dropout_mask(buf.mask, keys[layer], cfg.dropout, nthreads)
+                apply_mask(buf.ys, buf.hs, buf.mask, nthreads)
+            below = buf.output
+        set_rows(ws.logits, self.params["decoder.bias"], nthreads)
+        product(ws.logits, below.reshape(T * B, cfg.hidden), False, packed.dec_t, nthreads)
         new_state = RecurrentState(
-            np.stack([hs[T - 1] for hs in ws.hs]),
-            np.stack([cs[T - 1] for cs in ws.extra]) if cfg.cell == "lstm" else None,
-        )
-        self._last = (ws, ids, state.copy(), use_dropout)
+            np.stack([buf.hs_buf[T] for buf in ws.layers]),
+            np.stack([buf.cs_buf[T] for buf in ws.layers]) if cfg.cell == "lstm" else None)
+        self._last = (ws, ids, use_dropout)
         return ws.logits, new_state
-
-    def _layer_forward(self, layer, ws, x, h0, c0):
-        from charrnn.kernels.gru import gru_forward
-        from charrnn.kernels.lstm import lstm_forward
-        from charrnn.kernels.rnn import rnn_forward
-
-        w_ih, w_hh, b_ih, b_hh = self.params.layer(layer)
-        if self.cfg.cell == "lstm":
-            lstm_forward(ws.hs[layer], ws.extra[layer], ws.acts[layer], x, h0, c0, w_ih, w_hh, b_ih, b_hh)
-        elif self.cfg.cell == "gru":
-            gru_forward(ws.hs[layer], ws.acts[layer], ws.extra[layer], x, h0, w_ih, w_hh, b_ih, b_hh)
-        else:
-            rnn_forward(ws.hs[layer], x, h0, w_ih, w_hh, b_ih, b_hh)
 
     def backward(self, dlogits: np.ndarray, grads: ParamBuffer,
                  dstate_last: RecurrentState | None = None) -> RecurrentState:
@@ -257,50 +239,50 @@ class Network:
         logits of the last forward call. dstate_last is the gradient w.r.t. the final
         state (zero when truncating backpropagation). Returns the gradient w.r.t. the
         initial state."""
-        from charrnn.kernels.linear import embedding_backward, linear_backward
+        from charrnn.engine import layer_backward, product, recurrent_weight_gradients, threads
+        from charrnn.kernels.dropout import apply_mask
+        from charrnn.kernels.linear import add_column_sums, scatter_add_rows
 
-        cfg = self.cfg
-        ws, ids, state0, use_dropout = self._last
+        cfg, nthreads = self.cfg, threads()
+        ws, ids, use_dropout = self._last
         T, B = ids.shape
-        if dstate_last is None:
-            dstate_last = RecurrentState.zeros(cfg, B, self.params.dtype)
+        H, TB = cfg.hidden, T * B
+        packed = self.packed(nthreads).for_backward(nthreads)
         dstate0 = RecurrentState.zeros(cfg, B, self.params.dtype)
-        top = ws.layer_output(cfg.layers - 1).reshape(T * B, cfg.hidden)
+        top = ws.layers[-1].output.reshape(TB, H)
         dy = ws.dy[0]
-        linear_backward(dy.reshape(T * B, cfg.hidden), grads["decoder.weight"], grads["decoder.bias"],
-                        dlogits, top, self.params["decoder.weight"])
+        dy[...] = 0.0
+        product(dy.reshape(TB, H), dlogits, False, packed.dec, nthreads)
+        product(grads["decoder.weight"], dlogits, True, ws.packed_activations(top, nthreads), nthreads)
+        add_column_sums(grads["decoder.bias"], dlogits, nthreads)
         for layer in range(cfg.layers - 1, -1, -1):
+            buf, weights = ws.layers[layer], packed.layers[layer]
+            dw_ih, dw_hh, db_ih, db_hh = grads.layer(layer)
             if use_dropout:
-                dy *= ws.masks[layer]
-            x = ws.emb if layer == 0 else ws.layer_output(layer - 1)
-            dx = ws.demb if layer == 0 else ws.dy[(cfg.layers - layer) % 2]
-            self._layer_backward(layer, ws, grads, dx, dy, x, state0, dstate_last)
-            dstate0.h[layer] = ws.dh0
+                apply_mask(dy, dy, buf.mask, nthreads)
+            ws.dh[...] = 0.0 if dstate_last is None else dstate_last.h[layer]
+            ws.dc[...] = 0.0 if dstate_last is None or dstate_last.c is None else dstate_last.c[layer]
+            dxg, dhg = layer_backward(cfg.cell, buf, ws, weights, dy, ws.dh, ws.dc, nthreads)
+            dstate0.h[layer] = ws.dh
             if dstate0.c is not None:
-                dstate0.c[layer] = ws.dc0
-            dy = dx
-        embedding_backward(grads["embedding.weight"], ws.demb, ids)
+                dstate0.c[layer] = ws.dc
+            recurrent_weight_gradients(ws, buf, dxg, dhg, dw_hh, db_ih, db_hh, nthreads)
+            dxg2 = dxg.reshape(TB, cfg.gates * H)
+            if layer > 0:
+                below = ws.layers[layer - 1].output.reshape(TB, H)
+                product(dw_ih, dxg2, True, ws.packed_activations(below, nthreads), nthreads)
+                dy = ws.dy[(cfg.layers - layer) % 2]
+                dy[...] = 0.0
+                product(dy.reshape(TB, H), dxg2, False, weights.ih, nthreads)
+            else:
+                # Layer 0's input side was a table lookup: its gradient is a scatter
+                # into the table's rows, then two small products over V rows.
+                ws.dtable[...] = 0.0
+                scatter_add_rows(ws.dtable, dxg2, ids.reshape(-1), nthreads)
+                emb = self.params["embedding.weight"]
+                product(dw_ih, ws.dtable, True, ws.packed_activations(emb, nthreads), nthreads)
+                product(grads["embedding.weight"], ws.dtable, False, weights.ih, nthreads)
         return dstate0
-
-    def _layer_backward(self, layer, ws, grads, dx, dy, x, state0, dstate_last):
-        from charrnn.kernels.gru import gru_backward
-        from charrnn.kernels.lstm import lstm_backward
-        from charrnn.kernels.rnn import rnn_backward
-
-        w_ih, w_hh, _, _ = self.params.layer(layer)
-        dw_ih, dw_hh, db_ih, db_hh = grads.layer(layer)
-        h0, dh_last = state0.h[layer], dstate_last.h[layer]
-        hs = ws.hs[layer]
-        if self.cfg.cell == "lstm":
-            lstm_backward(dx, ws.dh0, ws.dc0, dw_ih, dw_hh, db_ih, db_hh, ws.dgates,
-                          dy, dh_last, dstate_last.c[layer], x, h0, state0.c[layer], hs,
-                          ws.extra[layer], ws.acts[layer], w_ih, w_hh)
-        elif self.cfg.cell == "gru":
-            gru_backward(dx, ws.dh0, dw_ih, dw_hh, db_ih, db_hh, ws.dgates, ws.dgates_h,
-                         dy, dh_last, x, h0, hs, ws.acts[layer], ws.extra[layer], w_ih, w_hh)
-        else:
-            rnn_backward(dx, ws.dh0, dw_ih, dw_hh, db_ih, db_hh, ws.dgates, dy, dh_last,
-                         x, h0, hs, w_ih, w_hh)
 
     def step(self, ids: np.ndarray, state: RecurrentState):
         """One character for each of B independent streams: (logits (B, V), new state).
@@ -326,13 +308,13 @@ class Network:
                 rows_matvec_add(gates, w_ih, x)
                 hg = np.zeros((B, 3 * H), dtype)
                 rows_matvec_add(hg, w_hh, h)
-                gru_cell_forward(new.h[layer], gates, np.empty((B, H), dtype), hg, h, b_hh[2 * H:])
+                gru_cell_forward(new.h[layer], gates, np.empty((B, H), dtype), hg, h, b_hh[2 * H:], 0, H)
             else:
                 rows_set(gates, b_ih + b_hh)
                 rows_matvec_add(gates, w_ih, x)
                 rows_matvec_add(gates, w_hh, h)
                 if cfg.cell == "lstm":
-                    lstm_cell_forward(new.h[layer], new.c[layer], gates, state.c[layer])
+                    lstm_cell_forward(new.h[layer], new.c[layer], gates, state.c[layer], 0, H)
                 else:
                     new.h[layer] = np.tanh(gates)
             x = new.h[layer]
@@ -344,18 +326,20 @@ class Network:
     def loss_and_grad(self, ids, targets, state, grads: ParamBuffer, dropout_key: int | None = None):
         """Mean cross-entropy (nats/char) of a (T, B) batch; adds its gradient to grads.
         Returns (loss, state after the batch)."""
+        from charrnn.engine import threads
         from charrnn.kernels.loss import softmax_xent_backward
 
         logits, new_state = self.forward(ids, state, dropout_key)
         flat_targets = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
-        total = softmax_xent_backward(logits, logits, flat_targets, 1.0 / flat_targets.size)
+        total = softmax_xent_backward(logits, logits, flat_targets, 1.0 / flat_targets.size, threads())
         self.backward(logits, grads)
         return total / flat_targets.size, new_state
 
     def loss_sum(self, ids, targets, state):
         """Summed cross-entropy (nats) of a (T, B) batch without dropout, and the new state."""
+        from charrnn.engine import threads
         from charrnn.kernels.loss import softmax_xent
 
         logits, new_state = self.forward(ids, state)
         flat_targets = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
-        return softmax_xent(logits, flat_targets), new_state
+        return softmax_xent(logits, flat_targets, threads()), new_state

@@ -353,22 +353,25 @@ class Trainer:
 
     def train_step(self, state: RecurrentState, elapsed: float):
         """One optimiser step on the next batch. Returns (loss, state after the batch)."""
+        from charrnn.engine import threads
         from charrnn.kernels.optim import adam_update, scale_inplace, sum_squares
 
+        nthreads = threads()
         k = self.step % self.batches.steps_per_epoch
         if k == 0:  # a new epoch starts the streams again from the beginning
             state = RecurrentState.zeros(self.cfg, self.tcfg.batch_size)
         x, y = self.batches.batch(k)
         self.grads.flat[:] = 0.0
         loss, new_state = self.net.loss_and_grad(x, y, state, self.grads, step_key(self.tcfg.seed, self.step))
-        norm = math.sqrt(sum_squares(self.grads.flat))
+        norm = math.sqrt(sum_squares(self.grads.flat, nthreads))
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise self.diverged(self.step + 1, "training loss" if not math.isfinite(loss) else "gradient norm")
         if norm > self.tcfg.grad_clip:
-            scale_inplace(self.grads.flat, self.tcfg.grad_clip / (norm + 1e-6))
+            scale_inplace(self.grads.flat, self.tcfg.grad_clip / (norm + 1e-6), nthreads)
         adam_update(self.params.flat, self.grads.flat, self.moments["exp_avg"].flat,
                     self.moments["exp_avg_sq"].flat, self.lr(elapsed), ADAM_BETAS[0], ADAM_BETAS[1],
-                    ADAM_EPS, self.step + 1)
+                    ADAM_EPS, self.step + 1, nthreads)
+        self.params.touch()
         return loss, new_state
 
     def diverged(self, step: int, what: str) -> CharrnnError:

@@ -1,15 +1,14 @@
-"""Each recurrent cell kernel against the naive reference, against central
-differences, and chunked against whole."""
+"""Each cell's time loop (forward and backward kernels, as the engine runs them)
+against the naive reference, against central differences, and chunked against
+whole; with 1 and 2 threads, which must agree bit for bit."""
 
 import numpy as np
 import pytest
 import reference as ref
-from conftest import B, D, H, T
+from conftest import B, D, H, T, V
 
-from charrnn.kernels.gru import gru_backward, gru_forward
-from charrnn.kernels.lstm import lstm_backward, lstm_forward
-from charrnn.kernels.rnn import rnn_backward, rnn_forward
-from charrnn.model import GATES
+from charrnn.engine import LayerBuffers, PackedLayer, Workspace, layer_backward, layer_forward, recurrent_weight_gradients
+from charrnn.model import GATES, ModelConfig
 
 CELLS = ["lstm", "gru", "rnn"]
 
@@ -23,38 +22,38 @@ def make_inputs(rng, cell, dtype=np.float64, steps=T):
     return x, h0, c0, weights
 
 
-def forward(cell, x, h0, c0, weights):
-    """Run a cell kernel: (hs, final c or None, cache for backward)."""
-    steps = x.shape[0]
-    hs = np.zeros((steps, B, H), x.dtype)
-    if cell == "lstm":
-        cs, acts = np.zeros_like(hs), np.zeros((steps, B, 4 * H), x.dtype)
-        lstm_forward(hs, cs, acts, x, h0, c0, *weights)
-        return hs, cs[-1], (cs, acts)
-    if cell == "gru":
-        acts, hn = np.zeros((steps, B, 3 * H), x.dtype), np.zeros_like(hs)
-        gru_forward(hs, acts, hn, x, h0, *weights)
-        return hs, None, (acts, hn)
-    rnn_forward(hs, x, h0, *weights)
-    return hs, None, ()
+class Layer:
+    """One layer run through the engine with its input side x @ w_ih.T + bias given."""
 
+    def __init__(self, cell, x, h0, c0, weights, nthreads):
+        self.cell, self.x, self.h0, self.c0, self.weights, self.nthreads = cell, x, h0, c0, weights, nthreads
+        steps = x.shape[0]
+        self.packed = PackedLayer(cell, *weights, nthreads).for_backward(nthreads)
+        cfg = ModelConfig(vocab_size=V, cell=cell, layers=1, hidden=H, embed=D)
+        self.ws = Workspace(cfg, steps, B, x.dtype, dropout=False)
+        self.buf = self.ws.layers[0]
+        self.buf.input_side()[:] = x.reshape(steps * B, D) @ weights[0].T + self.packed.bias
+        layer_forward(cell, self.buf, self.packed, h0, c0, nthreads)
 
-def backward(cell, dhs, dh_last, dc_last, x, h0, c0, weights, hs, cache):
-    """Run a cell's backward kernel: gradients w.r.t. x, h0, c0 and the four weights."""
-    steps, G = x.shape[0], GATES[cell]
-    dx, dh0, dc0 = np.zeros_like(x), np.zeros_like(h0), np.zeros_like(c0)
-    dw = [np.zeros_like(w) for w in weights]
-    w_ih, w_hh = weights[0], weights[1]
-    dgates = np.zeros((steps, B, G * H), x.dtype)
-    if cell == "lstm":
-        cs, acts = cache
-        lstm_backward(dx, dh0, dc0, *dw, dgates, dhs, dh_last, dc_last, x, h0, c0, hs, cs, acts, w_ih, w_hh)
-    elif cell == "gru":
-        acts, hn = cache
-        gru_backward(dx, dh0, *dw, dgates, np.zeros_like(dgates), dhs, dh_last, x, h0, hs, acts, hn, w_ih, w_hh)
-    else:
-        rnn_backward(dx, dh0, *dw, dgates, dhs, dh_last, x, h0, hs, w_ih, w_hh)
-    return {"x": dx, "h0": dh0, "c0": dc0, "w_ih": dw[0], "w_hh": dw[1], "b_ih": dw[2], "b_hh": dw[3]}
+    @property
+    def hs(self):
+        return self.buf.hs
+
+    @property
+    def c_last(self):
+        return self.buf.cs_buf[-1] if self.cell == "lstm" else None
+
+    def backward(self, dhs, dh_last, dc_last):
+        """Gradients w.r.t. x, h0, c0 and the four weights."""
+        steps = self.x.shape[0]
+        dh, dc = dh_last.copy(), dc_last.copy()
+        dxg, dhg = layer_backward(self.cell, self.buf, self.ws, self.packed, dhs.copy(), dh, dc, self.nthreads)
+        dw = [np.zeros_like(w) for w in self.weights]
+        recurrent_weight_gradients(self.ws, self.buf, dxg, dhg, dw[1], dw[2], dw[3], self.nthreads)
+        dxg2 = dxg.reshape(steps * B, -1)
+        dw[0] += dxg2.T @ self.x.reshape(steps * B, D)
+        dx = (dxg2 @ self.weights[0]).reshape(self.x.shape)
+        return {"x": dx, "h0": dh, "c0": dc, "w_ih": dw[0], "w_hh": dw[1], "b_ih": dw[2], "b_hh": dw[3]}
 
 
 def reference_forward(cell, x, h0, c0, weights):
@@ -65,18 +64,20 @@ def reference_forward(cell, x, h0, c0, weights):
 
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("dtype,tol", [(np.float64, 1e-12), (np.float32, 2e-6)])
-def test_forward_matches_naive_reference(rng, cell, dtype, tol):
+def test_forward_matches_naive_reference_with_any_thread_count(rng, cell, dtype, tol):
     x, h0, c0, weights = make_inputs(rng, cell, dtype)
-    hs, c_last, _ = forward(cell, x, h0, c0, weights)
+    runs = [Layer(cell, x, h0, c0, weights, nthreads) for nthreads in (1, 2)]
     args64 = [a.astype(np.float64) for a in (x, h0, c0)] + [w.astype(np.float64) for w in weights]
-    expected_hs, expected_cs = reference_forward(cell, args64[0], args64[1], args64[2], args64[3:])
-    np.testing.assert_allclose(hs, expected_hs, atol=tol, rtol=tol)
+    expected_hs, expected_cs = reference_forward(cell, *args64[:3], args64[3:])
+    np.testing.assert_allclose(runs[0].hs, expected_hs, atol=tol, rtol=tol)
+    np.testing.assert_array_equal(runs[0].hs, runs[1].hs)
     if cell == "lstm":
-        np.testing.assert_allclose(c_last, expected_cs[-1], atol=tol, rtol=tol)
+        np.testing.assert_allclose(runs[0].c_last, expected_cs[-1], atol=tol, rtol=tol)
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_gradients_match_central_differences(rng, cell):
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_gradients_match_central_differences(rng, cell, nthreads):
     """Every input, every weight, the initial state, and the gradient arriving at the
     final state: loss = <R, hs> + <Rh, h_T> + <Rc, c_T> for random R."""
     x, h0, c0, weights = make_inputs(rng, cell)
@@ -84,18 +85,27 @@ def test_gradients_match_central_differences(rng, cell):
     r_h, r_c = rng.standard_normal((B, H)), rng.standard_normal((B, H))
 
     def loss():
-        hs, c_last, _ = forward(cell, x, h0, c0, weights)
+        hs, c_last = reference_forward(cell, x, h0, c0, weights)
         total = (r_hs * hs).sum() + (r_h * hs[-1]).sum()
-        return total + ((r_c * c_last).sum() if c_last is not None else 0.0)
+        return total + ((r_c * c_last[-1]).sum() if c_last is not None else 0.0)
 
-    hs, _, cache = forward(cell, x, h0, c0, weights)
-    grads = backward(cell, r_hs, r_h, r_c, x, h0, c0, weights, hs, cache)
+    grads = Layer(cell, x, h0, c0, weights, nthreads).backward(r_hs, r_h, r_c)
     checked = {"x": x, "h0": h0, "w_ih": weights[0], "w_hh": weights[1], "b_ih": weights[2], "b_hh": weights[3]}
     if cell == "lstm":
         checked["c0"] = c0
     for name, array in checked.items():
         numeric = ref.numeric_grad(loss, array)
         np.testing.assert_allclose(grads[name], numeric, rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_backward_is_the_same_with_one_or_two_threads(rng, cell):
+    x, h0, c0, weights = make_inputs(rng, cell, np.float32, steps=6)
+    dhs = rng.standard_normal((6, B, H)).astype(np.float32)
+    zero = np.zeros((B, H), np.float32)
+    one, two = (Layer(cell, x, h0, c0, weights, n).backward(dhs, zero, zero) for n in (1, 2))
+    for name in one:
+        np.testing.assert_array_equal(one[name], two[name], err_msg=name)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -106,20 +116,20 @@ def test_chunks_with_carried_state_equal_the_whole_sequence(rng, cell):
     x, h0, c0, weights = make_inputs(rng, cell, steps=steps)
     dhs = rng.standard_normal((steps, B, H))
     zero = np.zeros((B, H))
-    hs, c_last, cache = forward(cell, x, h0, c0, weights)
-    whole = backward(cell, dhs, zero, zero, x, h0, c0, weights, hs, cache)
+    whole_layer = Layer(cell, x, h0, c0, weights, 2)
+    whole = whole_layer.backward(dhs, zero, zero)
 
     cut = 3
-    hs1, c1, cache1 = forward(cell, x[:cut], h0, c0, weights)
-    h1 = hs1[-1].copy()
-    c1 = c1.copy() if c1 is not None else c0
-    hs2, c2, cache2 = forward(cell, x[cut:], h1, c1, weights)
-    np.testing.assert_allclose(np.concatenate([hs1, hs2]), hs, rtol=1e-13, atol=1e-14)
+    first_layer = Layer(cell, x[:cut], h0, c0, weights, 2)
+    h1 = first_layer.hs[-1].copy()
+    c1 = first_layer.c_last.copy() if cell == "lstm" else c0
+    second_layer = Layer(cell, x[cut:], h1, c1, weights, 2)
+    np.testing.assert_allclose(np.concatenate([first_layer.hs, second_layer.hs]), whole_layer.hs, rtol=1e-13, atol=1e-14)
     if cell == "lstm":
-        np.testing.assert_allclose(c2, c_last, rtol=1e-13, atol=1e-14)
+        np.testing.assert_allclose(second_layer.c_last, whole_layer.c_last, rtol=1e-13, atol=1e-14)
 
-    second = backward(cell, dhs[cut:], zero, zero, x[cut:], h1, c1, weights, hs2, cache2)
-    first = backward(cell, dhs[:cut], second["h0"], second["c0"], x[:cut], h0, c0, weights, hs1, cache1)
+    second = second_layer.backward(dhs[cut:], zero, zero)
+    first = first_layer.backward(dhs[:cut], second["h0"], second["c0"])
     np.testing.assert_allclose(np.concatenate([first["x"], second["x"]]), whole["x"], rtol=1e-12, atol=1e-13)
     for name in ("h0", "c0") if cell == "lstm" else ("h0",):
         np.testing.assert_allclose(first[name], whole[name], rtol=1e-12, atol=1e-13, err_msg=name)

@@ -70,11 +70,11 @@ def test_loss_matches_naive_reference(rng, cell, dropout):
     logits, _ = net.forward(ids, state, dropout_key=99)
     from charrnn.kernels.loss import softmax_xent
 
-    total = softmax_xent(logits, targets.reshape(-1))
+    total = softmax_xent(logits, targets.reshape(-1), 2)
     masks = None
     if dropout:
         ws = net._last[0]
-        masks = [m.copy() for m in ws.masks]
+        masks = [buf.mask.copy() for buf in ws.layers]
         kept = np.concatenate([m.ravel() for m in masks])
         assert set(np.unique(kept)) <= {0.0, 1.0 / (1.0 - dropout)}
     expected = ref.network_loss(params.views, cfg, ids, targets, state.h, state.c, masks)
@@ -89,6 +89,7 @@ def test_gradients_of_every_parameter_and_the_initial_state(rng, cell):
     key = 12345
 
     def loss():
+        params.touch()  # the values were changed in place
         return net.loss_and_grad(ids, targets, state, params.zeros_like(), key)[0]
 
     grads = params.zeros_like()
@@ -96,7 +97,7 @@ def test_gradients_of_every_parameter_and_the_initial_state(rng, cell):
     logits, _ = net.forward(ids, state, key)
     from charrnn.kernels.loss import softmax_xent_backward
 
-    softmax_xent_backward(logits, logits, targets.reshape(-1), 1.0 / targets.size)
+    softmax_xent_backward(logits, logits, targets.reshape(-1), 1.0 / targets.size, 2)
     dstate0 = net.backward(logits, params.zeros_like())
     for name, view in params.views.items():
         numeric = ref.numeric_grad(loss, view)
@@ -118,7 +119,7 @@ def test_training_in_chunks_with_carried_state_equals_one_long_sequence(rng, cel
 
     def loss_and_dlogits(net, x, y, s):
         logits, new = net.forward(x, s)
-        total = softmax_xent_backward(logits, logits, y.reshape(-1), 1.0)
+        total = softmax_xent_backward(logits, logits, y.reshape(-1), 1.0, 2)
         return total, new
 
     whole_grads = params.zeros_like()
@@ -155,7 +156,8 @@ def test_a_model_overfits_a_short_string(cell):
     for step in range(1, 301):
         grads = params.zeros_like()
         loss, _ = net.loss_and_grad(x, y, RecurrentState.zeros(cfg, 1), grads)
-        adam_update(params.flat, grads.flat, m.flat, v.flat, 1e-2, 0.9, 0.999, 1e-8, step)
+        adam_update(params.flat, grads.flat, m.flat, v.flat, 1e-2, 0.9, 0.999, 1e-8, step, 2)
+        params.touch()
     assert loss < 0.05, loss
 
 

@@ -20,7 +20,7 @@ def test_adam_matches_reference_over_several_steps(rng):
     rp, rm, rv = p.copy(), m.copy(), v.copy()
     for step in range(1, 6):
         g = rng.standard_normal(20)
-        adam_update(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, step)
+        adam_update(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, step, 2)
         rp, rm, rv = reference_adam(rp, g, rm, rv, 1e-2, 0.9, 0.999, 1e-8, step)
     np.testing.assert_allclose(p, rp, rtol=1e-13)
     np.testing.assert_allclose(m, rm, rtol=1e-13)
@@ -29,7 +29,7 @@ def test_adam_matches_reference_over_several_steps(rng):
 
 def test_sum_squares_and_scale(rng):
     x = rng.standard_normal(1001).astype(np.float32)
-    assert sum_squares(x) == pytest.approx(float((x.astype(np.float64) ** 2).sum()), rel=1e-6)
+    assert sum_squares(x, 2) == pytest.approx(float((x.astype(np.float64) ** 2).sum()), rel=1e-6)
     y = x.copy()
-    scale_inplace(y, 0.5)
+    scale_inplace(y, 0.5, 2)
     np.testing.assert_allclose(y, x * 0.5, rtol=1e-7)

@@ -192,7 +192,7 @@ def test_resume_refuses_a_different_data_setting(corpus, tmp_path):
 def test_divergence_stops_with_a_hint_and_leaves_every_file_untouched(corpus, tmp_path):
     run(corpus, tmp_path, 20)
     before = files_of(tmp_path)
-    with pytest.raises(CharrnnError, match=r"diverged at step 2\d: the training loss is not finite; "
+    with pytest.raises(CharrnnError, match=r"diverged at step 2\d: the (training loss|gradient norm) is not finite; "
                                            r"try a lower --lr \(this run used 1e\+20\)"):
         run(corpus, tmp_path, 40, resume=tmp_path / "last.safetensors", lr=1e20)
     assert files_of(tmp_path) == before

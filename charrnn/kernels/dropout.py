@@ -5,8 +5,10 @@ same key always gives the same mask, and a resumed run reproduces it exactly.
 """
 
 import numpy as np
+from numba import prange
 
-from charrnn.kernels import kernel
+from charrnn.kernels import kernel, parallel_kernel
+from charrnn.kernels.gemm import split
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -21,14 +23,26 @@ def _splitmix64(state):
     return z ^ (z >> np.uint64(31))
 
 
-@kernel
-def dropout_mask(mask, key, p):
+@parallel_kernel
+def dropout_mask(mask, key, p, nthreads):
     """Fill mask with 0 (probability p) or 1 / (1 - p), so that x * mask keeps the
     expectation of x.  mask: any shape, C-contiguous; key: uint64; 0 <= p < 1."""
     flat = mask.reshape(mask.size)
     keep_scale = 1.0 / (1.0 - p)
     k = np.uint64(key)
-    for i in range(flat.size):
-        bits = _splitmix64(k + np.uint64(i + 1) * _GOLDEN)
-        u = (bits >> np.uint64(40)) * (1.0 / 16777216.0)  # 24 bits -> [0, 1)
-        flat[i] = 0.0 if u < p else keep_scale
+    for worker in prange(nthreads):
+        i0, i1 = split(flat.size, nthreads, worker, 64)
+        for i in range(i0, i1):
+            bits = _splitmix64(k + np.uint64(i + 1) * _GOLDEN)
+            u = (bits >> np.uint64(40)) * (1.0 / 16777216.0)  # 24 bits -> [0, 1)
+            flat[i] = 0.0 if u < p else keep_scale
+
+
+@parallel_kernel
+def apply_mask(out, x, mask, nthreads):
+    """out = x * mask elementwise (out may be x).  All C-contiguous, one shape."""
+    o, a, m = out.reshape(out.size), x.reshape(x.size), mask.reshape(mask.size)
+    for worker in prange(nthreads):
+        i0, i1 = split(o.size, nthreads, worker, 64)
+        for i in range(i0, i1):
+            o[i] = a[i] * m[i]

@@ -4,101 +4,124 @@
     z = sigma(W_iz x + b_iz + W_hz h + b_hz)
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
     h' = (1 - z) * n + z * h
+
+As for the LSTM, the input side of every step is computed before the time loop;
+threads split the recurrent product by panels and the cell by units.
 """
 
 import numpy as np
+from numba import prange
 
-from charrnn.kernels import kernel
+from charrnn.kernels import kernel, parallel_kernel
 from charrnn.kernels.activations import sigmoid, tanh
-from charrnn.kernels.blas import gemm
-from charrnn.kernels.recurrent import input_projection, weight_gradients
+from charrnn.kernels.gemm import gemm_block, gemm_workspaces, split
+from charrnn.kernels.lstm import UNIT_ALIGN
+from charrnn.kernels.simd import BARRIER_SIZE, NR, barrier
 
 
 @kernel
-def gru_cell_forward(h, a, hn, hg, h_prev, b_hn):
-    """One step's nonlinearity.  h: (B, H) out; a: (B, 3H) input-side pre-activations
-    in (b_hr, b_hz already added), activations r, z, n out; hn: (B, H) out, W_hn h + b_hn;
-    hg: (B, 3H) recurrent product h_prev @ w_hh.T; h_prev: (B, H); b_hn: (H,)."""
+def gru_cell_forward(h, a, hn, hg, h_prev, b_hn, u0, u1):
+    """Units u0..u1 of one step.  h: (B, H) out; a: (B, 3H) input-side
+    pre-activations (b_hr, b_hz already added) in, activations r, z, n out;
+    hn: (B, H) out, W_hn h + b_hn; hg: (B, 3H) recurrent product h_prev @ w_hh.T;
+    h_prev: (B, H); b_hn: (H,)."""
     B, H = h.shape
+    n = u1 - u0
+    bn = b_hn[u0:u1]
     for b in range(B):
-        ab = a[b]
-        hgb = hg[b]
-        for j in range(2 * H):
-            ab[j] = sigmoid(ab[j] + hgb[j])
-        hnb = hn[b]
-        for j in range(H):
-            hnb[j] = hgb[2 * H + j] + b_hn[j]
-        for j in range(H):
-            ab[2 * H + j] = tanh(ab[2 * H + j] + ab[j] * hnb[j])
-        hb = h[b]
-        hp = h_prev[b]
-        for j in range(H):
-            n = ab[2 * H + j]
-            hb[j] = n + ab[H + j] * (hp[j] - n)
+        ab, hgb = a[b], hg[b]
+        r, z, nn = ab[u0:u1], ab[H + u0:H + u1], ab[2 * H + u0:2 * H + u1]
+        hr, hz, hnn = hgb[u0:u1], hgb[H + u0:H + u1], hgb[2 * H + u0:2 * H + u1]
+        hnb, hp, hb = hn[b, u0:u1], h_prev[b, u0:u1], h[b, u0:u1]
+        for j in range(n):
+            r[j] = sigmoid(r[j] + hr[j])
+        for j in range(n):
+            z[j] = sigmoid(z[j] + hz[j])
+        for j in range(n):
+            hnb[j] = hnn[j] + bn[j]
+        for j in range(n):
+            nn[j] = tanh(nn[j] + r[j] * hnb[j])
+        for j in range(n):
+            hb[j] = nn[j] + z[j] * (hp[j] - nn[j])
 
 
-@kernel
-def gru_forward(hs, acts, hn, x, h0, w_ih, w_hh, b_ih, b_hh):
-    """One GRU layer over T steps.
+@parallel_kernel
+def gru_recurrence(hs, acts, hn, hg, h0, b_hn, w_hh_t, nthreads):
+    """The time loop of one layer.
 
-    hs: (T, B, H) out, hidden state after each step
-    acts: (T, B, 3H) out, activations r, z, n; hn: (T, B, H) out, W_hn h + b_hn
-    (n's gradient w.r.t. r needs it)
-    x: (T, B, D); h0: (B, H); w_ih: (3H, D); w_hh: (3H, H); b_ih, b_hh: (3H,)
-    """
+    hs: (T, B, H) out; acts: (T, B, 3H) input-side pre-activations in (b_ir + b_hr,
+    b_iz + b_hz, b_in added), activations r, z, n out; hn: (T, B, H) out, W_hn h + b_hn
+    (n's gradient w.r.t. r needs it); hg: (B, 3H) workspace; h0: (B, H); b_hn: (H,);
+    w_hh_t: w_hh.T packed (panels(3H), H, NR)."""
     T, B, H = hs.shape
-    # b_hr and b_hz add like b_ir and b_iz; b_hn sits inside r * (...), so it cannot.
-    bias = b_ih.copy()
-    bias[:2 * H] += b_hh[:2 * H]
-    input_projection(acts, x, w_ih, bias)
-    hg = np.empty((B, 3 * H), hs.dtype)
-    for t in range(T):
-        h_prev = h0 if t == 0 else hs[t - 1]
-        gemm(False, True, 1.0, h_prev, w_hh, 0.0, hg)
-        gru_cell_forward(hs[t], acts[t], hn[t], hg, h_prev, b_hh[2 * H:])
+    npan = w_hh_t.shape[0]
+    sync = np.zeros(BARRIER_SIZE, np.int64)
+    for worker in prange(nthreads):
+        p0, p1 = split(npan, nthreads, worker, 1)
+        u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
+        scratch, a_pack = gemm_workspaces(hs)
+        c_lo, c_hi = p0 * NR, min(3 * H, p1 * NR)
+        for t in range(T):
+            h_prev = h0 if t == 0 else hs[t - 1]
+            hg[:, c_lo:c_hi] = 0.0
+            gemm_block(h_prev, False, w_hh_t, hg, 0, B, p0, p1, scratch, a_pack)
+            barrier(sync, nthreads)
+            gru_cell_forward(hs[t], acts[t], hn[t], hg, h_prev, b_hn, u0, u1)
+            barrier(sync, nthreads)
 
 
 @kernel
-def gru_cell_backward(dxg, dhg, dh, dh_out, a, hn, h_prev):
-    """One step back.  dxg, dhg: (B, 3H) out, gradients w.r.t. the input-side and
-    recurrent-side pre-activations (they differ in the n block by the factor r).
-    dh: (B, H) in, gradient reaching h from the next step; out, the part of the
-    gradient w.r.t. h_prev that flows through z * h_prev (the caller adds dhg @ w_hh).
-    dh_out: (B, H) from the layer above; a: (B, 3H) activations; hn, h_prev: (B, H)."""
+def gru_cell_backward(dxg, dhg, dh, dh_out, a, hn, h_prev, u0, u1):
+    """Units u0..u1 of one step back.  dxg, dhg: (B, 3H) out, gradients w.r.t. the
+    input-side and recurrent-side pre-activations (they differ in the n block by
+    the factor r). dh: (B, H) in, gradient reaching h from the next step; out, the
+    part of the gradient w.r.t. h_prev that flows through z * h_prev (the caller
+    adds dhg @ w_hh). dh_out: (B, H) from the layer above; a: (B, 3H) activations;
+    hn, h_prev: (B, H)."""
     B, H = dh.shape
+    n = u1 - u0
+    one = a.dtype.type(1.0)
     for b in range(B):
-        ab = a[b]
-        for j in range(H):
-            r = ab[j]
-            z = ab[H + j]
-            n = ab[2 * H + j]
-            d = dh[b, j] + dh_out[b, j]
-            dn = d * (1.0 - z) * (1.0 - n * n)
-            dz = d * (h_prev[b, j] - n) * z * (1.0 - z)
-            dr = dn * hn[b, j] * r * (1.0 - r)
-            dxg[b, j] = dr
-            dxg[b, H + j] = dz
-            dxg[b, 2 * H + j] = dn
-            dhg[b, j] = dr
-            dhg[b, H + j] = dz
-            dhg[b, 2 * H + j] = dn * r
-            dh[b, j] = d * z
+        ab, dxb, dhb_ = a[b], dxg[b], dhg[b]
+        r, z, nn = ab[u0:u1], ab[H + u0:H + u1], ab[2 * H + u0:2 * H + u1]
+        dxr, dxz, dxn = dxb[u0:u1], dxb[H + u0:H + u1], dxb[2 * H + u0:2 * H + u1]
+        dhr, dhz, dhn = dhb_[u0:u1], dhb_[H + u0:H + u1], dhb_[2 * H + u0:2 * H + u1]
+        dhb, dho, hnb, hp = dh[b, u0:u1], dh_out[b, u0:u1], hn[b, u0:u1], h_prev[b, u0:u1]
+        for j in range(n):
+            dhb[j] += dho[j]  # dh now holds the whole gradient reaching h_t
+        for j in range(n):
+            dxn[j] = dhb[j] * (one - z[j]) * (one - nn[j] * nn[j])
+        for j in range(n):
+            dxz[j] = dhb[j] * (hp[j] - nn[j]) * z[j] * (one - z[j])
+        for j in range(n):
+            dxr[j] = dxn[j] * hnb[j] * r[j] * (one - r[j])
+        for j in range(n):
+            dhr[j] = dxr[j]
+        for j in range(n):
+            dhz[j] = dxz[j]
+        for j in range(n):
+            dhn[j] = dxn[j] * r[j]
+        for j in range(n):
+            dhb[j] = dhb[j] * z[j]
 
 
-@kernel
-def gru_backward(dx, dh0, dw_ih, dw_hh, db_ih, db_hh, dxg, dhg,
-                 dhs, dh_last, x, h0, hs, acts, hn, w_ih, w_hh):
-    """Backpropagation through the T steps of gru_forward.
+@parallel_kernel
+def gru_recurrence_backward(dxg, dhg, dh, dhs, acts, hn, hs, h0, w_hh, nthreads):
+    """Backpropagation through the time loop of gru_recurrence.
 
-    dx: (T, B, D) out; dh0: (B, H) out; dw_ih, dw_hh, db_ih, db_hh: accumulated (+=)
-    dxg, dhg: (T, B, 3H) workspaces; dhs: (T, B, H) gradient w.r.t. hs from above
-    dh_last: (B, H) gradient w.r.t. the final state; the rest: as in gru_forward
-    """
-    T = hs.shape[0]
-    dh = dh_last.copy()
-    for t in range(T - 1, -1, -1):
-        h_prev = h0 if t == 0 else hs[t - 1]
-        gru_cell_backward(dxg[t], dhg[t], dh, dhs[t], acts[t], hn[t], h_prev)
-        gemm(False, False, 1.0, dhg[t], w_hh, 1.0, dh)
-    dh0[:] = dh
-    weight_gradients(dx, dw_ih, dw_hh, db_ih, db_hh, dxg, dhg, x, h0, hs, w_ih)
+    dxg, dhg: (T, B, 3H) out (see gru_cell_backward). dh: (B, H) in, gradient w.r.t.
+    the final state; out, w.r.t. the initial state. dhs: (T, B, H) from above;
+    acts, hn, hs: from gru_recurrence; h0: (B, H); w_hh packed (panels(H), 3H, NR)."""
+    T, B, H = dhs.shape
+    npan = w_hh.shape[0]
+    sync = np.zeros(BARRIER_SIZE, np.int64)
+    for worker in prange(nthreads):
+        p0, p1 = split(npan, nthreads, worker, 1)
+        u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
+        scratch, a_pack = gemm_workspaces(dh)
+        for t in range(T - 1, -1, -1):
+            h_prev = h0 if t == 0 else hs[t - 1]
+            gru_cell_backward(dxg[t], dhg[t], dh, dhs[t], acts[t], hn[t], h_prev, u0, u1)
+            barrier(sync, nthreads)
+            gemm_block(dhg[t], False, w_hh, dh, 0, B, p0, p1, scratch, a_pack)
+            barrier(sync, nthreads)

@@ -1,51 +1,51 @@
-"""Dense layers and the embedding lookup: forward/backward pairs."""
+"""Row-wise helpers around the matrix products: bias rows, the embedding table's
+gather and scatter, and column sums (bias gradients). All split across threads."""
 
-from charrnn.kernels import kernel
-from charrnn.kernels.blas import gemm
+from numba import prange
 
-
-@kernel
-def add_column_sums(out, m):
-    """out += m.sum(axis=0).  out: (N,); m: (M, N)."""
-    for r in range(m.shape[0]):
-        row = m[r]
-        for j in range(m.shape[1]):
-            out[j] += row[j]
+from charrnn.kernels import parallel_kernel
+from charrnn.kernels.gemm import split
 
 
-@kernel
-def linear_forward(out, x, w, b):
-    """out = x @ w.T + b.  out: (N, O); x: (N, I); w: (O, I); b: (O,)."""
-    for r in range(out.shape[0]):
-        out[r] = b
-    gemm(False, True, 1.0, x, w, 1.0, out)
+@parallel_kernel
+def set_rows(out, v, nthreads):
+    """out[r] = v for every row.  out: (N, M); v: (M,)."""
+    for worker in prange(nthreads):
+        r0, r1 = split(out.shape[0], nthreads, worker, 1)
+        for r in range(r0, r1):
+            out[r] = v
 
 
-@kernel
-def linear_backward(dx, dw, db, dout, x, w):
-    """dx = dout @ w (overwritten); dw += dout.T @ x; db += dout summed over rows.
-
-    dx: (N, I); dw: (O, I); db: (O,); dout: (N, O); x: (N, I); w: (O, I).
-    """
-    gemm(True, False, 1.0, dout, x, 1.0, dw)
-    add_column_sums(db, dout)
-    gemm(False, False, 1.0, dout, w, 0.0, dx)
+@parallel_kernel
+def gather_rows(out, table, ids, nthreads):
+    """out[r] = table[ids[r]].  out: (N, M); table: (V, M); ids: (N,)."""
+    for worker in prange(nthreads):
+        r0, r1 = split(out.shape[0], nthreads, worker, 1)
+        for r in range(r0, r1):
+            out[r] = table[ids[r]]
 
 
-@kernel
-def embedding_forward(out, ids, weight):
-    """out[t, b] = weight[ids[t, b]].  out: (T, B, E); ids: (T, B); weight: (V, E)."""
-    for t in range(ids.shape[0]):
-        for b in range(ids.shape[1]):
-            out[t, b] = weight[ids[t, b]]
+@parallel_kernel
+def scatter_add_rows(out, rows, ids, nthreads):
+    """out[ids[r]] += rows[r] for every r.  out: (V, M); rows: (N, M); ids: (N,).
+    Threads split the columns, so no two threads ever add to the same element."""
+    M = out.shape[1]
+    for worker in prange(nthreads):
+        c0, c1 = split(M, nthreads, worker, 8)
+        for r in range(rows.shape[0]):
+            src = rows[r, c0:c1]
+            dst = out[ids[r], c0:c1]
+            for j in range(c1 - c0):
+                dst[j] += src[j]
 
 
-@kernel
-def embedding_backward(dweight, dout, ids):
-    """dweight[ids[t, b]] += dout[t, b].  dweight: (V, E); dout: (T, B, E); ids: (T, B)."""
-    for t in range(ids.shape[0]):
-        for b in range(ids.shape[1]):
-            row = dweight[ids[t, b]]
-            src = dout[t, b]
-            for e in range(row.shape[0]):
-                row[e] += src[e]
+@parallel_kernel
+def add_column_sums(out, m, nthreads):
+    """out += m.sum(axis=0).  out: (M,); m: (N, M). Threads split the columns."""
+    for worker in prange(nthreads):
+        c0, c1 = split(m.shape[1], nthreads, worker, 8)
+        acc = out[c0:c1]
+        for r in range(m.shape[0]):
+            row = m[r, c0:c1]
+            for j in range(c1 - c0):
+                acc[j] += row[j]

@@ -3,97 +3,124 @@
     i, f, g, o = sigma(.), sigma(.), tanh(.), sigma(.) of x @ w_ih.T + b_ih + h @ w_hh.T + b_hh
     c' = f * c + i * g
     h' = o * tanh(c')
+
+The input side of every step is computed before the time loop (recurrent.py);
+these kernels run the loop. Each of the nthreads threads computes a share of the
+recurrent product (by panels of columns) and a share of the cell (by units),
+meeting at a barrier after each.
 """
 
-from charrnn.kernels import kernel
+import numpy as np
+from numba import prange
+
+from charrnn.kernels import kernel, parallel_kernel
 from charrnn.kernels.activations import sigmoid, tanh
-from charrnn.kernels.blas import gemm
-from charrnn.kernels.recurrent import input_projection, weight_gradients
+from charrnn.kernels.gemm import gemm_block, gemm_workspaces, split
+from charrnn.kernels.simd import BARRIER_SIZE, NR, barrier
+
+UNIT_ALIGN = 8  # units per thread start at multiples of 8: whole float32 vectors
 
 
 @kernel
-def lstm_cell_forward(h, c, a, c_prev):
-    """One step's nonlinearity.  h, c: (B, H) out; a: (B, 4H) pre-activations in,
-    activations out; c_prev: (B, H)."""
+def lstm_cell_forward(h, c, a, c_prev, u0, u1):
+    """Units u0..u1 of one step.  h, c: (B, H) out; a: (B, 4H) pre-activations in,
+    activations out (these units' columns); c_prev: (B, H)."""
     B, H = h.shape
+    n = u1 - u0
     for b in range(B):
-        # One short loop per output array, so each one vectorises.
+        # 1-D slices and one output per loop: each loop vectorises.
         ab = a[b]
-        for j in range(2 * H):
-            ab[j] = sigmoid(ab[j])
-        for j in range(2 * H, 3 * H):
-            ab[j] = tanh(ab[j])
-        for j in range(3 * H, 4 * H):
-            ab[j] = sigmoid(ab[j])
-        cb = c[b]
-        cp = c_prev[b]
-        for j in range(H):
-            cb[j] = ab[H + j] * cp[j] + ab[j] * ab[2 * H + j]
-        hb = h[b]
-        for j in range(H):
-            hb[j] = ab[3 * H + j] * tanh(cb[j])
+        i, f, g, o = ab[u0:u1], ab[H + u0:H + u1], ab[2 * H + u0:2 * H + u1], ab[3 * H + u0:3 * H + u1]
+        for j in range(n):
+            i[j] = sigmoid(i[j])
+        for j in range(n):
+            f[j] = sigmoid(f[j])
+        for j in range(n):
+            g[j] = tanh(g[j])
+        for j in range(n):
+            o[j] = sigmoid(o[j])
+        cb, cp, hb = c[b, u0:u1], c_prev[b, u0:u1], h[b, u0:u1]
+        for j in range(n):
+            cb[j] = f[j] * cp[j] + i[j] * g[j]
+        for j in range(n):
+            hb[j] = o[j] * tanh(cb[j])
+
+
+@parallel_kernel
+def lstm_recurrence(hs, cs, acts, h0, c0, w_hh_t, nthreads):
+    """The time loop of one layer.
+
+    hs, cs: (T, B, H) out; acts: (T, B, 4H) input-side pre-activations (biases
+    included) in, gate activations out; h0, c0: (B, H); w_hh_t: w_hh.T packed
+    (panels(4H), H, NR)."""
+    T, B, H = hs.shape
+    npan = w_hh_t.shape[0]
+    sync = np.zeros(BARRIER_SIZE, np.int64)
+    for worker in prange(nthreads):
+        p0, p1 = split(npan, nthreads, worker, 1)
+        u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
+        scratch, a_pack = gemm_workspaces(hs)
+        for t in range(T):
+            h_prev = h0 if t == 0 else hs[t - 1]
+            c_prev = c0 if t == 0 else cs[t - 1]
+            gemm_block(h_prev, False, w_hh_t, acts[t], 0, B, p0, p1, scratch, a_pack)
+            barrier(sync, nthreads)
+            lstm_cell_forward(hs[t], cs[t], acts[t], c_prev, u0, u1)
+            barrier(sync, nthreads)
 
 
 @kernel
-def lstm_forward(hs, cs, acts, x, h0, c0, w_ih, w_hh, b_ih, b_hh):
-    """One LSTM layer over T steps.
-
-    hs, cs: (T, B, H) out, hidden and cell state after each step
-    acts: (T, B, 4H) out, gate activations i, f, g, o (the backward pass needs them)
-    x: (T, B, D); h0, c0: (B, H); w_ih: (4H, D); w_hh: (4H, H); b_ih, b_hh: (4H,)
-    """
-    T = hs.shape[0]
-    input_projection(acts, x, w_ih, b_ih + b_hh)
-    for t in range(T):
-        h_prev = h0 if t == 0 else hs[t - 1]
-        c_prev = c0 if t == 0 else cs[t - 1]
-        gemm(False, True, 1.0, h_prev, w_hh, 1.0, acts[t])
-        lstm_cell_forward(hs[t], cs[t], acts[t], c_prev)
-
-
-@kernel
-def lstm_cell_backward(da, dh, dc, dh_out, a, c, c_prev):
-    """One step back.  da: (B, 4H) out, gradient w.r.t. the pre-activations.
-    dh: (B, H) in, gradient reaching h from the next step. dc: (B, H) in: from the
-    next step; out: w.r.t. c_prev. dh_out: (B, H) gradient from the layer above.
-    a: (B, 4H) activations; c, c_prev: (B, H)."""
+def lstm_cell_backward(da, dh, dc, dh_out, a, c, c_prev, u0, u1, tc, dct):
+    """Units u0..u1 of one step back.  da: (B, 4H) out, gradient w.r.t. the
+    pre-activations. dh: (B, H), gradient reaching h from the next step. dc: (B, H)
+    in: from the next step; out: w.r.t. c_prev. dh_out: (B, H) from the layer above.
+    a: (B, 4H) activations; c, c_prev: (B, H). tc, dct: (H,) workspaces."""
     B, H = dh.shape
+    n = u1 - u0
+    one = a.dtype.type(1.0)
     for b in range(B):
-        ab = a[b]
-        dab = da[b]
-        for j in range(H):
-            i = ab[j]
-            f = ab[H + j]
-            g = ab[2 * H + j]
-            o = ab[3 * H + j]
-            tc = tanh(c[b, j])
-            dh_total = dh[b, j] + dh_out[b, j]
-            dc_total = dc[b, j] + dh_total * o * (1.0 - tc * tc)
-            dab[j] = dc_total * g * i * (1.0 - i)
-            dab[H + j] = dc_total * c_prev[b, j] * f * (1.0 - f)
-            dab[2 * H + j] = dc_total * i * (1.0 - g * g)
-            dab[3 * H + j] = dh_total * tc * o * (1.0 - o)
-            dc[b, j] = dc_total * f
+        ab, dab = a[b], da[b]
+        i, f, g, o = ab[u0:u1], ab[H + u0:H + u1], ab[2 * H + u0:2 * H + u1], ab[3 * H + u0:3 * H + u1]
+        di, df, dg, do = dab[u0:u1], dab[H + u0:H + u1], dab[2 * H + u0:2 * H + u1], dab[3 * H + u0:3 * H + u1]
+        cb, cp, dcb = c[b, u0:u1], c_prev[b, u0:u1], dc[b, u0:u1]
+        dhb, dho = dh[b, u0:u1], dh_out[b, u0:u1]
+        for j in range(n):
+            tc[j] = tanh(cb[j])
+        for j in range(n):
+            dct[j] = dcb[j] + (dhb[j] + dho[j]) * o[j] * (one - tc[j] * tc[j])
+        for j in range(n):
+            do[j] = (dhb[j] + dho[j]) * tc[j] * o[j] * (one - o[j])
+        for j in range(n):
+            di[j] = dct[j] * g[j] * i[j] * (one - i[j])
+        for j in range(n):
+            df[j] = dct[j] * cp[j] * f[j] * (one - f[j])
+        for j in range(n):
+            dg[j] = dct[j] * i[j] * (one - g[j] * g[j])
+        for j in range(n):
+            dcb[j] = dct[j] * f[j]
 
 
-@kernel
-def lstm_backward(dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dacts,
-                  dhs, dh_last, dc_last, x, h0, c0, hs, cs, acts, w_ih, w_hh):
-    """Backpropagation through the T steps of lstm_forward.
+@parallel_kernel
+def lstm_recurrence_backward(dacts, dh, dc, dhs, acts, cs, c0, w_hh, nthreads):
+    """Backpropagation through the time loop of lstm_recurrence.
 
-    dx: (T, B, D) out; dh0, dc0: (B, H) out, gradient w.r.t. the initial state
-    dw_ih, dw_hh, db_ih, db_hh: accumulated (+=); dacts: (T, B, 4H) workspace
-    dhs: (T, B, H) gradient w.r.t. hs from above
-    dh_last, dc_last: (B, H) gradient w.r.t. the final state (zero when truncating)
-    the rest: the inputs and outputs of lstm_forward
-    """
-    T = hs.shape[0]
-    dh = dh_last.copy()
-    dc = dc_last.copy()
-    for t in range(T - 1, -1, -1):
-        c_prev = c0 if t == 0 else cs[t - 1]
-        lstm_cell_backward(dacts[t], dh, dc, dhs[t], acts[t], cs[t], c_prev)
-        gemm(False, False, 1.0, dacts[t], w_hh, 0.0, dh)
-    dh0[:] = dh
-    dc0[:] = dc
-    weight_gradients(dx, dw_ih, dw_hh, db_ih, db_hh, dacts, dacts, x, h0, hs, w_ih)
+    dacts: (T, B, 4H) out, gradient w.r.t. the pre-activations of every step.
+    dh, dc: (B, H) in, gradient w.r.t. the final state (zero when truncating);
+    out, w.r.t. the initial state. dhs: (T, B, H) gradient w.r.t. hs from above.
+    acts, cs: from lstm_recurrence; c0: (B, H); w_hh packed (panels(H), 4H, NR)."""
+    T, B, H = dhs.shape
+    npan = w_hh.shape[0]
+    sync = np.zeros(BARRIER_SIZE, np.int64)
+    for worker in prange(nthreads):
+        p0, p1 = split(npan, nthreads, worker, 1)
+        u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
+        scratch, a_pack = gemm_workspaces(dh)
+        tc, dct = np.empty(H, dh.dtype), np.empty(H, dh.dtype)
+        c_lo, c_hi = p0 * NR, min(H, p1 * NR)  # the columns of dh this thread's panels write
+        for t in range(T - 1, -1, -1):
+            c_prev = c0 if t == 0 else cs[t - 1]
+            lstm_cell_backward(dacts[t], dh, dc, dhs[t], acts[t], cs[t], c_prev, u0, u1, tc, dct)
+            barrier(sync, nthreads)
+            dh[:, c_lo:c_hi] = 0.0
+            gemm_block(dacts[t], False, w_hh, dh, 0, B, p0, p1, scratch, a_pack)
+            barrier(sync, nthreads)

@@ -1,34 +1,52 @@
-"""Adam and gradient clipping on the flat parameter and gradient buffers."""
+"""Adam and gradient clipping on the flat parameter and gradient buffers, split
+across threads."""
 
 import math
 
-from charrnn.kernels import kernel
+from numba import prange
+
+from charrnn.kernels import parallel_kernel
+from charrnn.kernels.gemm import split
 
 
-@kernel
-def sum_squares(x):
+@parallel_kernel
+def sum_squares(x, nthreads):
     """sum(x ** 2) accumulated in float64.  x: (N,)."""
-    s = 0.0
-    for i in range(x.shape[0]):
-        s += x[i] * x[i]
-    return s
+    total = 0.0
+    for worker in prange(nthreads):
+        i0, i1 = split(x.shape[0], nthreads, worker, 64)
+        part = 0.0
+        for i in range(i0, i1):
+            part += x[i] * x[i]
+        total += part
+    return total
 
 
-@kernel
-def scale_inplace(x, factor):
+@parallel_kernel
+def scale_inplace(x, factor, nthreads):
     """x *= factor.  x: (N,)."""
-    for i in range(x.shape[0]):
-        x[i] *= factor
+    f = x.dtype.type(factor)
+    for worker in prange(nthreads):
+        i0, i1 = split(x.shape[0], nthreads, worker, 64)
+        for i in range(i0, i1):
+            x[i] *= f
 
 
-@kernel
-def adam_update(p, g, m, v, lr, beta1, beta2, eps, step):
+@parallel_kernel
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, nthreads):
     """One Adam step as torch.optim.Adam takes it (bias-corrected moments, eps
     added to the corrected root of v).  p, g, m, v: (N,); step counts from 1."""
-    step_size = lr / (1.0 - beta1 ** step)
-    inv_root_bc2 = 1.0 / math.sqrt(1.0 - beta2 ** step)
-    for i in range(p.shape[0]):
-        gi = g[i]
-        m[i] = beta1 * m[i] + (1.0 - beta1) * gi
-        v[i] = beta2 * v[i] + (1.0 - beta2) * gi * gi
-        p[i] -= step_size * m[i] / (math.sqrt(v[i]) * inv_root_bc2 + eps)
+    t = p.dtype.type
+    step_size = t(lr / (1.0 - beta1 ** step))
+    inv_root_bc2 = t(1.0 / math.sqrt(1.0 - beta2 ** step))
+    b1, b2, e = t(beta1), t(beta2), t(eps)
+    one = t(1.0)
+    for worker in prange(nthreads):
+        i0, i1 = split(p.shape[0], nthreads, worker, 64)
+        for i in range(i0, i1):
+            gi = g[i]
+            mi = b1 * m[i] + (one - b1) * gi
+            vi = b2 * v[i] + (one - b2) * gi * gi
+            m[i] = mi
+            v[i] = vi
+            p[i] -= step_size * mi / (math.sqrt(vi) * inv_root_bc2 + e)

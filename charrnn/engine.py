@@ -1,0 +1,197 @@
+"""The engine's driver: which kernel runs when, on which arrays, with how many threads.
+
+Per layer, a forward pass is: the input side of every step at once (for layer 0 a
+gather from a (V, G*H) table, embedding @ w_ih.T + biases; above it one matrix
+product over T*B rows), then the time loop (one parallel region). Backward is the
+time loop in reverse, then every weight gradient as one product over T*B rows.
+Weights are packed into panels once per version of the parameters.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from charrnn.kernels.gemm import gemm, pack, panels
+from charrnn.kernels.simd import NR
+
+
+def threads() -> int:
+    """Threads the kernels use: Numba's setting (NUMBA_NUM_THREADS, all cores by default)."""
+    return numba.get_num_threads()
+
+
+def packed(matrix: np.ndarray, transpose: bool, nthreads: int) -> np.ndarray:
+    """matrix (K, N), or matrix.T when transpose, as panels (panels(N), K, NR)."""
+    k, n = matrix.shape[::-1] if transpose else matrix.shape
+    out = np.empty((panels(n), k, NR), matrix.dtype)
+    pack(out, matrix, transpose, nthreads)
+    return out
+
+
+def product(out: np.ndarray, a: np.ndarray, trans_a: bool, b_packed: np.ndarray, nthreads: int) -> None:
+    """out += op(a) @ B, B packed (see packed)."""
+    gemm(a, trans_a, b_packed, out, nthreads)
+
+
+class PackedLayer:
+    """One recurrent layer's weights in the forms the kernels read.
+
+    hh_t: w_hh.T (H, G*H) for the forward time loop; ih_t: w_ih.T (D, G*H) for the
+    input side; bias: what the input side adds (GRU: b_ih plus b_hr and b_hz; b_hn
+    is added inside the cell, after the reset gate); b_hn: (H,) for the GRU.
+    For backward: hh: w_hh (G*H, H) and ih: w_ih (G*H, D)."""
+
+    def __init__(self, cell: str, w_ih, w_hh, b_ih, b_hh, nthreads: int):
+        h = w_hh.shape[1]
+        self.hh_t = packed(w_hh, True, nthreads)
+        self.ih_t = packed(w_ih, True, nthreads)
+        if cell == "gru":
+            self.bias = b_ih.copy()
+            self.bias[:2 * h] += b_hh[:2 * h]
+            self.b_hn = np.ascontiguousarray(b_hh[2 * h:])
+        else:
+            self.bias = b_ih + b_hh
+            self.b_hn = None
+        self.hh = self.ih = None
+        self._weights = (w_ih, w_hh)
+
+    def for_backward(self, nthreads: int) -> "PackedLayer":
+        if self.hh is None:
+            w_ih, w_hh = self._weights
+            self.hh = packed(w_hh, False, nthreads)
+            self.ih = packed(w_ih, False, nthreads)
+        return self
+
+
+class PackedWeights:
+    """Every weight matrix packed, for one version of the parameters; plus layer 0's
+    input table (V, G*H) = embedding @ w_ih0.T + bias, so that layer 0's input side
+    is a row gather."""
+
+    def __init__(self, cfg, params, nthreads: int):
+        from charrnn.kernels.linear import set_rows
+
+        self.version = params.version
+        self.layers = [PackedLayer(cfg.cell, *params.layer(k), nthreads) for k in range(cfg.layers)]
+        first = self.layers[0]
+        self.table = np.empty((cfg.vocab_size, cfg.gates * cfg.hidden), params.dtype)
+        set_rows(self.table, first.bias, nthreads)
+        product(self.table, params["embedding.weight"], False, first.ih_t, nthreads)
+        self.dec_t = packed(params["decoder.weight"], True, nthreads)
+        self.dec = None
+        self._params = params
+
+    def for_backward(self, nthreads: int) -> "PackedWeights":
+        if self.dec is None:
+            for layer in self.layers:
+                layer.for_backward(nthreads)
+            self.dec = packed(self._params["decoder.weight"], False, nthreads)
+        return self
+
+
+class LayerBuffers:
+    """One layer's arrays for a (T, B) batch. hs_buf[0] is the initial state and
+    hs_buf[t + 1] the state after step t, so [h0; hs[:-1]] is hs_buf[:T] (cs_buf the same
+    for the LSTM's cell state)."""
+
+    def __init__(self, cell: str, T: int, B: int, H: int, gates: int, dtype, dropout: bool):
+        new = lambda *shape: np.zeros(shape, dtype)  # noqa: E731
+        self.hs_buf = new(T + 1, B, H)
+        self.cs_buf = new(T + 1, B, H) if cell == "lstm" else None
+        self.acts = new(T, B, gates * H) if cell != "rnn" else None  # RNN: hs holds its pre-activations
+        self.hn = new(T, B, H) if cell == "gru" else None
+        self.hg = new(B, 3 * H) if cell == "gru" else None
+        self.mask = new(T, B, H) if dropout else None
+        self.ys = new(T, B, H) if dropout else None
+
+    @property
+    def hs(self) -> np.ndarray:
+        return self.hs_buf[1:]
+
+    @property
+    def output(self) -> np.ndarray:
+        """What the layer above (or the decoder) reads: the output after dropout."""
+        return self.ys if self.ys is not None else self.hs
+
+    def input_side(self) -> np.ndarray:
+        """Where the input side of every step goes, as (T * B, G*H)."""
+        target = self.acts if self.acts is not None else self.hs
+        return target.reshape(-1, target.shape[-1])
+
+
+class Workspace:
+    """Every array one forward/backward pass over a (T, B) batch needs, allocated once."""
+
+    def __init__(self, cfg, T: int, B: int, dtype, dropout: bool):
+        H, GH = cfg.hidden, cfg.gates * cfg.hidden
+        self.layers = [LayerBuffers(cfg.cell, T, B, H, cfg.gates, dtype, dropout) for _ in range(cfg.layers)]
+        self.logits = np.zeros((T * B, cfg.vocab_size), dtype)
+        # Backward: the gradient w.r.t. a layer's output (two, used in turn), the
+        # per-step gate gradients (two arrays for the GRU, see gru_cell_backward),
+        # the state gradients, layer 0's table gradient, and packed activations.
+        self.dy = [np.zeros((T, B, H), dtype), np.zeros((T, B, H), dtype)]
+        self.dgates = np.zeros((T, B, GH), dtype)
+        self.dgates_h = np.zeros((T, B, GH), dtype) if cfg.cell == "gru" else None
+        self.dh = np.zeros((B, H), dtype)
+        self.dc = np.zeros((B, H), dtype)
+        self.dtable = np.zeros((cfg.vocab_size, GH), dtype)
+        self.activations = np.zeros((panels(max(H, cfg.embed)), max(T * B, cfg.vocab_size), NR), dtype)
+
+    def packed_activations(self, x2: np.ndarray, nthreads: int) -> np.ndarray:
+        """x2 (K, N) packed as the B of a weight-gradient product, in the shared buffer."""
+        k, n = x2.shape
+        out = self.activations[:panels(n), :k]
+        pack(out, x2, False, nthreads)
+        return out
+
+
+def layer_forward(cell: str, buf: LayerBuffers, layer: PackedLayer, h0, c0, nthreads: int) -> None:
+    """The time loop of one layer, its input side already in buf.input_side()."""
+    from charrnn.kernels.gru import gru_recurrence
+    from charrnn.kernels.lstm import lstm_recurrence
+    from charrnn.kernels.rnn import rnn_recurrence
+
+    buf.hs_buf[0] = h0
+    if cell == "lstm":
+        buf.cs_buf[0] = c0
+        lstm_recurrence(buf.hs_buf[1:], buf.cs_buf[1:], buf.acts, h0, c0, layer.hh_t, nthreads)
+    elif cell == "gru":
+        gru_recurrence(buf.hs_buf[1:], buf.acts, buf.hn, buf.hg, h0, layer.b_hn, layer.hh_t, nthreads)
+    else:
+        rnn_recurrence(buf.hs_buf[1:], h0, layer.hh_t, nthreads)
+
+
+def layer_backward(cell: str, buf: LayerBuffers, ws: Workspace, layer: PackedLayer, dhs, dh, dc,
+                   nthreads: int) -> tuple[np.ndarray, np.ndarray]:
+    """Backpropagation through one layer's time loop. dhs: (T, B, H) gradient w.r.t.
+    the layer's hidden states; dh, dc: (B, H) in, w.r.t. the final state; out, w.r.t.
+    the initial state. Returns the gradients w.r.t. the input-side and recurrent-side
+    pre-activations, (T, B, G*H) each (the same array but for the GRU)."""
+    from charrnn.kernels.gru import gru_recurrence_backward
+    from charrnn.kernels.lstm import lstm_recurrence_backward
+    from charrnn.kernels.rnn import rnn_recurrence_backward
+
+    if cell == "lstm":
+        lstm_recurrence_backward(ws.dgates, dh, dc, dhs, buf.acts, buf.cs_buf[1:], buf.cs_buf[0], layer.hh, nthreads)
+        return ws.dgates, ws.dgates
+    if cell == "gru":
+        gru_recurrence_backward(ws.dgates, ws.dgates_h, dh, dhs, buf.acts, buf.hn, buf.hs_buf[1:], buf.hs_buf[0],
+                                layer.hh, nthreads)
+        return ws.dgates, ws.dgates_h
+    rnn_recurrence_backward(ws.dgates, dh, dhs, buf.hs_buf[1:], layer.hh, nthreads)
+    return ws.dgates, ws.dgates
+
+
+def recurrent_weight_gradients(ws: Workspace, buf: LayerBuffers, dxg, dhg, dw_hh, db_ih, db_hh,
+                               nthreads: int) -> None:
+    """dw_hh += dhg^T [h0; hs[:-1]], and both bias gradients, each one product or
+    sum over all T*B rows."""
+    from charrnn.kernels.linear import add_column_sums
+
+    T, B, GH = dxg.shape
+    H = buf.hs_buf.shape[2]
+    dxg2, dhg2 = dxg.reshape(T * B, GH), dhg.reshape(T * B, GH)
+    product(dw_hh, dhg2, True, ws.packed_activations(buf.hs_buf[:T].reshape(T * B, H), nthreads), nthreads)
+    add_column_sums(db_ih, dxg2, nthreads)
+    add_column_sums(db_hh, dhg2, nthreads)

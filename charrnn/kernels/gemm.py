@@ -1,0 +1,174 @@
+"""Matrix products on packed panels, split across threads.
+
+B (K, N) is packed into panels Bp (ceil(N / NR), K, NR): panel p holds columns
+p*NR .. p*NR+NR-1, zero-padded, so a tile's B rows are contiguous. Weights are
+packed once per optimiser step and read every time step; activations are packed
+when they are the B of a weight-gradient product.
+
+Every product accumulates, C += opA @ B, and each element of C is summed in the
+same order whichever thread computes it, so the result does not depend on the
+number of threads.
+"""
+
+import numpy as np
+from numba import prange
+
+from charrnn.kernels import kernel, parallel_kernel
+from charrnn.kernels.simd import MR, NR, make_tile
+
+KC = 256  # rows of a panel per block: KC x NR floats (24 KB) stay in L1
+MC = 64  # rows of A per block: MC x KC floats (64 KB) stay in L2
+
+_N1, _N2, _N3, _N4 = (make_tile(m, False) for m in range(1, 5))
+_T1, _T2, _T3, _T4 = (make_tile(m, True) for m in range(1, 5))
+
+
+def panels(n: int) -> int:
+    """How many NR-column panels hold n columns."""
+    return (n + NR - 1) // NR
+
+
+@kernel
+def _tile(trans_a, rows, a, a0, bp, c, c0, cj, k0, k1):
+    """One tile of 1 to MR rows; see simd.make_tile."""
+    if trans_a:
+        if rows == 4:
+            _T4(a, a0, bp, c, c0, cj, k0, k1)
+        elif rows == 3:
+            _T3(a, a0, bp, c, c0, cj, k0, k1)
+        elif rows == 2:
+            _T2(a, a0, bp, c, c0, cj, k0, k1)
+        else:
+            _T1(a, a0, bp, c, c0, cj, k0, k1)
+    else:
+        if rows == 4:
+            _N4(a, a0, bp, c, c0, cj, k0, k1)
+        elif rows == 3:
+            _N3(a, a0, bp, c, c0, cj, k0, k1)
+        elif rows == 2:
+            _N2(a, a0, bp, c, c0, cj, k0, k1)
+        else:
+            _N1(a, a0, bp, c, c0, cj, k0, k1)
+
+
+@kernel
+def split(n, parts, part, align):
+    """The range [start, stop) of part `part` of `parts` near-equal pieces of range(n),
+    with boundaries at multiples of align."""
+    units = (n + align - 1) // align
+    start = min(n, (units * part // parts) * align)
+    stop = min(n, (units * (part + 1) // parts) * align)
+    return start, stop
+
+
+@kernel
+def pack_panels(bp, b, transpose, p0, p1, k_offset):
+    """Panels p0..p1 of bp (npan, K, NR), rows k_offset.. , from B (k, N), or from
+    W (N, k) with B = W.T when transpose. Columns past N are zero."""
+    K = b.shape[1] if transpose else b.shape[0]
+    N = b.shape[0] if transpose else b.shape[1]
+    for p in range(p0, p1):
+        panel = bp[p, k_offset:k_offset + K]
+        width = min(NR, N - p * NR)
+        if transpose:
+            for j in range(width):
+                row = b[p * NR + j]
+                for k in range(K):
+                    panel[k, j] = row[k]
+        else:
+            for k in range(K):
+                src = b[k, p * NR:p * NR + width]
+                dst = panel[k]
+                for j in range(width):
+                    dst[j] = src[j]
+        for k in range(K):
+            for j in range(width, NR):
+                panel[k, j] = 0.0
+
+
+@parallel_kernel
+def pack(bp, b, transpose, nthreads):
+    """bp (panels(N), K, NR) = B packed, B = b (K, N), or b.T for b (N, K) when transpose."""
+    npan = bp.shape[0]
+    for t in prange(nthreads):
+        p0, p1 = split(npan, nthreads, t, 1)
+        pack_panels(bp, b, transpose, p0, p1, 0)
+
+
+@kernel
+def gemm_block(a, trans_a, bp, c, r0, r1, p0, p1, scratch, a_pack):
+    """c[r0:r1, panel columns p0..p1] += opA[r0:r1] @ B[:, same columns].
+
+    a: (M, K), or (K, M) when trans_a; bp: B packed (npan, K, NR); c: (M, N).
+    scratch: (MR, NR) for the last panel when N is not a multiple of NR.
+    a_pack: (MC // MR, KC, MR) workspace: with trans_a, each block of A is copied
+    there first, so that a tile reads contiguous memory instead of one cache line
+    per k."""
+    K = bp.shape[1]
+    N = c.shape[1]
+    for k0 in range(0, K, KC):
+        k1 = min(K, k0 + KC)
+        for i0 in range(r0, r1, MC):
+            i1 = min(r1, i0 + MC)
+            if trans_a:
+                _pack_a_block(a_pack, a, i0, i1, k0, k1)
+            for p in range(p0, p1):
+                panel = bp[p]
+                cj = p * NR
+                width = min(NR, N - cj)
+                for i in range(i0, i1, MR):
+                    rows = min(MR, i1 - i)
+                    if width == NR:
+                        _tile_from(trans_a, rows, a, a_pack, i, i0, panel, c, i, cj, k0, k1)
+                    else:
+                        scratch[:] = 0.0
+                        _tile_from(trans_a, rows, a, a_pack, i, i0, panel, scratch, 0, 0, k0, k1)
+                        for r in range(rows):
+                            for j in range(width):
+                                c[i + r, cj + j] += scratch[r, j]
+
+
+@kernel
+def _pack_a_block(a_pack, a, i0, i1, k0, k1):
+    """a_pack[s, k - k0, r] = a[k, i0 + MR*s + r], zero past i1: rows of opA = a.T."""
+    for s in range((i1 - i0 + MR - 1) // MR):
+        strip = a_pack[s]
+        for k in range(k0, k1):
+            row = a[k]
+            for r in range(MR):
+                i = i0 + MR * s + r
+                strip[k - k0, r] = row[i] if i < i1 else 0.0
+
+
+@kernel
+def _tile_from(trans_a, rows, a, a_pack, i, i0, panel, c, c0, cj, k0, k1):
+    if trans_a:
+        # The packed strip holds opA[i:i+MR, k0:k1] as (k1-k0, MR): a transposed tile at offset 0.
+        _tile(True, rows, a_pack[(i - i0) // MR], 0, panel[k0:k1], c, c0, cj, 0, k1 - k0)
+    else:
+        _tile(False, rows, a, i, panel, c, c0, cj, k0, k1)
+
+
+@kernel
+def gemm_workspaces(dtype_of):
+    """The per-thread scratch and A-packing arrays gemm_block needs."""
+    return (np.empty((MR, NR), dtype_of.dtype),
+            np.empty((MC // MR, KC, MR), dtype_of.dtype))
+
+
+@parallel_kernel
+def gemm(a, trans_a, bp, c, nthreads):
+    """c += opA @ B with B packed in bp, split across nthreads threads: by rows of c
+    when it has many, else by panels."""
+    M = c.shape[0]
+    npan = bp.shape[0]
+    # Transposed A is packed block by block: splitting by rows packs each block once.
+    by_rows = trans_a or (M >= 4 * MR * nthreads and npan < 4 * nthreads)
+    for t in prange(nthreads):
+        scratch, a_pack = gemm_workspaces(c)
+        if by_rows:
+            r0, r1 = split(M, nthreads, t, MR)
+            gemm_block(a, trans_a, bp, c, r0, r1, 0, npan, scratch, a_pack)
+        else:
+            p0, p1 = split(npan, nthreads, t, 1)
+            gemm_block(a, trans_a, bp, c, 0, M, p0, p1, scratch, a_pack)

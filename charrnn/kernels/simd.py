@@ -1,0 +1,173 @@
+"""What Numba cannot express in Python syntax, written as LLVM IR through @intrinsic:
+register-blocked multiply-add tiles for the matrix products, and the atomics and
+spin barrier that let the threads of one parallel region wait for each other.
+
+Intrinsics are compiled into the kernels that call them, so those kernels still
+cache on disk.
+"""
+
+import ctypes
+
+import llvmlite.binding as llvm
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+NR = 24  # columns of a packed panel of B: three 8-float (or six 4-double) vectors
+MR = 4  # rows of A per tile: 4 x 3 accumulators + 3 B vectors + 1 broadcast = 16 registers
+
+_VECTOR_BYTES = 32  # AVX2
+
+
+def _float_type(dtype):
+    if dtype == types.float32:
+        return ir.FloatType()
+    if dtype == types.float64:
+        return ir.DoubleType()
+    raise TypeError(f"tile kernels support float32 and float64, not {dtype}")
+
+
+def make_tile(rows: int, trans_a: bool):
+    """A kernel C[c0:c0+rows, cj:cj+NR] += opA[a0:a0+rows, k0:k1] @ Bp[k0:k1, :NR].
+
+    opA[i, k] is A[i, k], or A[k, i] when trans_a. A, Bp and C are 2-D arrays of
+    one float dtype whose last axis is contiguous; Bp is a packed panel (K, NR).
+    No bounds checks: the caller keeps the tile inside the arrays."""
+
+    @intrinsic
+    def tile(typingctx, a, a0, bp, c, c0, cj, k0, k1):
+        sig = types.void(a, a0, bp, c, c0, cj, k0, k1)
+
+        def codegen(context, builder, signature, args):
+            fty = _float_type(signature.args[0].dtype)
+            itemsize = context.get_abi_sizeof(fty)
+            lanes = _VECTOR_BYTES // itemsize
+            nvec = NR // lanes
+            vty = ir.VectorType(fty, lanes)
+            i64 = ir.IntType(64)
+            arrays = [context.make_array(t)(context, builder, v)
+                      for t, v in ((signature.args[0], args[0]), (signature.args[2], args[2]),
+                                   (signature.args[3], args[3]))]
+            pa, pb, pc = (arr.data for arr in arrays)
+            lda, ldb, ldc = (builder.sdiv(cgutils.unpack_tuple(builder, arr.strides, 2)[0], i64(itemsize))
+                             for arr in arrays)
+            a0_, c0_, cj_, k0_, k1_ = (context.cast(builder, args[i], signature.args[i], types.int64)
+                                      for i in (1, 4, 5, 6, 7))
+            fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vty, [vty, vty, vty]),
+                                                 f"llvm.fma.v{lanes}{'f32' if itemsize == 4 else 'f64'}")
+
+            def vector_at(base, offset):
+                ptr = builder.gep(base, [offset], inbounds=True)
+                return builder.bitcast(ptr, vty.as_pointer())
+
+            # Accumulators start from C; allocas become registers after mem2reg.
+            accumulators = []
+            for r in range(rows):
+                row = builder.mul(builder.add(c0_, i64(r)), ldc)
+                for v in range(nvec):
+                    ptr = vector_at(pc, builder.add(row, builder.add(cj_, i64(lanes * v))))
+                    slot = cgutils.alloca_once(builder, vty)
+                    builder.store(builder.load(ptr, align=itemsize), slot)
+                    accumulators.append((slot, ptr))
+            zero_mask = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
+            with cgutils.for_range(builder, builder.sub(k1_, k0_)) as loop:
+                k = builder.add(loop.index, k0_)
+                brow = builder.mul(k, ldb)
+                bvecs = [builder.load(vector_at(pb, builder.add(brow, i64(lanes * v))), align=itemsize)
+                         for v in range(nvec)]
+                for r in range(rows):
+                    i = builder.add(a0_, i64(r))
+                    offset = builder.add(builder.mul(k, lda), i) if trans_a else builder.add(builder.mul(i, lda), k)
+                    scalar = builder.load(builder.gep(pa, [offset], inbounds=True), align=itemsize)
+                    broadcast = builder.shuffle_vector(
+                        builder.insert_element(ir.Constant(vty, None), scalar, i64(0)),
+                        ir.Constant(vty, None), zero_mask)
+                    for v in range(nvec):
+                        slot, _ = accumulators[r * nvec + v]
+                        builder.store(builder.call(fma, [broadcast, bvecs[v], builder.load(slot)]), slot)
+            for slot, ptr in accumulators:
+                builder.store(builder.load(slot), ptr, align=itemsize)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    tile.__name__ = f"tile_{'t' if trans_a else 'n'}{rows}x{NR}"
+    return tile
+
+
+# ----- atomics and the spin barrier ----------------------------------------------------
+
+def _element_pointer(context, builder, array_type, array, index):
+    arr = context.make_array(array_type)(context, builder, array)
+    return builder.gep(arr.data, [index])
+
+
+@intrinsic
+def atomic_add(typingctx, arr, index, value):
+    """arr[index] += value atomically (sequentially consistent); returns the old value.
+    arr: 1-D int64."""
+    sig = types.int64(arr, index, value)
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        value = context.cast(builder, args[2], signature.args[2], types.int64)
+        return builder.atomic_rmw("add", ptr, value, "seq_cst")
+
+    return sig, codegen
+
+
+@intrinsic
+def atomic_load(typingctx, arr, index):
+    """arr[index] read with acquire ordering.  arr: 1-D int64."""
+    sig = types.int64(arr, index)
+
+    def codegen(context, builder, signature, args):
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        return builder.load_atomic(ptr, "acquire", 8)
+
+    return sig, codegen
+
+
+@intrinsic
+def cpu_pause(typingctx):
+    """The x86 spin-wait hint: a waiting thread leaves the core's resources to the other."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                            "llvm.x86.sse2.pause")
+        builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+# sched_yield from the C library, bound by symbol name so that callers stay cacheable.
+llvm.add_symbol("charrnn_sched_yield", ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value)
+_sched_yield = types.ExternalFunction("charrnn_sched_yield", types.int32())
+
+BARRIER_SIZE = 32  # int64 words: the count and the generation on separate cache lines
+_SPINS_BEFORE_YIELD = 20000
+
+
+@njit(inline="always")
+def barrier(state, nthreads):
+    """Wait until all nthreads threads of a parallel region have arrived.
+
+    state: int64 array of BARRIER_SIZE zeros shared by the threads. The last thread
+    to arrive resets the count and bumps the generation the others spin on. A waiter
+    yields its time slice after a while, so a busy machine slows it but cannot stall it."""
+    if nthreads == 1:
+        return
+    generation = atomic_load(state, 16)
+    if atomic_add(state, 0, 1) == nthreads - 1:
+        atomic_add(state, 0, -nthreads)
+        atomic_add(state, 16, 1)
+    else:
+        spins = 0
+        while atomic_load(state, 16) == generation:
+            cpu_pause()
+            spins += 1
+            if spins > _SPINS_BEFORE_YIELD:
+                _sched_yield()

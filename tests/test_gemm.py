@@ -1,0 +1,61 @@
+"""The packed matrix products against NumPy: every transpose, partial panels and
+tiles, strided views, and 1 or 2 threads giving bitwise the same result."""
+
+import numpy as np
+import pytest
+
+from charrnn.kernels.gemm import gemm, pack, panels, split
+from charrnn.kernels.simd import NR
+
+SHAPES = [(3, 5, 7), (1, 17, 40), (13, 30, 65), (9, 300, 24), (6, 0, 3), (50, 64, 100)]
+
+
+def packed(w, transpose, nthreads):
+    k, n = w.shape[::-1] if transpose else w.shape
+    bp = np.empty((panels(n), k, NR), w.dtype)
+    pack(bp, w, transpose, nthreads)
+    return bp
+
+
+@pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-13)])
+@pytest.mark.parametrize("trans_a", [False, True])
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_product_matches_numpy(rng, dtype, tol, trans_a, trans_b, shape):
+    M, K, N = shape
+    a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(dtype)
+    w = rng.standard_normal((N, K) if trans_b else (K, N)).astype(dtype)
+    c = rng.standard_normal((M, N)).astype(dtype)
+    expected = c.astype(np.float64) + (a.T if trans_a else a).astype(np.float64) @ (w.T if trans_b else w)
+    results = []
+    for nthreads in (1, 2):
+        out = c.copy()
+        gemm(a, trans_a, packed(w, trans_b, nthreads), out, nthreads)
+        np.testing.assert_allclose(out, expected, rtol=tol, atol=tol * max(1, K))
+        results.append(out)
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_views_with_row_strides(rng):
+    a = rng.standard_normal((5, 40))[:, 3:23]  # rows of a wider array
+    w = rng.standard_normal((20, 30))
+    big = np.zeros((5, 50))
+    gemm(a, False, packed(w, False, 2), big[:, 10:40], 2)
+    np.testing.assert_allclose(big[:, 10:40], a @ w, rtol=1e-13)
+    assert not big[:, :10].any() and not big[:, 40:].any()
+
+
+def test_packing_pads_with_zeros(rng):
+    w = rng.standard_normal((3, 30))
+    bp = packed(w, False, 1)
+    assert bp.shape == (2, 3, NR)
+    np.testing.assert_array_equal(bp[1, :, :30 - NR], w[:, NR:])
+    assert not bp[1, :, 30 - NR:].any()
+
+
+@pytest.mark.parametrize("n,parts,align", [(10, 3, 1), (256, 2, 8), (5, 2, 8), (0, 2, 4), (65, 4, 4)])
+def test_split_covers_the_range_once_at_aligned_boundaries(n, parts, align):
+    ranges = [split(n, parts, p, align) for p in range(parts)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+    assert all(start % align == 0 or start == n for start, _ in ranges)
