@@ -81,6 +81,22 @@ class PackedWeights:
         self.dec_t = packed(params["decoder.weight"], True, nthreads)
         self.dec = None
         self._params = params
+        self._inference = None
+
+    def inference_args(self) -> tuple:
+        """The weights as inference.step_logits and inference.generate take them."""
+        from numba.typed import List
+
+        from charrnn.kernels.inference import GRU, LSTM, RNN
+
+        if self._inference is None:
+            cfg, p = self._params.cfg, self._params
+            b_hn = [layer.b_hn if layer.b_hn is not None else np.zeros(cfg.hidden, p.dtype) for layer in self.layers]
+            self._inference = (
+                {"lstm": LSTM, "gru": GRU, "rnn": RNN}[cfg.cell], self.table,
+                List([layer.ih_t for layer in self.layers]), List([layer.hh_t for layer in self.layers]),
+                List([layer.bias for layer in self.layers]), List(b_hn), self.dec_t, p["decoder.bias"])
+        return self._inference
 
     def for_backward(self, nthreads: int) -> "PackedWeights":
         if self.dec is None:

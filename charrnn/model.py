@@ -284,44 +284,44 @@ class Network:
                 product(grads["embedding.weight"], ws.dtable, False, weights.ih, nthreads)
         return dstate0
 
+    def _inference_state(self, ids, state):
+        ids = np.array(ids, dtype=np.int64)  # a copy: the kernels update it
+        h = np.ascontiguousarray(state.h, dtype=self.params.dtype).copy()
+        c = np.ascontiguousarray(state.c, dtype=self.params.dtype).copy() if state.c is not None else h[:, :0]
+        return ids, h, c
+
     def step(self, ids: np.ndarray, state: RecurrentState):
         """One character for each of B independent streams: (logits (B, V), new state).
 
         ids: (B,) ints. Row b's result depends only on row b's input and state, bit
         for bit, whatever B is; state is not modified."""
-        from charrnn.kernels.gru import gru_cell_forward
-        from charrnn.kernels.inference import rows_matvec_add, rows_set
-        from charrnn.kernels.lstm import lstm_cell_forward
+        from charrnn.engine import threads
+        from charrnn.kernels.inference import step_logits
 
-        cfg, p = self.cfg, self.params
-        ids = np.ascontiguousarray(ids, dtype=np.int64)
-        B, H, dtype = ids.shape[0], cfg.hidden, p.dtype
-        x = np.ascontiguousarray(p["embedding.weight"][ids])
-        new = RecurrentState.zeros(cfg, B, dtype)
-        for layer in range(cfg.layers):
-            w_ih, w_hh, b_ih, b_hh = p.layer(layer)
-            h = state.h[layer]
-            gates = np.empty((B, cfg.gates * H), dtype)
-            if cfg.cell == "gru":
-                # r, z take both biases; n's recurrent part is gated by r, so keep it apart.
-                rows_set(gates, b_ih + np.r_[b_hh[:2 * H], np.zeros(H, dtype)])
-                rows_matvec_add(gates, w_ih, x)
-                hg = np.zeros((B, 3 * H), dtype)
-                rows_matvec_add(hg, w_hh, h)
-                gru_cell_forward(new.h[layer], gates, np.empty((B, H), dtype), hg, h, b_hh[2 * H:], 0, H)
-            else:
-                rows_set(gates, b_ih + b_hh)
-                rows_matvec_add(gates, w_ih, x)
-                rows_matvec_add(gates, w_hh, h)
-                if cfg.cell == "lstm":
-                    lstm_cell_forward(new.h[layer], new.c[layer], gates, state.c[layer], 0, H)
-                else:
-                    new.h[layer] = np.tanh(gates)
-            x = new.h[layer]
-        logits = np.empty((B, cfg.vocab_size), dtype)
-        rows_set(logits, p["decoder.bias"])
-        rows_matvec_add(logits, p["decoder.weight"], x)
-        return logits, new
+        nthreads = threads()
+        current, h, c = self._inference_state(ids, state)
+        logits = np.empty((current.shape[0], self.cfg.vocab_size), self.params.dtype)
+        step_logits(logits, current, h, c, *self.packed(nthreads).inference_args(), nthreads)
+        return logits, RecurrentState(h, c if state.c is not None else None)
+
+    def generate(self, ids: np.ndarray, state: RecurrentState, uniforms: np.ndarray, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, argmax: bool = False):
+        """K characters for each of B streams, each drawn from the model and fed back.
+
+        ids: (B,) the last character of each stream; uniforms: (K, B) one number in
+        [0, 1) per draw (see kernels.sampling.sample_rows: temperature, then top_k
+        (0: all), then top_p (1: all); or the most likely character with argmax).
+        Returns (K, B) characters and the state after them; row b depends only on row
+        b's inputs, bit for bit."""
+        from charrnn.engine import threads
+        from charrnn.kernels.inference import generate
+
+        nthreads = threads()
+        current, h, c = self._inference_state(ids, state)
+        out = np.empty(uniforms.shape, np.int64)
+        generate(out, current, h, c, *self.packed(nthreads).inference_args(), np.ascontiguousarray(uniforms),
+                 float(temperature), int(top_k), float(top_p), bool(argmax), nthreads)
+        return out, RecurrentState(h, c if state.c is not None else None)
 
     def loss_and_grad(self, ids, targets, state, grads: ParamBuffer, dropout_key: int | None = None):
         """Mean cross-entropy (nats/char) of a (T, B) batch; adds its gradient to grads.

@@ -21,10 +21,10 @@ from charrnn.errors import CharrnnError
 from charrnn.model import Network, RecurrentState
 from charrnn.vocab import Vocab, describe_chars
 
-# Uniform numbers drawn at a time for the whole batch (8 MB of float64): drawing in
-# blocks keeps memory flat for any --length, and a Generator's random(a) followed by
-# random(b) gives the same numbers as random(a + b), so blocks do not change a sample.
-UNIFORMS_PER_BLOCK = 1 << 20
+# Characters generated per call into the engine: one compiled loop runs this many
+# steps for every row, so Python's per-character cost is gone, while streamed text
+# still appears every few milliseconds.
+BLOCK = 64
 
 
 def _is_int(v) -> bool:
@@ -105,21 +105,35 @@ def encode_stops(vocab: Vocab, stops: Sequence[str]) -> list[np.ndarray]:
     return out
 
 
+@dataclass
+class Block:
+    """What one call into the engine generated: the sample rows[i] produced
+    ids[i, :counts[i]], and ended[i] says whether that was its last character."""
+
+    rows: np.ndarray  # (n,) samples, 0-based, ascending
+    ids: np.ndarray  # (n, k)
+    counts: np.ndarray  # (n,)
+    ended: np.ndarray  # (n,) bool
+
+
 class BatchSampler:
-    """Generates num_samples samples side by side, one character per step for all
-    rows that are still going; a row that ends (by a stop string) leaves the batch and
-    costs nothing more. Every sample has at most `length` generated characters."""
+    """Generates num_samples samples side by side, a block of characters at a time
+    for all rows that are still going; a row that ends (by a stop string) leaves the
+    batch and costs nothing more. Every sample has at most `length` generated
+    characters."""
 
     def __init__(self, net: Network, vocab: Vocab, length: int, seed: int, num_samples: int = 1,
-                 prime: str = "", decoding: Decoding = Decoding(), stops: Sequence[str] = ()):
+                 prime: str = "", decoding: Decoding = Decoding(), stops: Sequence[str] = (),
+                 block: int | None = None):
         check_setting("length", length)
         check_setting("num_samples", num_samples)
         check_setting("seed", seed)
         self.net, self.vocab, self.length, self.decoding = net, vocab, int(length), decoding
+        self.block = BLOCK if block is None else block  # characters per engine call; 1 streams each
         self.prime = prime
         self.prime_ids = encode_prime(vocab, prime)
         self.stops = list(stops)
-        self.stop_ids = encode_stops(vocab, self.stops)
+        encode_stops(vocab, self.stops)  # refuse stops the model can never produce
         self.seeds = [sample_seed(seed, k) for k in range(1, num_samples + 1)]
         # Which stop string ended each sample (index into stops), or -1.
         self.stopped_by = np.full(num_samples, -1, np.int64)
@@ -141,12 +155,8 @@ class BatchSampler:
             _, state = self.net.forward(self.prime_ids[:-1].reshape(-1, 1), state)
         return RecurrentState(*(np.repeat(a, n, axis=1) for a in state.arrays()))
 
-    def steps(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Per step: (rows, ids, ended). rows are the samples (0-based, ascending)
-        that produced a character, ids those characters, and ended marks the rows for
-        which it was the last one. Stops early when every sample has ended."""
-        from charrnn.kernels.sampling import argmax_rows, sample_rows
-
+    def blocks(self) -> Iterator[Block]:
+        """The samples' characters, block by block, until every sample has ended."""
         n, length, d = len(self.seeds), self.length, self.decoding
         self.stopped_by[:] = -1
         if length == 0:
@@ -154,74 +164,68 @@ class BatchSampler:
         rngs = [np.random.default_rng(s) for s in self.seeds]
         state = self._start_state(n)
         rows = np.arange(n)
-        history = self._history(n)
+        width = max((len(s) for s in self.stops), default=1)
+        tails = [self.prime[len(self.prime) - width + 1:] if width > 1 else ""] * n
         if self.prime:
             current = np.full(n, self.prime_ids[-1], np.int64)
         elif not self.random_start:
             current = np.full(n, self.vocab.chars.index("\n"), np.int64)
         else:
             current = np.array([rng.integers(len(self.vocab)) for rng in rngs], np.int64)
-            ended = self._ended(history, current, rows, 1)
-            yield rows, current, ended
-            rows, current, state, history = self._drop(ended, rows, current, state, history)
-        t = 1 if self.random_start else 0
-        block = max(1, UNIFORMS_PER_BLOCK // n)
-        uniforms, block_start = None, t
+        t = 0
+        if self.random_start:
+            block = self._block(rows, current.reshape(-1, 1), tails, t + 1)
+            yield block
+            t = 1
+            rows, current, state, tails = self._drop(block.ended, rows, current, state, tails)
         top_k = 0 if d.top_k is None else d.top_k
         top_p = 1.0 if d.top_p is None else d.top_p
         while t < length and rows.size:
-            if not d.argmax and (uniforms is None or t - block_start == uniforms.shape[0]):
-                uniforms, block_start = np.empty((min(block, length - t), n)), t
-                for i in rows:
-                    uniforms[:, i] = rngs[i].random(uniforms.shape[0])
-            logits, state = self.net.step(current, state)
-            chosen = np.empty(rows.size, np.int64)
+            k = min(self.block, length - t)
             if d.argmax:
-                argmax_rows(chosen, logits)
+                uniforms = np.zeros((k, rows.size))
             else:
-                sample_rows(chosen, logits, float(d.temperature), uniforms[t - block_start, rows],
-                            top_k, float(top_p))
-            t += 1
-            ended = self._ended(history, chosen, rows, t)
-            yield rows, chosen, ended
-            rows, current, state, history = self._drop(ended, rows, chosen, state, history)
+                uniforms = np.stack([rngs[i].random(k) for i in rows], axis=1)
+            ids, state = self.net.generate(current, state, uniforms, d.temperature, top_k, top_p, d.argmax)
+            t += k
+            block = self._block(rows, ids.T, tails, t)
+            yield block
+            current = ids[-1]
+            rows, current, state, tails = self._drop(block.ended, rows, current, state, tails)
 
-    def _history(self, n: int) -> np.ndarray | None:
-        """The last characters of each row's text (prime included), as many as the
-        longest stop string, -1 before the start: a stop string may begin in the
-        prime but must end in generated text."""
-        if not self.stop_ids:
-            return None
-        width = max(s.size for s in self.stop_ids)
-        tail = self.prime_ids[-width:]
-        history = np.full((n, width), -1, np.int64)
-        if tail.size:
-            history[:, width - tail.size:] = tail
-        return history
-
-    def _ended(self, history, chosen, rows, t) -> np.ndarray:
-        """Rows whose text now ends with a stop string, or that reached the length."""
-        ended = np.full(rows.size, t >= self.length)
-        if history is None:
-            return ended
-        history[:, :-1] = history[:, 1:]
-        history[:, -1] = chosen
-        width = history.shape[1]
-        for index, s in enumerate(self.stop_ids):
-            hit = (history[:, width - s.size:] == s).all(axis=1)
-            first = hit & (self.stopped_by[rows] < 0)
-            self.stopped_by[rows[first]] = index
-            ended |= hit
-        return ended
+    def _block(self, rows, ids, tails, t) -> Block:
+        """A Block of the ids (n, k) just generated, each row cut after the first stop
+        string that ends in it; tails are the last characters of every row's text
+        (prime included), updated here, so that a stop may span blocks or begin in
+        the prime."""
+        n, k = ids.shape
+        counts = np.full(n, k, np.int64)
+        ended = np.full(n, t >= self.length)
+        if not self.stops:
+            return Block(rows, ids, counts, ended)
+        width = max(len(s) for s in self.stops)
+        chars = self.vocab.chars
+        for i in range(n):
+            text = tails[i] + "".join(chars[j] for j in ids[i])
+            first_end, which = None, -1
+            for index, stop in enumerate(self.stops):
+                at = text.find(stop, max(0, len(tails[i]) - len(stop) + 1))
+                if at >= 0 and (first_end is None or at + len(stop) < first_end):
+                    first_end, which = at + len(stop), index
+            if first_end is not None:
+                counts[i] = first_end - len(tails[i])
+                ended[i] = True
+                self.stopped_by[rows[i]] = which
+            tails[i] = text[len(text) - width + 1:] if width > 1 else ""
+        return Block(rows, ids, counts, ended)
 
     @staticmethod
-    def _drop(ended, rows, current, state, history):
+    def _drop(ended, rows, current, state, tails):
         """Remove the rows that ended from the batch."""
         if not ended.any():
-            return rows, current, state, history
+            return rows, current, state, tails
         keep = ~ended
-        return (rows[keep], current[keep], state.rows(keep),
-                None if history is None else history[keep])
+        return rows[keep], current[keep], state.rows(keep), [tail for tail, k in zip(tails, keep) if k]
 
     def stop_of(self, index: int) -> str | None:
         """The stop string that ended sample `index` (0-based), or None."""
@@ -230,23 +234,23 @@ class BatchSampler:
 
 
 class _IdBuffer:
-    """The characters generated so far by every row: (rows, steps), grown by doubling."""
+    """The characters generated so far by every row: (rows, characters), grown by doubling."""
 
     def __init__(self, n: int, dtype):
         self.data = np.zeros((n, 256), dtype)
 
-    def put(self, rows, column: int, ids) -> None:
-        if column >= self.data.shape[1]:
+    def put(self, row: int, start: int, ids) -> None:
+        while start + len(ids) > self.data.shape[1]:
             grown = np.zeros((self.data.shape[0], 2 * self.data.shape[1]), self.data.dtype)
             grown[:, :self.data.shape[1]] = self.data
             self.data = grown
-        self.data[rows, column] = ids
+        self.data[row, start:start + len(ids)] = ids
 
 
 class SamplePrinter:
     """Prints the samples of a batch in order, each as soon as it can be: the first
-    one character by character while it is generated, the others from a buffer once
-    the ones before them are complete.
+    block by block while it is generated, the others from a buffer once the ones
+    before them are complete.
 
     As text, each sample is its prime and generated characters and a newline; with
     several samples each is preceded by a header line naming its number and seed,
@@ -272,17 +276,18 @@ class SamplePrinter:
         self._begin()
         self._flush()
 
-    def step(self, rows, ids, ended) -> None:
-        if self.buffer is not None:
-            self.buffer.put(rows, int(self.count[rows[0]]), ids)
-        self.count[rows] += 1
-        self.ended[rows[ended]] = True
-        if self.open and rows[0] == self.head:
-            if self.buffer is None:
-                self._write(self.text(ids[:1]))
-                self.written += 1
-            else:
-                self._catch_up()
+    def step(self, block: Block) -> None:
+        for i, row in enumerate(block.rows):
+            ids = block.ids[i, :block.counts[i]]
+            if self.buffer is not None:
+                self.buffer.put(row, int(self.count[row]), ids)
+            elif row == self.head and self.open:
+                self._write(self.text(ids))
+                self.written += ids.size
+            self.count[row] += ids.size
+        self.ended[block.rows[block.ended]] = True
+        if self.open and self.buffer is not None:
+            self._catch_up()
         self._advance()
         self._flush()
 
@@ -341,13 +346,16 @@ class SamplePrinter:
 
 
 def write_samples(sampler: BatchSampler, out: TextIO, settings: dict | None = None, stream: bool = False) -> None:
-    """Generate and print every sample (see SamplePrinter); on Ctrl-C end the line
-    and keep what was printed, then let the KeyboardInterrupt through."""
+    """Generate and print every sample (see SamplePrinter); streaming, each character
+    is generated, written and flushed on its own. On Ctrl-C end the line and keep
+    what was printed, then let the KeyboardInterrupt through."""
+    if stream:
+        sampler.block = 1
     printer = SamplePrinter(out, sampler, settings, stream)
     try:
         printer.begin()
-        for rows, ids, ended in sampler.steps():
-            printer.step(rows, ids, ended)
+        for block in sampler.blocks():
+            printer.step(block)
         printer.close()
     except KeyboardInterrupt:
         printer.interrupt()
@@ -359,9 +367,9 @@ def generate_many(net: Network, vocab: Vocab, length: int, seed: int, num_sample
     """The generated text (without the prime) of each of num_samples samples."""
     sampler = BatchSampler(net, vocab, length, seed, num_samples, prime, decoding, stops)
     out: list[list[int]] = [[] for _ in range(num_samples)]
-    for rows, ids, _ in sampler.steps():
-        for row, i in zip(rows.tolist(), ids.tolist()):
-            out[row].append(i)
+    for block in sampler.blocks():
+        for i, row in enumerate(block.rows):
+            out[row].extend(block.ids[i, :block.counts[i]].tolist())
     return [vocab.decode(ids) for ids in out]
 
 
@@ -378,8 +386,10 @@ def generate(net: Network, vocab: Vocab, length: int, temperature: float = 1.0, 
     one generated. A stop string ends the text where it first occurs (kept)."""
     sampler = BatchSampler(net, vocab, length, seed, 1, prime, Decoding(temperature, top_k, top_p, argmax), stops)
     out: list[str] = []
-    for _, ids, _ in sampler.steps():
-        out.append(vocab.chars[int(ids[0])])
+    for block in sampler.blocks():
+        text = vocab.decode(block.ids[0, :block.counts[0]])
+        out.append(text)
         if on_char is not None:
-            on_char(out[-1])
+            for char in text:
+                on_char(char)
     return "".join(out)

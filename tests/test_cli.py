@@ -127,15 +127,15 @@ def test_sample_several_as_text_each_under_a_header(runner, trained):
 def test_sample_ctrl_c_keeps_what_was_printed(runner, trained, monkeypatch):
     from charrnn.model import Network
 
-    original, calls = Network.step, []
+    original, calls = Network.generate, []
 
-    def step(self, ids, state):
+    def generate_then_interrupt(self, *args, **kwargs):  # --stream: one character per call
         calls.append(1)
         if len(calls) > 10:
             raise KeyboardInterrupt
-        return original(self, ids, state)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Network, "step", step)
+    monkeypatch.setattr(Network, "generate", generate_then_interrupt)
     result = runner.invoke(cli, ["sample", str(trained), "-n", "100", "--prime", "AB", "--seed", "1", "--stream"])
     assert result.exit_code == 130 and "interrupted" in result.stderr
     monkeypatch.undo()

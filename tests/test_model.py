@@ -179,3 +179,30 @@ def test_step_matches_forward_and_each_row_is_independent_of_the_batch(rng, cell
         np.testing.assert_array_equal(alone[0], logits[b])
         for a, s in zip(alone_state.arrays(), new.arrays()):
             np.testing.assert_array_equal(a[:, 0], s[:, b])
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_generate_equals_stepping_and_sampling_and_each_row_alone(rng, cell):
+    from charrnn.kernels.sampling import sample_rows
+
+    cfg, params, net = make_network(cell, rng, dtype=np.float32)
+    state = RecurrentState.zeros(cfg, 3)
+    state.h[:] = rng.standard_normal(state.h.shape)
+    if state.c is not None:
+        state.c[:] = rng.standard_normal(state.c.shape)
+    ids, uniforms = rng.integers(0, V, 3), rng.random((6, 3))
+    out, end = net.generate(ids, state, uniforms, temperature=0.9, top_k=4, top_p=0.95)
+    current, s = ids, state
+    for k in range(6):
+        logits, s = net.step(current, s)
+        current = np.empty(3, np.int64)
+        sample_rows(current, logits, 0.9, uniforms[k], 4, 0.95)
+        np.testing.assert_array_equal(current, out[k])
+    for a, b in zip(end.arrays(), s.arrays()):
+        np.testing.assert_array_equal(a, b)
+    for b in range(3):
+        alone, _ = net.generate(ids[b:b + 1], state.rows([b]), uniforms[:, b:b + 1], 0.9, 4, 0.95)
+        np.testing.assert_array_equal(alone[:, 0], out[:, b])
+    greedy, _ = net.generate(ids, state, np.zeros((6, 3)), argmax=True)
+    first, _ = net.step(ids, state)
+    np.testing.assert_array_equal(greedy[0], first.argmax(axis=1))

@@ -84,11 +84,12 @@ def test_sample_seeds_sample_1_is_the_seed_others_are_spread():
     assert sample_seed(7, 2) == int(np.random.SeedSequence([7, 2]).generate_state(1, np.uint64)[0] >> np.uint64(11))
 
 
-def test_a_batch_draws_its_uniforms_in_blocks_without_changing_a_sample(model, monkeypatch):
+def test_the_block_size_does_not_change_a_sample(model, monkeypatch):
     net, vocab = model
-    whole = generate_many(net, vocab, 40, 3, 3)
-    monkeypatch.setattr("charrnn.sample.UNIFORMS_PER_BLOCK", 7)  # blocks of 2 steps for 3 rows
-    assert generate_many(net, vocab, 40, 3, 3) == whole
+    whole = generate_many(net, vocab, 40, 3, 3, stops=["ab"])
+    for block in (1, 3):  # stops and draws now straddle blocks
+        monkeypatch.setattr("charrnn.sample.BLOCK", block)
+        assert generate_many(net, vocab, 40, 3, 3, stops=["ab"]) == whole
 
 
 def test_random_start_without_newline_is_reproduced_alone(model):
@@ -177,18 +178,18 @@ def test_json_lines_hold_text_with_prime_seed_and_settings(model):
 
 def test_ctrl_c_keeps_what_was_printed_and_ends_the_line(model, monkeypatch):
     net, vocab = model
-    steps = []
-    original = type(net).step
+    calls = []
+    original = type(net).generate
 
-    def step(self, ids, state):
-        if len(steps) == 6:
+    def generate_then_interrupt(self, *args, **kwargs):
+        if len(calls) == 6:
             raise KeyboardInterrupt
-        steps.append(1)
-        return original(self, ids, state)
+        calls.append(1)
+        return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(type(net), "step", step)
+    monkeypatch.setattr(type(net), "generate", generate_then_interrupt)
     out = io.StringIO()
     with pytest.raises(KeyboardInterrupt):
-        write_samples(BatchSampler(net, vocab, 50, 5, prime="ab"), out)
+        write_samples(BatchSampler(net, vocab, 50, 5, prime="ab", block=1), out)
     monkeypatch.undo()
     assert out.getvalue() == "ab" + generate(net, vocab, 6, prime="ab", seed=5) + "\n"

@@ -163,7 +163,8 @@ def gemm(a, trans_a, bp, c, nthreads):
     M = c.shape[0]
     npan = bp.shape[0]
     # Transposed A is packed block by block: splitting by rows packs each block once.
-    by_rows = trans_a or (M >= 4 * MR * nthreads and npan < 4 * nthreads)
+    # Many rows split evenly; a few panels may not (11 panels: 6 against 5).
+    by_rows = trans_a or M >= 256 or (M >= 4 * MR * nthreads and npan < 4 * nthreads)
     for t in prange(nthreads):
         scratch, a_pack = gemm_workspaces(c)
         if by_rows:
@@ -172,3 +173,4 @@ def gemm(a, trans_a, bp, c, nthreads):
         else:
             p0, p1 = split(npan, nthreads, t, 1)
             gemm_block(a, trans_a, bp, c, 0, M, p0, p1, scratch, a_pack)
+
