@@ -209,5 +209,11 @@ def recurrent_weight_gradients(ws: Workspace, buf: LayerBuffers, dxg, dhg, dw_hh
     H = buf.hs_buf.shape[2]
     dxg2, dhg2 = dxg.reshape(T * B, GH), dhg.reshape(T * B, GH)
     product(dw_hh, dhg2, True, ws.packed_activations(buf.hs_buf[:T].reshape(T * B, H), nthreads), nthreads)
-    add_column_sums(db_ih, dxg2, nthreads)
-    add_column_sums(db_hh, dhg2, nthreads)
+    if dxg is dhg:  # LSTM, RNN: both biases get the same gradient
+        sums = np.zeros_like(db_ih)
+        add_column_sums(sums, dxg2, nthreads)
+        db_ih += sums
+        db_hh += sums
+    else:
+        add_column_sums(db_ih, dxg2, nthreads)
+        add_column_sums(db_hh, dhg2, nthreads)

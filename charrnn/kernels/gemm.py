@@ -130,14 +130,16 @@ def gemm_block(a, trans_a, bp, c, r0, r1, p0, p1, scratch, a_pack):
 
 @kernel
 def _pack_a_block(a_pack, a, i0, i1, k0, k1):
-    """a_pack[s, k - k0, r] = a[k, i0 + MR*s + r], zero past i1: rows of opA = a.T."""
-    for s in range((i1 - i0 + MR - 1) // MR):
-        strip = a_pack[s]
-        for k in range(k0, k1):
-            row = a[k]
+    """a_pack[s, k - k0, r] = a[k, i0 + MR*s + r], zero past i1: rows of opA = a.T.
+    Each row of a is read once, contiguously, across all strips."""
+    strips = (i1 - i0 + MR - 1) // MR
+    for k in range(k0, k1):
+        row = a[k]
+        for s in range(strips):
+            dst = a_pack[s, k - k0]
             for r in range(MR):
                 i = i0 + MR * s + r
-                strip[k - k0, r] = row[i] if i < i1 else 0.0
+                dst[r] = row[i] if i < i1 else 0.0
 
 
 @kernel
