@@ -1,0 +1,1 @@
+"""charrnn's benchmark suite: `make bench` or `python -m benchmarks --help`."""
