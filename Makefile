@@ -1,12 +1,15 @@
 # make demo   set up .venv, train briefly on data/tinyshakespeare.txt, print a sample
 # make test   set up .venv and run the test suite
+# make bench  set up .venv and run the benchmark suite (10-20 minutes on an idle machine);
+#             options go in BENCH, e.g. make bench BENCH="--quick" or
+#             make bench BENCH="--rows lstm-2x256 --only train,sample" (see python -m benchmarks -h)
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 
-.PHONY: setup test demo clean
+.PHONY: setup test demo bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +34,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/charrnn train data/tinyshakespeare.txt --out runs/demo --max-time 3m --overwrite
 	$(BIN)/charrnn sample runs/demo/best.safetensors --temperature 0.8 --length 600 --prime "ROMEO:"
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks $(BENCH)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
