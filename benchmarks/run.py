@@ -407,7 +407,7 @@ class Suite:
         best = max(gemms, key=lambda r: r["gflops"])
         res["gemm_gflops"] = best["gflops"]
         n = self.args.gemm_n
-        self.out(f"  GEMM {n}x{n}x{n} float32, {self.threads} threads: "
+        self.out(f"  GEMM {n}x{n}x{n} float32, {self.threads} thread{'s' if self.threads > 1 else ''}: "
                  + ", ".join(f"{r['library']} {r['gflops']:.1f} GFLOP/s" for r in gemms)
                  + f"; peak = {best['gflops']:.1f} GFLOP/s")
         counts = sorted({1, self.threads} | ({2} if (os.cpu_count() or 1) >= 2 else set()))
@@ -691,7 +691,8 @@ class Suite:
         n_params = parameter_count(STARTUP_ROW.cell, STARTUP_ROW.layers, STARTUP_ROW.hidden, EMBED, vocab_size)
         model_mb = 16 * n_params / 1e6  # params, gradients and Adam's two moments, float32
         limit = 2 * file_bytes / 1e6 + model_mb
-        res = {"file_bytes": file_bytes, "chars": chars, "command": shlex.join(train_cmd(path, "DIR")),
+        shown = ["charrnn", *train_cmd("CORPUS", "DIR")[len(charrnn_command()):]]
+        res = {"file_bytes": file_bytes, "chars": chars, "command": shlex.join(shown),
                "peak_rss_mb": rss, "wall_s": wall, "baseline_rss_mb": base_rss, "baseline_wall_s": base_wall,
                "model_mb": model_mb, "limit_mb": limit, "rss_over_file": rss * 1e6 / file_bytes,
                "corpus_bytes_per_file_byte": (rss - base_rss) * 1e6 / file_bytes}
