@@ -84,18 +84,21 @@ class PackedWeights:
         self._inference = None
 
     def inference_args(self) -> tuple:
-        """The weights as inference.step_logits and inference.generate take them."""
-        from numba.typed import List
-
+        """The weights as inference.step_logits and inference.generate take them:
+        every layer's matrices stacked into one array per kind (fixed types, so
+        nothing is compiled per model), layer 0's input side being the table."""
         from charrnn.kernels.inference import GRU, LSTM, RNN
 
         if self._inference is None:
             cfg, p = self._params.cfg, self._params
+            upper = self.layers[1:]
+            ih_t = (np.stack([layer.ih_t for layer in upper]) if upper
+                    else np.zeros((0, *self.layers[0].hh_t.shape), p.dtype))
             b_hn = [layer.b_hn if layer.b_hn is not None else np.zeros(cfg.hidden, p.dtype) for layer in self.layers]
             self._inference = (
-                {"lstm": LSTM, "gru": GRU, "rnn": RNN}[cfg.cell], self.table,
-                List([layer.ih_t for layer in self.layers]), List([layer.hh_t for layer in self.layers]),
-                List([layer.bias for layer in self.layers]), List(b_hn), self.dec_t, p["decoder.bias"])
+                {"lstm": LSTM, "gru": GRU, "rnn": RNN}[cfg.cell], self.table, ih_t,
+                np.stack([layer.hh_t for layer in self.layers]), np.stack([layer.bias for layer in self.layers]),
+                np.stack(b_hn), self.dec_t, p["decoder.bias"])
         return self._inference
 
     def for_backward(self, nthreads: int) -> "PackedWeights":

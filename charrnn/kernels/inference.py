@@ -30,8 +30,9 @@ def _advance(worker, nthreads, sync, cell, current, h, c, table, ih_t, hh_t, bia
     h, c (L, B, H) advance in place and logits (B, V) are those of the next character.
 
     current: (B,) the characters read; table: (V, G*H) layer 0's input side;
-    ih_t, hh_t: per layer, w_ih.T and w_hh.T packed; bias: per layer, the input-side
-    bias (unused for layer 0, whose table holds it); b_hn: per layer (H,), GRU only;
+    ih_t: (L - 1, ...) w_ih.T packed for layers 1..L-1; hh_t: (L, ...) w_hh.T packed;
+    bias: (L, G*H) the input-side bias (unused for layer 0, whose table holds it);
+    b_hn: (L, H), GRU only;
     dec_t: decoder weight .T packed; dec_b: (V,); gates, hg: (B, G*H), hn: (B, H) and
     logits: (B, V) shared workspaces."""
     L, B, H = h.shape
@@ -44,7 +45,7 @@ def _advance(worker, nthreads, sync, cell, current, h, c, table, ih_t, hh_t, bia
         for b in range(B):
             gates[b, lo:hi] = table[current[b], lo:hi] if layer == 0 else bias[layer][lo:hi]
         if layer > 0:
-            gemm_block(h[layer - 1], False, ih_t[layer], gates, 0, B, p0, p1, scratch, a_pack)
+            gemm_block(h[layer - 1], False, ih_t[layer - 1], gates, 0, B, p0, p1, scratch, a_pack)
         if cell == GRU:
             hg[:, lo:hi] = 0.0
             gemm_block(hl, False, hh_t[layer], hg, 0, B, p0, p1, scratch, a_pack)
