@@ -16,7 +16,7 @@ from numba import prange
 from charrnn.kernels import kernel, parallel_kernel
 from charrnn.kernels.simd import MR, NR, make_tile
 
-KC = 256  # rows of a panel per block: KC x NR floats (24 KB) stay in L1
+KC = 512  # rows of a panel per block: KC x NR floats (48 KB), from L1 and L2
 MC = 64  # rows of A per block: MC x KC floats (64 KB) stay in L2
 
 _N1, _N2, _N3, _N4 = (make_tile(m, False) for m in range(1, 5))
