@@ -155,12 +155,15 @@ class Workspace:
         self.dh = np.zeros((B, H), dtype)
         self.dc = np.zeros((B, H), dtype)
         self.dtable = np.zeros((cfg.vocab_size, GH), dtype)
-        self.activations = np.zeros((panels(max(H, cfg.embed)), max(T * B, cfg.vocab_size), NR), dtype)
+        self._packed_activations: dict[tuple[int, int], np.ndarray] = {}
 
     def packed_activations(self, x2: np.ndarray, nthreads: int) -> np.ndarray:
-        """x2 (K, N) packed as the B of a weight-gradient product, in the shared buffer."""
+        """x2 (K, N) packed as the B of a weight-gradient product, into a buffer kept
+        per shape (whole arrays, not views: one compiled signature for the kernels)."""
         k, n = x2.shape
-        out = self.activations[:panels(n), :k]
+        out = self._packed_activations.get((k, n))
+        if out is None:
+            out = self._packed_activations[(k, n)] = np.empty((panels(n), k, NR), x2.dtype)
         pack(out, x2, False, nthreads)
         return out
 

@@ -29,26 +29,29 @@ def panels(n: int) -> int:
 
 
 @kernel
-def _tile(trans_a, rows, a, a0, bp, c, c0, cj, k0, k1):
-    """One tile of 1 to MR rows; see simd.make_tile."""
-    if trans_a:
-        if rows == 4:
-            _T4(a, a0, bp, c, c0, cj, k0, k1)
-        elif rows == 3:
-            _T3(a, a0, bp, c, c0, cj, k0, k1)
-        elif rows == 2:
-            _T2(a, a0, bp, c, c0, cj, k0, k1)
-        else:
-            _T1(a, a0, bp, c, c0, cj, k0, k1)
+def _tile_n(rows, a, a0, bp, c, c0, cj, k0, k1):
+    """One tile of 1 to MR rows of A; see simd.make_tile."""
+    if rows == 4:
+        _N4(a, a0, bp, c, c0, cj, k0, k1)
+    elif rows == 3:
+        _N3(a, a0, bp, c, c0, cj, k0, k1)
+    elif rows == 2:
+        _N2(a, a0, bp, c, c0, cj, k0, k1)
     else:
-        if rows == 4:
-            _N4(a, a0, bp, c, c0, cj, k0, k1)
-        elif rows == 3:
-            _N3(a, a0, bp, c, c0, cj, k0, k1)
-        elif rows == 2:
-            _N2(a, a0, bp, c, c0, cj, k0, k1)
-        else:
-            _N1(a, a0, bp, c, c0, cj, k0, k1)
+        _N1(a, a0, bp, c, c0, cj, k0, k1)
+
+
+@kernel
+def _tile_t(rows, strip, bp, c, c0, cj, k):
+    """One tile of 1 to MR rows of a packed strip of A.T (k, MR); see simd.make_tile."""
+    if rows == 4:
+        _T4(strip, 0, bp, c, c0, cj, 0, k)
+    elif rows == 3:
+        _T3(strip, 0, bp, c, c0, cj, 0, k)
+    elif rows == 2:
+        _T2(strip, 0, bp, c, c0, cj, 0, k)
+    else:
+        _T1(strip, 0, bp, c, c0, cj, 0, k)
 
 
 @kernel
@@ -104,14 +107,22 @@ def gemm_block(a, trans_a, bp, c, r0, r1, p0, p1, scratch, a_pack):
     a_pack: (MC // MR, KC, MR) workspace: with trans_a, each block of A is copied
     there first, so that a tile reads contiguous memory instead of one cache line
     per k."""
+    if trans_a:
+        _gemm_block_t(a, bp, c, r0, r1, p0, p1, scratch, a_pack)
+    else:
+        gemm_block_n(a, bp, c, r0, r1, p0, p1, scratch)
+
+
+@kernel
+def gemm_block_n(a, bp, c, r0, r1, p0, p1, scratch):
+    """gemm_block without transposing A (what the time loops use: it compiles
+    half the tile variants)."""
     K = bp.shape[1]
     N = c.shape[1]
     for k0 in range(0, K, KC):
         k1 = min(K, k0 + KC)
         for i0 in range(r0, r1, MC):
             i1 = min(r1, i0 + MC)
-            if trans_a:
-                _pack_a_block(a_pack, a, i0, i1, k0, k1)
             for p in range(p0, p1):
                 panel = bp[p]
                 cj = p * NR
@@ -119,13 +130,44 @@ def gemm_block(a, trans_a, bp, c, r0, r1, p0, p1, scratch, a_pack):
                 for i in range(i0, i1, MR):
                     rows = min(MR, i1 - i)
                     if width == NR:
-                        _tile_from(trans_a, rows, a, a_pack, i, i0, panel, c, i, cj, k0, k1)
+                        _tile_n(rows, a, i, panel, c, i, cj, k0, k1)
                     else:
                         scratch[:] = 0.0
-                        _tile_from(trans_a, rows, a, a_pack, i, i0, panel, scratch, 0, 0, k0, k1)
-                        for r in range(rows):
-                            for j in range(width):
-                                c[i + r, cj + j] += scratch[r, j]
+                        _tile_n(rows, a, i, panel, scratch, 0, 0, k0, k1)
+                        _add_tile(c, scratch, i, cj, rows, width)
+
+
+@kernel
+def _gemm_block_t(a, bp, c, r0, r1, p0, p1, scratch, a_pack):
+    """gemm_block for opA = a.T, each block of A packed into a_pack first."""
+    K = bp.shape[1]
+    N = c.shape[1]
+    for k0 in range(0, K, KC):
+        k1 = min(K, k0 + KC)
+        for i0 in range(r0, r1, MC):
+            i1 = min(r1, i0 + MC)
+            _pack_a_block(a_pack, a, i0, i1, k0, k1)
+            for p in range(p0, p1):
+                panel = bp[p, k0:k1]
+                cj = p * NR
+                width = min(NR, N - cj)
+                for i in range(i0, i1, MR):
+                    rows = min(MR, i1 - i)
+                    # The packed strip holds opA[i:i+MR, k0:k1] as (k1-k0, MR): a transposed tile.
+                    strip = a_pack[(i - i0) // MR]
+                    if width == NR:
+                        _tile_t(rows, strip, panel, c, i, cj, k1 - k0)
+                    else:
+                        scratch[:] = 0.0
+                        _tile_t(rows, strip, panel, scratch, 0, 0, k1 - k0)
+                        _add_tile(c, scratch, i, cj, rows, width)
+
+
+@kernel
+def _add_tile(c, scratch, i, cj, rows, width):
+    for r in range(rows):
+        for j in range(width):
+            c[i + r, cj + j] += scratch[r, j]
 
 
 @kernel
@@ -143,19 +185,15 @@ def _pack_a_block(a_pack, a, i0, i1, k0, k1):
 
 
 @kernel
-def _tile_from(trans_a, rows, a, a_pack, i, i0, panel, c, c0, cj, k0, k1):
-    if trans_a:
-        # The packed strip holds opA[i:i+MR, k0:k1] as (k1-k0, MR): a transposed tile at offset 0.
-        _tile(True, rows, a_pack[(i - i0) // MR], 0, panel[k0:k1], c, c0, cj, 0, k1 - k0)
-    else:
-        _tile(False, rows, a, i, panel, c, c0, cj, k0, k1)
+def tile_scratch(like):
+    """The per-thread (MR, NR) array for a last, partial panel (gemm_block_n)."""
+    return np.empty((MR, NR), like.dtype)
 
 
 @kernel
-def gemm_workspaces(dtype_of):
-    """The per-thread scratch and A-packing arrays gemm_block needs."""
-    return (np.empty((MR, NR), dtype_of.dtype),
-            np.empty((MC // MR, KC, MR), dtype_of.dtype))
+def gemm_workspaces(like):
+    """The per-thread arrays gemm_block needs: tile scratch and A packing."""
+    return tile_scratch(like), np.empty((MC // MR, KC, MR), like.dtype)
 
 
 @parallel_kernel

@@ -14,7 +14,7 @@ from numba import prange
 
 from charrnn.kernels import kernel, parallel_kernel
 from charrnn.kernels.activations import sigmoid, tanh
-from charrnn.kernels.gemm import gemm_block, gemm_workspaces, split
+from charrnn.kernels.gemm import gemm_block_n, split, tile_scratch
 from charrnn.kernels.lstm import UNIT_ALIGN
 from charrnn.kernels.simd import BARRIER_SIZE, NR, barrier
 
@@ -59,12 +59,12 @@ def gru_recurrence(hs, acts, hn, hg, h0, b_hn, w_hh_t, nthreads):
     for worker in prange(nthreads):
         p0, p1 = split(npan, nthreads, worker, 1)
         u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
-        scratch, a_pack = gemm_workspaces(hs)
+        scratch = tile_scratch(hs)
         c_lo, c_hi = p0 * NR, min(3 * H, p1 * NR)
         for t in range(T):
             h_prev = h0 if t == 0 else hs[t - 1]
             hg[:, c_lo:c_hi] = 0.0
-            gemm_block(h_prev, False, w_hh_t, hg, 0, B, p0, p1, scratch, a_pack)
+            gemm_block_n(h_prev, w_hh_t, hg, 0, B, p0, p1, scratch)
             barrier(sync, nthreads)
             gru_cell_forward(hs[t], acts[t], hn[t], hg, h_prev, b_hn, u0, u1)
             barrier(sync, nthreads)
@@ -118,10 +118,10 @@ def gru_recurrence_backward(dxg, dhg, dh, dhs, acts, hn, hs, h0, w_hh, nthreads)
     for worker in prange(nthreads):
         p0, p1 = split(npan, nthreads, worker, 1)
         u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
-        scratch, a_pack = gemm_workspaces(dh)
+        scratch = tile_scratch(dh)
         for t in range(T - 1, -1, -1):
             h_prev = h0 if t == 0 else hs[t - 1]
             gru_cell_backward(dxg[t], dhg[t], dh, dhs[t], acts[t], hn[t], h_prev, u0, u1)
             barrier(sync, nthreads)
-            gemm_block(dhg[t], False, w_hh, dh, 0, B, p0, p1, scratch, a_pack)
+            gemm_block_n(dhg[t], w_hh, dh, 0, B, p0, p1, scratch)
             barrier(sync, nthreads)

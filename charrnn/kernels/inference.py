@@ -14,7 +14,7 @@ from numba import prange
 
 from charrnn.kernels import kernel, parallel_kernel
 from charrnn.kernels.activations import tanh
-from charrnn.kernels.gemm import gemm_block, gemm_workspaces, split
+from charrnn.kernels.gemm import gemm_block_n, split, tile_scratch
 from charrnn.kernels.gru import gru_cell_forward
 from charrnn.kernels.lstm import UNIT_ALIGN, lstm_cell_forward
 from charrnn.kernels.sampling import argmax_rows, sample_rows
@@ -25,7 +25,7 @@ LSTM, GRU, RNN = 0, 1, 2  # cell codes
 
 @kernel
 def _advance(worker, nthreads, sync, cell, current, h, c, table, ih_t, hh_t, bias, b_hn, dec_t, dec_b,
-             gates, hg, hn, logits, scratch, a_pack):
+             gates, hg, hn, logits, scratch):
     """One character for all B streams, run by every worker of a region: the states
     h, c (L, B, H) advance in place and logits (B, V) are those of the next character.
 
@@ -45,12 +45,12 @@ def _advance(worker, nthreads, sync, cell, current, h, c, table, ih_t, hh_t, bia
         for b in range(B):
             gates[b, lo:hi] = table[current[b], lo:hi] if layer == 0 else bias[layer][lo:hi]
         if layer > 0:
-            gemm_block(h[layer - 1], False, ih_t[layer - 1], gates, 0, B, p0, p1, scratch, a_pack)
+            gemm_block_n(h[layer - 1], ih_t[layer - 1], gates, 0, B, p0, p1, scratch)
         if cell == GRU:
             hg[:, lo:hi] = 0.0
-            gemm_block(hl, False, hh_t[layer], hg, 0, B, p0, p1, scratch, a_pack)
+            gemm_block_n(hl, hh_t[layer], hg, 0, B, p0, p1, scratch)
         else:
-            gemm_block(hl, False, hh_t[layer], gates, 0, B, p0, p1, scratch, a_pack)
+            gemm_block_n(hl, hh_t[layer], gates, 0, B, p0, p1, scratch)
         barrier(sync, nthreads)
         # Every read of this layer's old state is done: update it in place.
         if cell == LSTM:
@@ -65,7 +65,7 @@ def _advance(worker, nthreads, sync, cell, current, h, c, table, ih_t, hh_t, bia
     q0, q1 = split(dec_t.shape[0], nthreads, worker, 1)
     for b in range(B):
         logits[b, q0 * NR:q1 * NR] = dec_b[q0 * NR:q1 * NR]
-    gemm_block(h[L - 1], False, dec_t, logits, 0, B, q0, q1, scratch, a_pack)
+    gemm_block_n(h[L - 1], dec_t, logits, 0, B, q0, q1, scratch)
     barrier(sync, nthreads)
 
 
@@ -76,9 +76,9 @@ def step_logits(logits, current, h, c, cell, table, ih_t, hh_t, bias, b_hn, dec_
     gates, hg, hn = np.empty((B, GH), h.dtype), np.empty((B, GH), h.dtype), np.empty((B, H), h.dtype)
     sync = np.zeros(BARRIER_SIZE, np.int64)
     for worker in prange(nthreads):
-        scratch, a_pack = gemm_workspaces(h)
+        scratch = tile_scratch(h)
         _advance(worker, nthreads, sync, cell, current, h, c, table, ih_t, hh_t, bias, b_hn, dec_t, dec_b,
-                 gates, hg, hn, logits, scratch, a_pack)
+                 gates, hg, hn, logits, scratch)
 
 
 @parallel_kernel
@@ -97,11 +97,11 @@ def generate(out, current, h, c, cell, table, ih_t, hh_t, bias, b_hn, dec_t, dec
     choice = np.empty(B, np.int64)
     sync = np.zeros(BARRIER_SIZE, np.int64)
     for worker in prange(nthreads):
-        scratch, a_pack = gemm_workspaces(h)
+        scratch = tile_scratch(h)
         r0, r1 = split(B, nthreads, worker, 1)
         for k in range(K):
             _advance(worker, nthreads, sync, cell, current, h, c, table, ih_t, hh_t, bias, b_hn, dec_t, dec_b,
-                     gates, hg, hn, logits, scratch, a_pack)
+                     gates, hg, hn, logits, scratch)
             if r1 > r0:
                 if use_argmax:
                     argmax_rows(choice[r0:r1], logits[r0:r1])

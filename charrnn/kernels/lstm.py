@@ -15,7 +15,7 @@ from numba import prange
 
 from charrnn.kernels import kernel, parallel_kernel
 from charrnn.kernels.activations import sigmoid, tanh
-from charrnn.kernels.gemm import gemm_block, gemm_workspaces, split
+from charrnn.kernels.gemm import gemm_block_n, split, tile_scratch
 from charrnn.kernels.simd import BARRIER_SIZE, NR, barrier
 
 UNIT_ALIGN = 8  # units per thread start at multiples of 8: whole float32 vectors
@@ -59,11 +59,11 @@ def lstm_recurrence(hs, cs, acts, h0, c0, w_hh_t, nthreads):
     for worker in prange(nthreads):
         p0, p1 = split(npan, nthreads, worker, 1)
         u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
-        scratch, a_pack = gemm_workspaces(hs)
+        scratch = tile_scratch(hs)
         for t in range(T):
             h_prev = h0 if t == 0 else hs[t - 1]
             c_prev = c0 if t == 0 else cs[t - 1]
-            gemm_block(h_prev, False, w_hh_t, acts[t], 0, B, p0, p1, scratch, a_pack)
+            gemm_block_n(h_prev, w_hh_t, acts[t], 0, B, p0, p1, scratch)
             barrier(sync, nthreads)
             lstm_cell_forward(hs[t], cs[t], acts[t], c_prev, u0, u1)
             barrier(sync, nthreads)
@@ -114,7 +114,7 @@ def lstm_recurrence_backward(dacts, dh, dc, dhs, acts, cs, c0, w_hh, nthreads):
     for worker in prange(nthreads):
         p0, p1 = split(npan, nthreads, worker, 1)
         u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
-        scratch, a_pack = gemm_workspaces(dh)
+        scratch = tile_scratch(dh)
         tc, dct = np.empty(H, dh.dtype), np.empty(H, dh.dtype)
         c_lo, c_hi = p0 * NR, min(H, p1 * NR)  # the columns of dh this thread's panels write
         for t in range(T - 1, -1, -1):
@@ -122,5 +122,5 @@ def lstm_recurrence_backward(dacts, dh, dc, dhs, acts, cs, c0, w_hh, nthreads):
             lstm_cell_backward(dacts[t], dh, dc, dhs[t], acts[t], cs[t], c_prev, u0, u1, tc, dct)
             barrier(sync, nthreads)
             dh[:, c_lo:c_hi] = 0.0
-            gemm_block(dacts[t], False, w_hh, dh, 0, B, p0, p1, scratch, a_pack)
+            gemm_block_n(dacts[t], w_hh, dh, 0, B, p0, p1, scratch)
             barrier(sync, nthreads)

@@ -8,7 +8,7 @@ from numba import prange
 
 from charrnn.kernels import kernel, parallel_kernel
 from charrnn.kernels.activations import tanh
-from charrnn.kernels.gemm import gemm_block, gemm_workspaces, split
+from charrnn.kernels.gemm import gemm_block_n, split, tile_scratch
 from charrnn.kernels.lstm import UNIT_ALIGN
 from charrnn.kernels.simd import BARRIER_SIZE, NR, barrier
 
@@ -32,10 +32,10 @@ def rnn_recurrence(hs, h0, w_hh_t, nthreads):
     for worker in prange(nthreads):
         p0, p1 = split(npan, nthreads, worker, 1)
         u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
-        scratch, a_pack = gemm_workspaces(hs)
+        scratch = tile_scratch(hs)
         for t in range(T):
             h_prev = h0 if t == 0 else hs[t - 1]
-            gemm_block(h_prev, False, w_hh_t, hs[t], 0, B, p0, p1, scratch, a_pack)
+            gemm_block_n(h_prev, w_hh_t, hs[t], 0, B, p0, p1, scratch)
             barrier(sync, nthreads)
             rnn_cell_forward(hs[t], u0, u1)
             barrier(sync, nthreads)
@@ -62,11 +62,11 @@ def rnn_recurrence_backward(dpre, dh, dhs, hs, w_hh, nthreads):
     for worker in prange(nthreads):
         p0, p1 = split(npan, nthreads, worker, 1)
         u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
-        scratch, a_pack = gemm_workspaces(dh)
+        scratch = tile_scratch(dh)
         c_lo, c_hi = p0 * NR, min(H, p1 * NR)
         for t in range(T - 1, -1, -1):
             rnn_cell_backward(dpre[t], dh, dhs[t], hs[t], u0, u1)
             barrier(sync, nthreads)
             dh[:, c_lo:c_hi] = 0.0
-            gemm_block(dpre[t], False, w_hh, dh, 0, B, p0, p1, scratch, a_pack)
+            gemm_block_n(dpre[t], w_hh, dh, 0, B, p0, p1, scratch)
             barrier(sync, nthreads)
