@@ -16,3 +16,19 @@ SHAKESPEARE = ROOT / "data" / "tinyshakespeare.txt"
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+ENGINE_SMALL_STEP = None  # the engine's own limit, recorded before the fixture lifts it
+
+
+@pytest.fixture(autouse=True)
+def split_even_tiny_time_steps(monkeypatch):
+    """The engine runs a tiny layer's time loop on one thread (engine.SMALL_STEP);
+    the tests' layers are all tiny, so lift the limit to keep the threaded loops
+    under test."""
+    import charrnn.engine
+
+    global ENGINE_SMALL_STEP
+    if ENGINE_SMALL_STEP is None:
+        ENGINE_SMALL_STEP = charrnn.engine.SMALL_STEP
+    monkeypatch.setattr(charrnn.engine, "SMALL_STEP", 0)

@@ -135,3 +135,14 @@ def test_chunks_with_carried_state_equal_the_whole_sequence(rng, cell):
         np.testing.assert_allclose(first[name], whole[name], rtol=1e-12, atol=1e-13, err_msg=name)
     for name in ("w_ih", "w_hh", "b_ih", "b_hh"):
         np.testing.assert_allclose(first[name] + second[name], whole[name], rtol=1e-12, atol=1e-13, err_msg=name)
+
+
+def test_tiny_time_steps_run_on_one_thread(monkeypatch):
+    import conftest
+
+    import charrnn.engine as engine
+
+    monkeypatch.setattr(engine, "SMALL_STEP", conftest.ENGINE_SMALL_STEP)  # the engine's own limit
+    assert engine.loop_threads(1, 128, 4, 2) == 1  # one stream of LSTM 1x128: 65k multiply-adds
+    assert engine.loop_threads(1, 256, 4, 2) == 2  # LSTM 2x256: 262k
+    assert engine.loop_threads(50, 128, 4, 2) == 2  # a training batch

@@ -27,6 +27,17 @@ def test_adam_matches_reference_over_several_steps(rng):
     np.testing.assert_allclose(v, rv, rtol=1e-13)
 
 
+def test_adam_on_a_scaled_gradient_equals_adam_on_the_scaled_gradient(rng):
+    p, g = rng.standard_normal(20), rng.standard_normal(20)
+    m, v = rng.standard_normal(20), rng.random(20)
+    a = [x.copy() for x in (p, m, v)]
+    b = [x.copy() for x in (p, m, v)]
+    adam_update(a[0], g, a[1], a[2], 1e-2, 0.9, 0.999, 1e-8, 3, 2, 0.25)
+    adam_update(b[0], g * 0.25, b[1], b[2], 1e-2, 0.9, 0.999, 1e-8, 3, 2)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x, y, rtol=1e-13)
+
+
 def test_sum_squares_and_scale(rng):
     x = rng.standard_normal(1001).astype(np.float32)
     assert sum_squares(x, 2) == pytest.approx(float((x.astype(np.float64) ** 2).sum()), rel=1e-6)

@@ -33,18 +33,19 @@ def scale_inplace(x, factor, nthreads):
 
 
 @parallel_kernel
-def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, nthreads):
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, nthreads, grad_scale=1.0):
     """One Adam step as torch.optim.Adam takes it (bias-corrected moments, eps
-    added to the corrected root of v).  p, g, m, v: (N,); step counts from 1."""
+    added to the corrected root of v) on the gradient grad_scale * g, so that
+    clipping costs no pass of its own.  p, g, m, v: (N,); step counts from 1."""
     t = p.dtype.type
     step_size = t(lr / (1.0 - beta1 ** step))
     inv_root_bc2 = t(1.0 / math.sqrt(1.0 - beta2 ** step))
-    b1, b2, e = t(beta1), t(beta2), t(eps)
+    b1, b2, e, scale = t(beta1), t(beta2), t(eps), t(grad_scale)
     one = t(1.0)
     for worker in prange(nthreads):
         i0, i1 = split(p.shape[0], nthreads, worker, 64)
         for i in range(i0, i1):
-            gi = g[i]
+            gi = g[i] * scale
             mi = b1 * m[i] + (one - b1) * gi
             vi = b2 * v[i] + (one - b2) * gi * gi
             m[i] = mi
