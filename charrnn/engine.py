@@ -21,16 +21,17 @@ def threads() -> int:
     return numba.get_num_threads()
 
 
-# Multiply-adds of one time step's recurrent product below which one thread beats
-# several: the barriers cost more than the split saves. Measured (2 cores, one
-# stream): LSTM 1x128 (65k) evaluates at 148k chars/s on 1 thread against 119-129k
-# on 2; LSTM 2x256 (262k) at 19.6k on 1 against 29k on 2.
+# The least work, in multiply-adds of one time step's recurrent product, worth a
+# thread of its own in a time loop: below it the barriers cost more than the split
+# saves. Measured (2 cores, one stream): LSTM 1x128 (65k) evaluates at 148k chars/s
+# on 1 thread against 119-129k on 2; LSTM 2x256 (262k) at 19.6k on 1 against 29k on 2.
 SMALL_STEP = 1 << 17
 
 
 def loop_threads(rows: int, hidden: int, gates: int, nthreads: int) -> int:
-    """Threads for a time loop over rows streams of a layer of `hidden` units."""
-    return 1 if rows * hidden * gates * hidden < SMALL_STEP else nthreads
+    """Threads for a time loop over `rows` streams of a layer of `hidden` units: at
+    most nthreads, and no more than give each thread SMALL_STEP multiply-adds a step."""
+    return max(1, min(nthreads, rows * hidden * gates * hidden // max(1, SMALL_STEP)))
 
 
 def packed(matrix: np.ndarray, transpose: bool, nthreads: int) -> np.ndarray:

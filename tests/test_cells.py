@@ -146,3 +146,5 @@ def test_tiny_time_steps_run_on_one_thread(monkeypatch):
     assert engine.loop_threads(1, 128, 4, 2) == 1  # one stream of LSTM 1x128: 65k multiply-adds
     assert engine.loop_threads(1, 256, 4, 2) == 2  # LSTM 2x256: 262k
     assert engine.loop_threads(50, 128, 4, 2) == 2  # a training batch
+    assert engine.loop_threads(1, 256, 4, 16) == 2  # many cores: each thread keeps enough work
+    assert engine.loop_threads(50, 256, 4, 16) == 16
