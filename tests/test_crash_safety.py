@@ -31,7 +31,12 @@ def train(corpus, out, *args):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_a_write(proc, path, after: float, timeout: float = 30.0) -> None:
+# Generous: a process that finds no compiled kernels in Numba's cache (a fresh clone
+# running this file alone) compiles for about a minute before its first step.
+STARTUP_TIMEOUT = 300.0
+
+
+def wait_for_a_write(proc, path, after: float, timeout: float = STARTUP_TIMEOUT) -> None:
     """Until path has been (re)written later than `after` by proc."""
     deadline = time.monotonic() + timeout
     while not (path.exists() and path.stat().st_mtime > after):
@@ -76,7 +81,7 @@ def test_sigkill_at_random_moments_leaves_loadable_files(corpus, tmp_path):
         step = new_step
     # Whatever the kills left half-written does not stop the next run, which clears it.
     finished = train(corpus, out, "-q", "--resume", str(last), "--max-steps", str(step + 3))
-    _, stderr = finished.communicate(timeout=60)
+    _, stderr = finished.communicate(timeout=STARTUP_TIMEOUT)
     assert finished.returncode == 0, stderr
     assert check_run_directory(out) == step + 3
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
