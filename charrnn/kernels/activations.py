@@ -20,6 +20,7 @@ _P = tuple(map(_f, (0.9999999065834175, 0.13373201544066965, 0.00348658469365828
 _Q = tuple(map(_f, (1.0, 0.4670649848992407, 0.025841994370452596, 0.0003271387041327569,
                     7.702627962090369e-07)))
 _CLAMP = _f(9.0)
+_ONE = _f(1.0)
 _HALF = _f(0.5)
 
 
@@ -39,7 +40,8 @@ def _rational_tanh(x):
     z = x * x
     p = (((_P[4] * z + _P[3]) * z + _P[2]) * z + _P[1]) * z + _P[0]
     q = (((_Q[4] * z + _Q[3]) * z + _Q[2]) * z + _Q[1]) * z + _Q[0]
-    return x * p / q
+    # Near the clamp the fit overshoots 1 by an ulp; gates must stay inside [0, 1].
+    return min(max(x * p / q, -_ONE), _ONE)
 
 
 @overload(tanh, inline="always")
