@@ -206,3 +206,19 @@ def test_generate_equals_stepping_and_sampling_and_each_row_alone(rng, cell):
     greedy, _ = net.generate(ids, state, np.zeros((6, 3)), argmax=True)
     first, _ = net.step(ids, state)
     np.testing.assert_array_equal(greedy[0], first.argmax(axis=1))
+
+
+def test_kernel_cache_folder_is_named_by_the_kernel_sources():
+    """Numba keys a cached function on its own file only; the folder name covers all
+    kernel files, so changing a helper in one recompiles the kernels that inline it."""
+    import hashlib
+    from pathlib import Path
+
+    import numba
+
+    import charrnn.kernels as kernels
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(kernels.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    assert Path(numba.config.CACHE_DIR).name == digest.hexdigest()[:16]

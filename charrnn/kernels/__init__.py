@@ -4,8 +4,31 @@ Every kernel is compiled with `kernel` below. Randomness is always passed in
 (a key or an array of uniforms), never drawn from a global generator.
 """
 
+import hashlib
+import os
+from pathlib import Path
+
 import numba
 from numba import njit
+
+
+def _cache_dir() -> str:
+    """Where compiled kernels are cached: under NUMBA_CACHE_DIR if set, else
+    ~/.cache/charrnn/numba, in a folder named by a hash of every kernel source file.
+
+    Numba keys a cached function on its own source file only, so a kernel would go on
+    running the old version of a helper it inlines from another file (an activation,
+    a tile) after that file changed, in a checkout or after an upgrade. A folder per
+    version of the sources makes any change recompile everything."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    base = numba.config.CACHE_DIR or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "charrnn", "numba")
+    return os.path.join(base, digest.hexdigest()[:16])
+
+
+numba.config.CACHE_DIR = _cache_dir()
 
 # The parallel kernels meet at barriers inside one region, so every iteration of
 # their prange(nthreads) must run on a thread of its own. The omp and workqueue
