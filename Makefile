@@ -1,15 +1,22 @@
-# make demo   set up .venv, train briefly on data/tinyshakespeare.txt, print a sample
+# make demo   set up .venv, train 5 minutes on data/tinyshakespeare.txt with the default
+#             flags, print a sample at temperature 0.8 and the validation loss reached;
+#             more train flags go in DEMO, e.g. make demo DEMO="--max-time 2m"
 # make test   set up .venv and run the test suite
 # make bench  set up .venv and run the benchmark suite (10-20 minutes on an idle machine);
 #             options go in BENCH, e.g. make bench BENCH="--quick" or
 #             make bench BENCH="--rows lstm-2x256 --only train,sample" (see python -m benchmarks -h)
+# make bench-quality
+#             set up .venv, train 5 minutes with the default flags, then the PyTorch reference
+#             for as long (11-12 minutes), and print the validation loss minute by minute;
+#             options go in BENCH, e.g. make bench-quality BENCH="--minutes 2"
+#             (see python -m benchmarks.quality -h)
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench bench-quality clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +39,17 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/charrnn train data/tinyshakespeare.txt --out runs/demo --max-time 3m --overwrite
-	$(BIN)/charrnn sample runs/demo/best.safetensors --temperature 0.8 --length 600 --prime "ROMEO:"
+	$(BIN)/charrnn train data/tinyshakespeare.txt --out runs/demo --overwrite $(DEMO)
+	@echo "--- a sample at temperature 0.8 ---"
+	@$(BIN)/charrnn sample runs/demo/best.safetensors --temperature 0.8 --length 600 --prime "ROMEO:"
+	@echo "---"
+	@$(BIN)/charrnn info runs/demo/best.safetensors | sed -n 's/^best val */validation loss reached: /p'
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH)
+
+bench-quality: $(STAMP)
+	$(BIN)/python -m benchmarks.quality $(BENCH)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -42,6 +42,21 @@ class Duration(click.ParamType):
         return total
 
 
+class StepsOrDuration(Duration):
+    """A number of steps (500) or a time span with its unit (90s, 1m); a time span
+    becomes the seconds as a string, "60s", as TrainConfig keeps it."""
+
+    name = "steps-or-duration"
+
+    def convert(self, value, param, ctx):
+        text = str(value).strip()
+        if re.fullmatch(r"[+-]?\d+", text):
+            return int(text)
+        if not text or text[-1].lower() not in "smh":
+            self.fail(f"{value!r} is neither a number of steps nor a duration (examples: 500, 90s, 1m)", param, ctx)
+        return f"{super().convert(text, param, ctx):g}s"
+
+
 # What to try when a command runs out of memory.
 MEMORY_HINTS = {"train": "try a smaller model, --batch-size or --seq-len", "sample": "try a smaller --length or --num-samples",
                 "evaluate": "try a shorter text"}
@@ -125,20 +140,30 @@ def vocab(corpus, output):
 @click.option("--dropout", type=float, show_default="0", help="Dropout between layers and before the output.")
 @click.option("--batch-size", type=int, show_default="50", help="Parallel streams per batch (B).")
 @click.option("--seq-len", type=int, show_default="50", help="Characters per stream per batch (T, the BPTT length).")
-@click.option("--lr", type=float, show_default="0.002", help="Adam learning rate.")
+@click.option("--lr", type=float, show_default="0.002", help="Adam's peak learning rate.")
+@click.option("--lr-schedule", type=click.Choice(["cosine", "linear", "constant"]), show_default="cosine",
+              help="How the learning rate decays from --lr to --min-lr-frac x --lr over the budget.")
+@click.option("--warmup-steps", type=int, show_default="100",
+              help="Raise the learning rate linearly over the first N steps.")
+@click.option("--min-lr-frac", type=float, show_default="0",
+              help="The fraction of --lr the decay reaches at the end of the budget.")
 @click.option("--grad-clip", type=float, show_default="5", help="Clip the gradient's global norm to this.")
 @click.option("--val-frac", type=float, show_default="0.1", help="Last fraction of the corpus held out for validation.")
-@click.option("--eval-every", type=int, show_default="500", help="Validate and checkpoint every N steps.")
+@click.option("--eval-every", type=StepsOrDuration(), show_default="1m",
+              help="Validate and checkpoint every N steps (500) or every so much training time (1m, 90s).")
 @click.option("--max-steps", type=int, help="Stop after this many optimiser steps in total.")
 @click.option("--max-epochs", type=float, help="Stop after this many passes over the training text.")
 @click.option("--max-time", type=Duration(), help="Stop after this much training time, e.g. 90s, 5m, 1h.")
 @click.option("--seed", type=int, show_default="0", help="Seed for initialisation and dropout.")
+@click.option("--forget-bias", type=float, show_default="0",
+              help="Added to the LSTM's forget-gate biases at initialisation (new runs only).")
 @click.option("--resume", type=click.Path(), help="Continue training from this checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Start a new run even if --out already holds one.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @user_errors
 def train(corpus, out_dir, vocab_path, cell, layers, hidden, embed, dropout, batch_size, seq_len, lr,
-          grad_clip, val_frac, eval_every, max_steps, max_epochs, max_time, seed, resume, overwrite, quiet):
+          lr_schedule, warmup_steps, min_lr_frac, grad_clip, val_frac, eval_every, max_steps, max_epochs,
+          max_time, seed, forget_bias, resume, overwrite, quiet):
     """Train a model on a UTF-8 text file.
 
     Without a budget (--max-steps, --max-epochs or --max-time) it trains for 5 minutes.
@@ -150,9 +175,10 @@ def train(corpus, out_dir, vocab_path, cell, layers, hidden, embed, dropout, bat
     from charrnn.train import Trainer
 
     model_flags = dict(cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout)
-    train_flags = dict(batch_size=batch_size, seq_len=seq_len, lr=lr, grad_clip=grad_clip,
+    train_flags = dict(batch_size=batch_size, seq_len=seq_len, lr=lr, lr_schedule=lr_schedule,
+                       warmup_steps=warmup_steps, min_lr_frac=min_lr_frac, grad_clip=grad_clip,
                        val_frac=val_frac, eval_every=eval_every, max_steps=max_steps,
-                       max_epochs=max_epochs, max_time=max_time, seed=seed)
+                       max_epochs=max_epochs, max_time=max_time, seed=seed, forget_bias=forget_bias)
     if resume is None and max_steps is None and max_epochs is None and max_time is None:
         train_flags["max_time"] = 300.0
     trainer = Trainer(corpus, out_dir, model_flags, train_flags, vocab_path=vocab_path,

@@ -45,14 +45,53 @@ POSITIVE_INT = (lambda v: _is_int(v) and v >= 1, "a positive integer")
 NON_NEGATIVE_INT = (lambda v: _is_int(v) and v >= 0, "a non-negative integer")
 POSITIVE_NUMBER = (lambda v: _is_real(v) and v > 0, "a positive number")
 FRACTION = (lambda v: _is_real(v) and 0 <= v < 1, "in [0, 1)")
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def eval_seconds(value) -> float | None:
+    """The seconds of an --eval-every given as time ("60s"), None for a number of
+    steps or anything else."""
+    if isinstance(value, str) and value.endswith("s"):
+        try:
+            seconds = float(value[:-1])
+        except ValueError:
+            return None
+        return seconds if math.isfinite(seconds) and seconds > 0 else None
+    return None
+
+
 MODEL_FLAGS = {"cell": (lambda v: v in GATES, f"one of {', '.join(GATES)}"),
                "layers": POSITIVE_INT, "hidden": POSITIVE_INT, "embed": POSITIVE_INT, "dropout": FRACTION}
 TRAIN_FLAGS = {"batch_size": POSITIVE_INT, "seq_len": POSITIVE_INT, "lr": POSITIVE_NUMBER,
-               "grad_clip": POSITIVE_NUMBER, "val_frac": FRACTION, "eval_every": POSITIVE_INT,
+               "lr_schedule": (lambda v: v in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+               "warmup_steps": NON_NEGATIVE_INT,
+               "min_lr_frac": (lambda v: _is_real(v) and 0 <= v <= 1, "in [0, 1]"),
+               "grad_clip": POSITIVE_NUMBER, "val_frac": FRACTION,
+               "eval_every": (lambda v: (_is_int(v) and v >= 1) or eval_seconds(v) is not None,
+                              "a positive integer (steps) or a duration such as 1m"),
                "max_steps": _optional(NON_NEGATIVE_INT), "max_epochs": _optional(POSITIVE_NUMBER),
-               "max_time": _optional(POSITIVE_NUMBER), "seed": NON_NEGATIVE_INT}
+               "max_time": _optional(POSITIVE_NUMBER), "seed": NON_NEGATIVE_INT,
+               "forget_bias": (_is_real, "a finite number")}
 # The budget: a resumed run given any of these replaces the saved budget with them.
 BUDGET = ("max_steps", "max_epochs", "max_time")
+# What a checkpoint written before the learning-rate schedule existed was trained
+# with: resuming it keeps the constant rate.
+LEGACY_TRAIN = {"lr_schedule": "constant", "warmup_steps": 0, "min_lr_frac": 0.0, "forget_bias": 0.0}
+
+
+def lr_factor(schedule: str, progress: float, step: int, warmup_steps: int, min_lr_frac: float) -> float:
+    """The fraction of --lr that step `step` (0-based) uses: a linear warm-up over
+    the first warmup_steps steps, times the decay at `progress`, the fraction of the
+    budget spent (0 to 1): cosine or linear from 1 down to min_lr_frac, or constant."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+    p = min(1.0, max(0.0, progress))
+    if schedule == "cosine":
+        decay = 0.5 * (1.0 + math.cos(math.pi * p))
+    elif schedule == "linear":
+        decay = 1.0 - p
+    else:
+        return warm
+    return warm * (min_lr_frac + (1.0 - min_lr_frac) * decay)
 
 
 def check_flags(values: dict, rules: dict) -> None:
@@ -70,13 +109,17 @@ class TrainConfig:
     batch_size: int = 50
     seq_len: int = 50
     lr: float = 2e-3
+    lr_schedule: str = "cosine"
+    warmup_steps: int = 100
+    min_lr_frac: float = 0.0
     grad_clip: float = 5.0
     val_frac: float = 0.1
-    eval_every: int = 500
+    eval_every: int | str = "60s"  # steps, or seconds of training as "60s"
     max_steps: int | None = None
     max_epochs: float | None = None
     max_time: float | None = None  # seconds of training, counted across resumes
     seed: int = 0
+    forget_bias: float = 0.0  # added to the LSTM's forget-gate biases at initialisation
 
     def __post_init__(self):
         check_flags(asdict(self), TRAIN_FLAGS)
@@ -87,7 +130,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        return cls(**{**LEGACY_TRAIN, **{k: v for k, v in d.items() if k in known}})
 
 
 # Settings that fix which character every step sees: a resumed run must keep them.
@@ -217,10 +260,14 @@ class Trainer:
         else:
             self.vocab = scan_vocab([self.corpus])
         self.cfg = ModelConfig(vocab_size=len(self.vocab), **given_model)
+        if self.cfg.cell != "lstm":
+            if given_train.get("forget_bias", 0.0) != 0.0:
+                raise CharrnnError(f"--forget-bias applies to --cell lstm only, not {self.cfg.cell}")
+            self.tcfg = replace(self.tcfg, forget_bias=0.0)  # the cell has no forget gate
         with _memory_for(self.cfg):
             self.params = ParamBuffer(self.cfg, np.float32)
             self.moments = {slot: self.params.zeros_like() for slot in ("exp_avg", "exp_avg_sq")}
-        init_params(self.params, np.random.default_rng(self.tcfg.seed))
+        init_params(self.params, np.random.default_rng(self.tcfg.seed), forget_bias=self.tcfg.forget_bias)
         self.state = {"step": 0, "elapsed": 0.0, "best_val_loss": None, "best_step": None,
                       "val_loss": None}
         self.carry = None
@@ -245,6 +292,10 @@ class Trainer:
                 raise CharrnnError(
                     f"--{name.replace('_', '-')} {given_train[name]} conflicts with the checkpoint's "
                     f"{getattr(saved_train, name)}; a resumed run keeps it so that it sees the same data")
+        if "forget_bias" in given_train and given_train["forget_bias"] != saved_train.forget_bias:
+            raise CharrnnError(f"--forget-bias {given_train['forget_bias']:g} conflicts with the checkpoint's "
+                               f"{saved_train.forget_bias:g}; it sets the initial weights, so only a new run can "
+                               "change it")
         if any(name in given_train for name in BUDGET):  # a new budget replaces the saved one
             saved_train = replace(saved_train, **{name: None for name in BUDGET})
         self.tcfg = replace(saved_train, **given_train)
@@ -343,11 +394,25 @@ class Trainer:
     def finished(self, elapsed: float) -> bool:
         return self.budget_reached(elapsed) is not None
 
+    def budget_spent(self, elapsed: float) -> float:
+        """The largest fraction spent of the budgets given (steps done of --max-steps,
+        epochs done of --max-epochs, elapsed of --max-time), 0 to 1."""
+        t = self.tcfg
+        spent = [0.0]
+        if t.max_steps is not None:
+            spent.append(self.step / t.max_steps if t.max_steps else 1.0)
+        if t.max_epochs is not None:
+            spent.append(self.step / (t.max_epochs * self.batches.steps_per_epoch))
+        if t.max_time is not None:
+            spent.append(elapsed / t.max_time)
+        return min(1.0, max(spent))
+
     def lr(self, elapsed: float) -> float:
-        """The learning rate of the next step: the one place it comes from. A schedule
-        may depend on self.step, self.tcfg and elapsed, all of which a checkpoint
-        restores (elapsed only for --max-time runs, the only ones it can matter to)."""
-        return self.tcfg.lr
+        """The learning rate of the next step: the one place it comes from. It depends
+        on self.step, self.tcfg and elapsed, all of which a checkpoint restores
+        (elapsed only for --max-time runs, the only ones it can matter to)."""
+        t = self.tcfg
+        return t.lr * lr_factor(t.lr_schedule, self.budget_spent(elapsed), self.step, t.warmup_steps, t.min_lr_frac)
 
     # ----- one step -----------------------------------------------------------
 
@@ -482,6 +547,9 @@ class Trainer:
         losses, timed_chars, timed_seconds = [], 0, 0.0
         self.start_step = self.step
         saved_step = self.step if self.resumed else None  # the step last.safetensors holds
+        every_steps = t.eval_every if _is_int(t.eval_every) else None
+        every_seconds = eval_seconds(t.eval_every)
+        next_eval = self._next_eval_time(self.state["elapsed"], every_seconds)
         try:
             while not self.finished(time.perf_counter() - start) and not self.interrupted:
                 t0 = time.perf_counter()
@@ -494,9 +562,12 @@ class Trainer:
                 rate = timed_chars / timed_seconds
                 bar.update(1)
                 bar.set_postfix_str(self._postfix(losses, rate), refresh=False)
-                if self.step % t.eval_every == 0:
+                if (every_steps is not None and self.step % every_steps == 0) or self.state["elapsed"] >= next_eval:
+                    t_eval = time.perf_counter()
                     self.record_evaluation(state, float(np.mean(losses)), self.state["elapsed"], rate)
+                    self._note_evaluation_cost(time.perf_counter() - t_eval, timed_seconds)
                     saved_step, losses, timed_chars, timed_seconds = self.step, [], 0, 0.0
+                    next_eval = self._next_eval_time(time.perf_counter() - start, every_seconds)
             if saved_step != self.step:
                 if self.interrupted:
                     if self.step != self.start_step:
@@ -510,6 +581,22 @@ class Trainer:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         return self.summary()
+
+    def _note_evaluation_cost(self, eval_seconds: float, train_seconds: float) -> None:
+        """Say once when validation takes a large share of the time (a big corpus)."""
+        if eval_seconds > 5 and eval_seconds > 0.2 * train_seconds and not getattr(self, "_noted_cost", False):
+            self._noted_cost = True
+            self.log(f"note: validating {len(self.val_ids):,} characters took {eval_seconds:.0f}s, against "
+                     f"{train_seconds:.0f}s of training since the last evaluation; a larger --eval-every or a "
+                     "smaller --val-frac leaves more of the budget to training")
+
+    @staticmethod
+    def _next_eval_time(elapsed: float, every_seconds: float | None) -> float:
+        """With --eval-every as time: the first multiple of it after elapsed, so that
+        evaluations stay at whole multiples (1m, 2m, ...) whatever they cost."""
+        if every_seconds is None:
+            return math.inf
+        return (math.floor(elapsed / every_seconds) + 1) * every_seconds
 
     def _postfix(self, losses, rate) -> str:
         val = self.state.get("val_loss")

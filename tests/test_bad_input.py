@@ -102,7 +102,10 @@ def test_corpus_too_short_says_by_how_much_and_what_fits(runner, tmp_path):
     ("--batch-size", "0", "--batch-size must be a positive integer, got 0"),
     ("--seq-len", "0", "--seq-len must be a positive integer, got 0"),
     ("--val-frac", "1", "--val-frac must be in [0, 1), got 1.0"),
-    ("--eval-every", "0", "--eval-every must be a positive integer, got 0"),
+    ("--eval-every", "0", "--eval-every must be a positive integer (steps) or a duration such as 1m, got 0"),
+    ("--warmup-steps", "-1", "--warmup-steps must be a non-negative integer, got -1"),
+    ("--min-lr-frac", "1.5", "--min-lr-frac must be in [0, 1], got 1.5"),
+    ("--min-lr-frac", "nan", "--min-lr-frac must be in [0, 1], got nan"),
     ("--max-steps", "-1", "--max-steps must be a non-negative integer, got -1"),
     ("--max-epochs", "nan", "--max-epochs must be a positive number, got nan"),
     ("--seed", "-1", "--seed must be a non-negative integer, got -1"),
@@ -144,6 +147,18 @@ def test_out_of_range_sampling_numbers_name_the_flag(runner, files, args, messag
 def test_unknown_cell(runner, files, tmp_path):
     result = runner.invoke(cli, ["train", str(files / "corpus.txt"), "--out", str(tmp_path / "r"), "--cell", "tcn"])
     refused(result, "--cell", "'tcn' is not one of", code=2)
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--lr-schedule", "exponential"], ["--lr-schedule", "'exponential' is not one of"]),
+    (["--eval-every", "soon"], ["--eval-every", "'soon' is neither a number of steps nor a duration"]),
+    (["--eval-every", "0s"], ["--eval-every", "'0s' must be longer than zero"]),
+    (["--eval-every", "1x"], ["--eval-every", "'1x' is neither"]),
+])
+def test_unusable_schedule_and_evaluation_flags(runner, files, tmp_path, args, words):
+    result = runner.invoke(cli, ["train", str(files / "corpus.txt"), "--out", str(tmp_path / "r"), *args])
+    refused(result, *words, code=2)
+    assert not (tmp_path / "r").exists()
 
 
 # ----- the run directory --------------------------------------------------------------

@@ -72,6 +72,22 @@ def test_train_with_a_vocab_file(runner, corpus, tmp_path):
     assert result.exit_code == 0, result.output
 
 
+def test_eval_every_takes_steps_or_training_time(runner, corpus, tmp_path):
+    from charrnn.checkpoint import load_checkpoint
+
+    args = ["--layers", "1", "--hidden", "16", "--embed", "8", "--batch-size", "4", "--seq-len", "16",
+            "--max-steps", "12", "-q"]
+    for every, saved in (("1m", "60s"), ("90s", "90s"), ("5", 5)):
+        out = tmp_path / every
+        result = runner.invoke(cli, ["train", str(corpus), "--out", str(out), "--eval-every", every, *args])
+        assert result.exit_code == 0, result.output
+        assert load_checkpoint(out / "last.safetensors").train["eval_every"] == saved
+        rows = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+        assert rows == ([5, 10, 12] if every == "5" else [12])
+    info = runner.invoke(cli, ["info", str(tmp_path / "1m")])
+    assert "--eval-every 60s" in info.stdout and "--lr-schedule cosine --warmup-steps 100" in info.stdout
+
+
 def test_sample_prints_prime_then_exactly_length_characters(runner, trained):
     result = runner.invoke(cli, ["sample", str(trained), "--length", "120", "--prime", "ROMEO:", "--seed", "7"])
     assert result.exit_code == 0, result.output

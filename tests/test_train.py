@@ -8,10 +8,10 @@ from conftest import SHAKESPEARE
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.errors import CharrnnError
-from charrnn.train import Trainer
+from charrnn.train import Trainer, lr_factor
 
 TINY_MODEL = dict(cell="lstm", layers=2, hidden=16, embed=8, dropout=0.2)
-TINY_TRAIN = dict(batch_size=4, seq_len=16, eval_every=10, seed=3)
+TINY_TRAIN = dict(batch_size=4, seq_len=16, eval_every=10, seed=3, warmup_steps=10)
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +40,24 @@ def test_training_lowers_the_loss_and_writes_checkpoints_and_metrics(corpus, tmp
     assert last.state["step"] == 60 and last.optimizer is not None and last.carry is not None
 
 
-def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(corpus, tmp_path):
-    run(corpus, tmp_path / "whole", 40)
-    run(corpus, tmp_path / "split", 20)
+def run_stopped(corpus, out, steps, stop, **train):
+    """The run of `steps` steps, stopped by Ctrl-C during step `stop`. Its learning
+    rate follows the budget of `steps`, so this (not a run of `stop` steps) is the
+    first part of the uninterrupted run."""
+    trainer = Trainer(corpus, out, dict(TINY_MODEL), dict(TINY_TRAIN, max_steps=steps, **train), progress=False)
+    interrupt_during_step(trainer, stop)
+    summary = trainer.run()
+    assert summary["interrupted"] and summary["step"] == stop
+    return summary
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "constant"])
+def test_resumed_run_is_bit_identical_to_an_uninterrupted_one(corpus, tmp_path, schedule):
+    run(corpus, tmp_path / "whole", 40, lr_schedule=schedule)
+    if schedule == "constant":  # the rate does not depend on the budget: a run of 20 steps, continued to 40
+        run(corpus, tmp_path / "split", 20, lr_schedule=schedule)
+    else:  # warm-up then a decay over 40 steps: the 40-step run stopped at step 20
+        run_stopped(corpus, tmp_path / "split", 40, 20, lr_schedule=schedule)
     run(corpus, tmp_path / "split", 40, resume=tmp_path / "split" / "last.safetensors")
     whole = (tmp_path / "whole" / "last.safetensors").read_bytes()
     split = (tmp_path / "split" / "last.safetensors").read_bytes()
@@ -89,7 +104,7 @@ def interrupt_during_step(trainer, step):
 def test_ctrl_c_saves_last_without_validating_and_resumes_exactly(corpus, tmp_path):
     run(corpus, tmp_path / "whole", 40)
     out = tmp_path / "split"
-    run(corpus, out, 20)
+    run_stopped(corpus, out, 40, 20)
     before = files_of(out)
     trainer = Trainer(corpus, out, {}, dict(TINY_TRAIN, max_steps=40), resume=out / "last.safetensors",
                       progress=False)
@@ -240,3 +255,121 @@ def test_metrics_hold_only_valid_json(corpus, tmp_path):
     Trainer(corpus, tmp_path, TINY_MODEL, dict(TINY_TRAIN, max_steps=0), progress=False).run()
     row = json.loads((tmp_path / "metrics.jsonl").read_text(), parse_constant=pytest.fail)
     assert row["step"] == 0 and row["train_loss"] is None
+
+
+# ----- the learning-rate schedule -------------------------------------------------
+
+def test_warm_up_rises_linearly_to_the_full_rate():
+    assert [lr_factor("constant", 0.0, k, 4, 0.0) for k in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    assert lr_factor("constant", 0.5, 0, 0, 0.0) == 1.0  # no warm-up
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_decay_runs_from_the_full_rate_to_the_floor(schedule):
+    assert lr_factor(schedule, 0.0, 100, 10, 0.0) == 1.0
+    assert lr_factor(schedule, 1.0, 100, 10, 0.0) == pytest.approx(0.0, abs=1e-15)
+    assert lr_factor(schedule, 1.0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(schedule, 0.5, 100, 10, 0.0) == pytest.approx(0.5)
+    assert lr_factor(schedule, 0.5, 100, 10, 0.2) == pytest.approx(0.6)
+    assert lr_factor(schedule, 2.0, 100, 10, 0.1) == pytest.approx(0.1)  # an overrun stays at the floor
+    values = [lr_factor(schedule, p / 10, 100, 10, 0.0) for p in range(11)]
+    assert values == sorted(values, reverse=True)
+
+
+def test_cosine_and_linear_differ_between_the_ends_and_warm_up_multiplies_the_decay():
+    assert lr_factor("cosine", 0.25, 100, 10, 0.0) == pytest.approx(0.5 * (1 + np.cos(np.pi / 4)))
+    assert lr_factor("linear", 0.25, 100, 10, 0.0) == pytest.approx(0.75)
+    assert lr_factor("linear", 0.25, 4, 10, 0.0) == pytest.approx(0.5 * 0.75)
+    assert lr_factor("constant", 0.9, 100, 10, 0.5) == 1.0  # constant ignores the floor
+
+
+def schedule_trainer(corpus, tmp_path, **flags):
+    return Trainer(corpus, tmp_path, TINY_MODEL, dict(TINY_TRAIN, lr=0.01, warmup_steps=0, **flags), progress=False)
+
+
+def test_the_budget_spent_is_the_largest_fraction_of_the_budgets_given(corpus, tmp_path):
+    t = schedule_trainer(corpus, tmp_path, max_steps=100)
+    t.state["step"] = 25
+    assert t.budget_spent(1e6) == 0.25  # elapsed time is no budget here
+    assert t.lr(0.0) == pytest.approx(0.01 * 0.5 * (1 + np.cos(np.pi / 4)))
+    t = schedule_trainer(corpus, tmp_path, max_epochs=2.0)
+    t.state["step"] = t.batches.steps_per_epoch
+    assert t.budget_spent(0.0) == 0.5
+    t = schedule_trainer(corpus, tmp_path, max_time=60.0)
+    assert t.budget_spent(15.0) == 0.25 and t.budget_spent(90.0) == 1.0
+    assert t.lr(60.0) == pytest.approx(0.0, abs=1e-15)
+    t = schedule_trainer(corpus, tmp_path, max_steps=100, max_epochs=1.0, max_time=60.0, lr_schedule="linear")
+    t.state["step"] = 10
+    spe = t.batches.steps_per_epoch
+    assert t.budget_spent(3.0) == pytest.approx(max(0.1, 10 / spe, 0.05))
+    assert t.budget_spent(45.0) == 0.75
+    assert t.lr(45.0) == pytest.approx(0.01 * 0.25)
+    t = schedule_trainer(corpus, tmp_path, max_steps=100, lr_schedule="constant")
+    t.state["step"] = 99
+    assert t.lr(0.0) == 0.01
+
+
+def test_the_rate_of_every_evaluation_is_logged(corpus, tmp_path):
+    run(corpus, tmp_path, 40, lr=0.01, warmup_steps=0, min_lr_frac=0.1, lr_schedule="linear")
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    # the rate of the next step: at step 10 of 40, 0.1 + 0.9 * 0.75 of --lr; at the end, the floor
+    assert [r["lr"] for r in rows] == pytest.approx([0.01 * (0.1 + 0.9 * (1 - s / 40)) for s in (10, 20, 30, 40)])
+
+
+def test_a_checkpoint_from_before_the_schedule_resumes_at_a_constant_rate(corpus, tmp_path):
+    from test_checkpoint import rewrite_checkpoint
+
+    run(corpus, tmp_path, 10)
+    def strip(meta):
+        for key in ("lr_schedule", "warmup_steps", "min_lr_frac"):
+            del meta["train"][key]
+    rewrite_checkpoint(tmp_path / "last.safetensors", tmp_path / "last.safetensors", edit_meta=strip)
+    trainer = Trainer(corpus, tmp_path, {}, {"max_steps": 20}, resume=tmp_path / "last.safetensors", progress=False)
+    assert trainer.tcfg.lr_schedule == "constant" and trainer.tcfg.warmup_steps == 0
+    assert trainer.lr(0.0) == trainer.tcfg.lr
+
+
+def test_schedule_flags_are_saved_and_may_change_on_resume(corpus, tmp_path):
+    run(corpus, tmp_path, 10, lr_schedule="linear", min_lr_frac=0.25)
+    train = load_checkpoint(tmp_path / "last.safetensors").train
+    assert (train["lr_schedule"], train["warmup_steps"], train["min_lr_frac"]) == ("linear", 10, 0.25)
+    trainer = Trainer(corpus, tmp_path, {}, {"max_steps": 20, "lr_schedule": "constant"},
+                      resume=tmp_path / "last.safetensors", progress=False)
+    assert trainer.tcfg.lr_schedule == "constant" and trainer.tcfg.min_lr_frac == 0.25
+
+
+# ----- evaluation on a time schedule -------------------------------------------------
+
+class FakeClock:
+    """time.perf_counter for charrnn.train that advances `tick` seconds per call."""
+
+    def __init__(self, tick):
+        self.now, self.tick = 1000.0, tick
+
+    def __call__(self):
+        self.now += self.tick
+        return self.now
+
+
+def test_time_based_evaluation_lands_at_each_multiple_of_the_interval(corpus, tmp_path, monkeypatch):
+    import charrnn.train as train
+
+    monkeypatch.setattr(train.time, "perf_counter", FakeClock(0.5))
+    summary = run(corpus, tmp_path, 30, eval_every="10s")
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    marks = [int(r["elapsed"] // 10) for r in rows[:-1]]
+    assert marks == list(range(1, len(rows))) and len(rows) >= 3  # one evaluation per 10 s mark, in order
+    assert rows[-1]["step"] == summary["step"] == 30  # and one at the end
+    assert load_checkpoint(tmp_path / "last.safetensors").train["eval_every"] == "10s"
+
+
+def test_time_based_evaluation_longer_than_the_run_evaluates_only_at_the_end(corpus, tmp_path):
+    run(corpus, tmp_path, 15, eval_every="3600s")
+    rows = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [15]
+
+
+def test_a_larger_budget_on_resume_stretches_the_schedule_over_it(corpus, tmp_path):
+    run(corpus, tmp_path, 20, warmup_steps=0, lr_schedule="linear", lr=0.01)
+    trainer = Trainer(corpus, tmp_path, {}, {"max_steps": 40}, resume=tmp_path / "last.safetensors", progress=False)
+    assert trainer.lr(0.0) == pytest.approx(0.005)  # step 20 of 40, where the first run had reached 0
