@@ -419,7 +419,7 @@ class Trainer:
     def train_step(self, state: RecurrentState, elapsed: float):
         """One optimiser step on the next batch. Returns (loss, state after the batch)."""
         from charrnn.engine import threads
-        from charrnn.kernels.optim import adam_update, scale_inplace, sum_squares
+        from charrnn.kernels.optim import adam_update, sum_squares
 
         nthreads = threads()
         k = self.step % self.batches.steps_per_epoch
@@ -431,11 +431,11 @@ class Trainer:
         norm = math.sqrt(sum_squares(self.grads.flat, nthreads))
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise self.diverged(self.step + 1, "training loss" if not math.isfinite(loss) else "gradient norm")
-        if norm > self.tcfg.grad_clip:
-            scale_inplace(self.grads.flat, self.tcfg.grad_clip / (norm + 1e-6), nthreads)
+        # clipping by global norm is a scale Adam applies as it reads the gradient
+        clip = self.tcfg.grad_clip / (norm + 1e-6) if norm > self.tcfg.grad_clip else 1.0
         adam_update(self.params.flat, self.grads.flat, self.moments["exp_avg"].flat,
                     self.moments["exp_avg_sq"].flat, self.lr(elapsed), ADAM_BETAS[0], ADAM_BETAS[1],
-                    ADAM_EPS, self.step + 1, nthreads)
+                    ADAM_EPS, self.step + 1, nthreads, clip)
         self.params.touch()
         return loss, new_state
 

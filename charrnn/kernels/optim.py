@@ -23,16 +23,6 @@ def sum_squares(x, nthreads):
 
 
 @parallel_kernel
-def scale_inplace(x, factor, nthreads):
-    """x *= factor.  x: (N,)."""
-    f = x.dtype.type(factor)
-    for worker in prange(nthreads):
-        i0, i1 = split(x.shape[0], nthreads, worker, 64)
-        for i in range(i0, i1):
-            x[i] *= f
-
-
-@parallel_kernel
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, nthreads, grad_scale=1.0):
     """One Adam step as torch.optim.Adam takes it (bias-corrected moments, eps
     added to the corrected root of v) on the gradient grad_scale * g, so that
