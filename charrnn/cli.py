@@ -138,9 +138,9 @@ def vocab(corpus, output):
 @click.option("--hidden", type=int, show_default="256", help="Hidden units per layer.")
 @click.option("--embed", type=int, show_default="64", help="Character embedding size.")
 @click.option("--dropout", type=float, show_default="0", help="Dropout between layers and before the output.")
-@click.option("--batch-size", type=int, show_default="50", help="Parallel streams per batch (B).")
+@click.option("--batch-size", type=int, show_default="32", help="Parallel streams per batch (B).")
 @click.option("--seq-len", type=int, show_default="50", help="Characters per stream per batch (T, the BPTT length).")
-@click.option("--lr", type=float, show_default="0.002", help="Adam's peak learning rate.")
+@click.option("--lr", type=float, show_default="0.004", help="Adam's peak learning rate.")
 @click.option("--lr-schedule", type=click.Choice(["cosine", "linear", "constant"]), show_default="cosine",
               help="How the learning rate decays from --lr to --min-lr-frac x --lr over the budget.")
 @click.option("--warmup-steps", type=int, show_default="100",

@@ -106,9 +106,9 @@ def check_flags(values: dict, rules: dict) -> None:
 class TrainConfig:
     """How to train; saved in every checkpoint."""
 
-    batch_size: int = 50
+    batch_size: int = 32
     seq_len: int = 50
-    lr: float = 2e-3
+    lr: float = 4e-3
     lr_schedule: str = "cosine"
     warmup_steps: int = 100
     min_lr_frac: float = 0.0
