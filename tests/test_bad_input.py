@@ -82,8 +82,8 @@ def test_corpus_too_short_says_by_how_much_and_what_fits(runner, tmp_path):
     corpus = tmp_path / "short.txt"
     corpus.write_text(SHAKESPEARE.read_text()[:1000])
     result = runner.invoke(cli, ["train", str(corpus), "--out", str(tmp_path / "run"), "--max-steps", "1"])
-    line = refused(result, "900 characters", "too short", "--batch-size 50 x --seq-len 50", "needs 2501",
-                   "--batch-size 17 (with --seq-len 50)", "--seq-len 17 (with --batch-size 50)", "--val-frac 0.1")
+    line = refused(result, "900 characters", "too short", "--batch-size 32 x --seq-len 50", "needs 1601",
+                   "--batch-size 17 (with --seq-len 50)", "--seq-len 28 (with --batch-size 32)", "--val-frac 0.1")
     assert "would fit" in line
     assert not (tmp_path / "run").exists()
 
