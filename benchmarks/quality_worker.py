@@ -17,7 +17,8 @@ from __future__ import annotations
 import math
 import time
 
-from benchmarks.common import BATCH, CORPUS, EMBED, GRAD_CLIP, LR, SEED, SEQ, Batches, split_train, text_ids, worker_main
+from benchmarks.common import BATCH, CORPUS, EMBED, LR, SEED, SEQ, Batches, split_train, text_ids, worker_main
+from benchmarks.torch_worker import train_step
 
 perf = time.perf_counter
 
@@ -102,14 +103,8 @@ def reference(spec) -> dict:
         if k == 0:  # a new epoch starts the streams again from a zero state, as charrnn does
             state = None
         x, y = (torch.from_numpy(a) for a in batches.batch(k))
-        opt.zero_grad(set_to_none=True)
-        logits, state = model(x, state)
-        loss = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        opt.step()
-        state = tuple(s.detach() for s in state)
-        losses.append(loss.item())
+        loss, state = train_step(model, opt, params, x, y, state)
+        losses.append(loss)
         step += 1
         train_s += perf() - t0
         elapsed = perf() - start

@@ -61,15 +61,28 @@ def _detach(state):
     return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 
 
+def train_step(model, opt, params, x, y, state):
+    """One optimiser step as charrnn takes it, for both torch workers: forward on
+    (T, B) ids x with the carried state, cross-entropy against y, backward,
+    clip_grad_norm_ to GRAD_CLIP, Adam. Returns (loss, the state detached)."""
+    import torch
+    import torch.nn.functional as F
+
+    opt.zero_grad(set_to_none=True)
+    logits, state = model(x, state)
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
+    opt.step()
+    return loss.item(), _detach(state)
+
+
 def train(spec) -> dict:
     """Time one training step as charrnn takes it: zero the gradients, forward and
     backward on a (T, B) batch with the carried (detached) state, clip_grad_norm_ 5,
     Adam lr 2e-3 (torch's default implementation). The batch's conversion to a
     tensor is inside the timed step, as charrnn's batch slicing is."""
     torch, model, meta, info = _setup(spec)
-    import torch.nn.functional as F
-
-    vocab_size = meta["config"]["vocab_size"]
     train_ids, _ = split_train(text_ids(CORPUS, meta["vocab"]))
     batches = Batches(train_ids, BATCH, SEQ)
     model.train()
@@ -80,14 +93,8 @@ def train(spec) -> dict:
     for k in range(spec["warmup"] + spec["steps"]):
         t0 = perf()
         x, y = (torch.from_numpy(a) for a in batches.batch(k))
-        opt.zero_grad(set_to_none=True)
-        logits, state = model(x, state)
-        loss = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
-        opt.step()
-        state = _detach(state)
-        losses.append(loss.item())
+        loss, state = train_step(model, opt, params, x, y, state)
+        losses.append(loss)
         times.append(perf() - t0)
     timed = times[spec["warmup"]:]
     step_s = median(timed)
