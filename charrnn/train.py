@@ -217,6 +217,7 @@ class Trainer:
             self.grads = self.params.zeros_like()
         self.metrics = self._load_metrics()
         self.interrupted = False
+        self.noted_eval_cost = False  # the slow-validation note is said once a run
 
     # ----- set-up -------------------------------------------------------------
 
@@ -582,11 +583,11 @@ class Trainer:
                 signal.signal(signal.SIGINT, previous)
         return self.summary()
 
-    def _note_evaluation_cost(self, eval_seconds: float, train_seconds: float) -> None:
+    def _note_evaluation_cost(self, seconds: float, train_seconds: float) -> None:
         """Say once when validation takes a large share of the time (a big corpus)."""
-        if eval_seconds > 5 and eval_seconds > 0.2 * train_seconds and not getattr(self, "_noted_cost", False):
-            self._noted_cost = True
-            self.log(f"note: validating {len(self.val_ids):,} characters took {eval_seconds:.0f}s, against "
+        if seconds > 5 and seconds > 0.2 * train_seconds and not self.noted_eval_cost:
+            self.noted_eval_cost = True
+            self.log(f"note: validating {len(self.val_ids):,} characters took {seconds:.0f}s, against "
                      f"{train_seconds:.0f}s of training since the last evaluation; a larger --eval-every or a "
                      "smaller --val-frac leaves more of the budget to training")
 

@@ -373,3 +373,15 @@ def test_a_larger_budget_on_resume_stretches_the_schedule_over_it(corpus, tmp_pa
     run(corpus, tmp_path, 20, warmup_steps=0, lr_schedule="linear", lr=0.01)
     trainer = Trainer(corpus, tmp_path, {}, {"max_steps": 40}, resume=tmp_path / "last.safetensors", progress=False)
     assert trainer.lr(0.0) == pytest.approx(0.005)  # step 20 of 40, where the first run had reached 0
+
+
+def test_slow_validation_is_noted_once_and_only_when_it_takes_a_large_share(corpus, tmp_path, capsys):
+    trainer = Trainer(corpus, tmp_path, TINY_MODEL, dict(TINY_TRAIN, max_steps=1), progress=False)
+    capsys.readouterr()
+    trainer._note_evaluation_cost(4.0, 1.0)  # short, however large its share
+    trainer._note_evaluation_cost(10.0, 100.0)  # long, but a small share
+    assert "note: validating" not in capsys.readouterr().err
+    trainer._note_evaluation_cost(10.0, 20.0)
+    assert "took 10s, against 20s of training" in capsys.readouterr().err
+    trainer._note_evaluation_cost(10.0, 20.0)
+    assert capsys.readouterr().err == ""
