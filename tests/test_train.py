@@ -110,9 +110,10 @@ def test_ctrl_c_saves_last_without_validating_and_resumes_exactly(corpus, tmp_pa
                       progress=False)
     trainer.validate = lambda: pytest.fail("Ctrl-C must not run the validation")
     interrupt_during_step(trainer, 25)
+    handler = signal.getsignal(signal.SIGINT)  # the default, or SIG_IGN in a shell's background job
     summary = trainer.run()
     assert summary["interrupted"] and summary["trained"] and summary["step"] == 25
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    assert signal.getsignal(signal.SIGINT) is handler  # the handler from before the run, restored
     after = files_of(out)
     assert after["best.safetensors"] == before["best.safetensors"]
     assert after["metrics.jsonl"] == before["metrics.jsonl"]
