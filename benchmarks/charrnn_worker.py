@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 
-from benchmarks.common import BATCH, CORPUS, EMBED, LR, GRAD_CLIP, SEED, SEQ, median, worker_main
+from benchmarks.common import BATCH, CORPUS, EMBED, LR, GRAD_CLIP, SEED, SEQ, median, time_generation, worker_main
 
 perf = time.perf_counter
 
@@ -102,17 +102,7 @@ def sample(spec) -> dict:
     from charrnn.sample import generate
 
     ckpt, net = _network(spec)
-    t0 = perf()
-    generate(net, ckpt.vocab, spec.get("warmup_chars", 50), temperature=1.0, seed=SEED)
-    first_s = perf() - t0
-    times = []
-    for rep in range(spec["reps"]):
-        if times and sum(times) > spec.get("budget_s", float("inf")):
-            break  # enough time spent: the median of fewer runs
-        t0 = perf()
-        text = generate(net, ckpt.vocab, spec["chars"], temperature=1.0, seed=SEED + 1 + rep)
-        times.append(perf() - t0)
-        assert len(text) == spec["chars"]
+    first_s, times = time_generation(lambda n, seed: generate(net, ckpt.vocab, n, temperature=1.0, seed=seed), spec)
     t = median(times)
     return {"import_s": import_s, "first_call_s": first_s, "times": times, "chars_per_s": spec["chars"] / t,
             "threads": _threads(), **_compile_stats()}

@@ -186,3 +186,24 @@ def worker_main(tasks: dict) -> None:
 
 def isfinite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def time_generation(generate, spec: dict) -> tuple[float, list[float]]:
+    """Time generate(n, seed), which returns n characters: once with
+    spec["warmup_chars"] (its time is the first result), then spec["reps"] times with
+    spec["chars"], stopping early once more than spec["budget_s"] seconds are spent
+    (the median of fewer runs). Returns (first call seconds, seconds of each rep)."""
+    import time
+
+    t0 = time.perf_counter()
+    generate(spec.get("warmup_chars", 50), SEED)
+    first_s = time.perf_counter() - t0
+    times = []
+    for rep in range(spec["reps"]):
+        if times and sum(times) > spec.get("budget_s", float("inf")):
+            break
+        t0 = time.perf_counter()
+        out = generate(spec["chars"], SEED + 1 + rep)
+        times.append(time.perf_counter() - t0)
+        assert len(out) == spec["chars"], (len(out), spec["chars"])
+    return first_s, times

@@ -348,6 +348,19 @@ class Suite:
         k = rep % len(jobs)
         return jobs[k:] + jobs[:k]
 
+    def run_alternating(self, what: str, row: Row, jobs: list, detail=lambda r: "") -> dict:
+        """Each (name, module, spec) job, --repeats times, each repetition in a new
+        order (alternate); the results by name. detail(result) adds to the log line."""
+        reps = self.args.repeats
+        runs = {name: [] for name, _, _ in jobs}
+        for rep in range(reps):
+            for name, module, spec in self.alternate(rep, jobs):
+                log(f"{what} {row.name}: {name} {rep + 1}/{reps}")
+                r = self.measure(f"{what} {row.name} {rep + 1}", module, spec, row.cell)
+                log(f"  {r['chars_per_s']:,.0f} chars/s{detail(r)}")
+                runs[name].append(r)
+        return runs
+
     def flops(self, row: Row, train: bool) -> int:
         f = train_flops_per_char if train else forward_flops_per_char
         return f(row.cell, row.layers, row.hidden, EMBED, self.prep["vocab_size"])
@@ -471,16 +484,10 @@ class Suite:
             spec = {"task": "train", "cell": row.cell, "layers": row.layers, "hidden": row.hidden,
                     "warmup": a.warmup, "steps": a.steps, "workdir": str(self.workdir), "threads": self.threads,
                     "checkpoint": self.prep["checkpoints"][row.key]}
-            runs = {"charrnn": [], "torch": []}
-            jobs = [("charrnn", "charrnn_worker")] + ([("torch", "torch_worker")] if self.torch else [])
-            for rep in range(a.repeats):
-                for lib, module in self.alternate(rep, jobs):
-                    log(f"train {row.name}: {lib} {rep + 1}/{a.repeats}")
-                    r = self.measure(f"train {row.name} {rep + 1}", module, spec, row.cell)
-                    log(f"  {r['chars_per_s']:,.0f} chars/s, first step {r['first_step_s']:.2f} s")
-                    runs[lib].append(r)
+            jobs = [("charrnn", "charrnn_worker", spec)] + ([("torch", "torch_worker", spec)] if self.torch else [])
+            runs = self.run_alternating("train", row, jobs, lambda r: f", first step {r['first_step_s']:.2f} s")
             s = self.summarise(row, runs, train=True)
-            if runs["torch"]:
+            if runs.get("torch"):
                 c_loss, t_loss = runs["charrnn"][0]["losses"], runs["torch"][0]["losses"]
                 s["loss_diff_first_step"] = abs(c_loss[0] - t_loss[0])
                 s["loss_diff_last_step"] = abs(c_loss[-1] - t_loss[-1])
@@ -534,13 +541,7 @@ class Suite:
             if self.torch:
                 jobs += [("torch", "torch_worker", base),
                          ("torch_fast", "torch_worker", {**base, "threads": 1, "mkldnn": False})]
-            runs = {name: [] for name, _, _ in jobs}
-            for rep in range(a.repeats):
-                for name, module, spec in self.alternate(rep, jobs):
-                    log(f"sample {row.name}: {name} {rep + 1}/{a.repeats}")
-                    r = self.measure(f"sample {row.name} {rep + 1}", module, spec, row.cell)
-                    log(f"  {r['chars_per_s']:,.0f} chars/s")
-                    runs[name].append(r)
+            runs = self.run_alternating("sample", row, jobs)
             s = self.summarise(row, runs, train=False)
             if self.torch:
                 fast = median([r["chars_per_s"] for r in runs["torch_fast"]])
@@ -601,13 +602,7 @@ class Suite:
             jobs = [("charrnn", "charrnn_worker", base)]
             if self.torch:
                 jobs.append(("torch", "torch_worker", {**base, "chunks": [best_chunk]}))
-            runs = {name: [] for name, _, _ in jobs}
-            for rep in range(a.repeats):
-                for name, module, spec in self.alternate(rep, jobs):
-                    log(f"evaluate {row.name}: {name} {rep + 1}/{a.repeats}")
-                    r = self.measure(f"evaluate {row.name} {rep + 1}", module, spec, row.cell)
-                    log(f"  {r['chars_per_s']:,.0f} chars/s")
-                    runs[name].append(r)
+            runs = self.run_alternating("evaluate", row, jobs)
             s = self.summarise(row, runs, train=False)
             if runs.get("torch"):
                 s["torch_best_chunk"] = best_chunk

@@ -15,7 +15,7 @@ import time
 import numpy as np
 
 from benchmarks.common import (BATCH, CORPUS, GRAD_CLIP, LR, SEED, SEQ, Batches, median, split_train, text_ids,
-                               worker_main)
+                               time_generation, worker_main)
 
 perf = time.perf_counter
 
@@ -123,16 +123,7 @@ def sample(spec) -> dict:
                 out.append(int(x))
         return out
 
-    t0 = perf()
-    generate(spec.get("warmup_chars", 50), SEED)
-    first_s = perf() - t0
-    times = []
-    for rep in range(spec["reps"]):
-        if times and sum(times) > spec.get("budget_s", float("inf")):
-            break  # enough time spent: the median of fewer runs
-        t0 = perf()
-        generate(spec["chars"], SEED + 1 + rep)
-        times.append(perf() - t0)
+    first_s, times = time_generation(generate, spec)
     return {**info, "first_call_s": first_s, "times": times, "chars_per_s": spec["chars"] / median(times)}
 
 
