@@ -134,6 +134,8 @@ class BatchSampler:
         self.prime_ids = encode_prime(vocab, prime)
         self.stops = list(stops)
         encode_stops(vocab, self.stops)  # refuse stops the model can never produce
+        # A stop may begin this many characters before a block (or in the prime).
+        self.tail_width = max((len(s) for s in self.stops), default=1) - 1
         self.seeds = [sample_seed(seed, k) for k in range(1, num_samples + 1)]
         # Which stop string ended each sample (index into stops), or -1.
         self.stopped_by = np.full(num_samples, -1, np.int64)
@@ -164,8 +166,7 @@ class BatchSampler:
         rngs = [np.random.default_rng(s) for s in self.seeds]
         state = self._start_state(n)
         rows = np.arange(n)
-        width = max((len(s) for s in self.stops), default=1)
-        tails = [self.prime[len(self.prime) - width + 1:] if width > 1 else ""] * n
+        tails = [self._tail(self.prime)] * n
         if self.prime:
             current = np.full(n, self.prime_ids[-1], np.int64)
         elif not self.random_start:
@@ -203,7 +204,6 @@ class BatchSampler:
         ended = np.full(n, t >= self.length)
         if not self.stops:
             return Block(rows, ids, counts, ended)
-        width = max(len(s) for s in self.stops)
         chars = self.vocab.chars
         for i in range(n):
             text = tails[i] + "".join(chars[j] for j in ids[i])
@@ -216,8 +216,12 @@ class BatchSampler:
                 counts[i] = first_end - len(tails[i])
                 ended[i] = True
                 self.stopped_by[rows[i]] = which
-            tails[i] = text[len(text) - width + 1:] if width > 1 else ""
+            tails[i] = self._tail(text)
         return Block(rows, ids, counts, ended)
+
+    def _tail(self, text: str) -> str:
+        """The last tail_width characters of text (all of a shorter one)."""
+        return text[-self.tail_width:] if self.tail_width else ""
 
     @staticmethod
     def _drop(ended, rows, current, state, tails):

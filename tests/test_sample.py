@@ -193,3 +193,11 @@ def test_ctrl_c_keeps_what_was_printed_and_ends_the_line(model, monkeypatch):
         write_samples(BatchSampler(net, vocab, 50, 5, prime="ab", block=1), out)
     monkeypatch.undo()
     assert out.getvalue() == "ab" + generate(net, vocab, 6, prime="ab", seed=5) + "\n"
+
+
+def test_a_stop_may_span_a_whole_prime_shorter_than_the_stop(model):
+    """The carried tail keeps all of a prime shorter than the longest stop (a prime
+    of 4 characters and a stop of 6 once kept only its last character)."""
+    net, vocab = model
+    full = generate(net, vocab, 50, 1.0, "abcd", seed=4)
+    assert generate(net, vocab, 50, 1.0, "abcd", seed=4, stops=["abcd" + full[:2]]) == full[:2]
