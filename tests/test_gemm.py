@@ -7,7 +7,9 @@ import pytest
 from charrnn.kernels.gemm import gemm, pack, panels, split
 from charrnn.kernels.simd import NR
 
-SHAPES = [(3, 5, 7), (1, 17, 40), (13, 30, 65), (9, 300, 24), (6, 0, 3), (50, 64, 100), (5, 1100, 30)]  # K > KC: several blocks
+SHAPES = [(3, 5, 7), (1, 17, 40), (13, 30, 65), (9, 300, 24), (6, 0, 3), (50, 64, 100),
+          (5, 1100, 30),  # K > KC: several blocks of k
+          (150, 20, 30)]  # M > MC per thread: several blocks of rows, the last a partial tile
 
 
 def packed(w, transpose, nthreads):

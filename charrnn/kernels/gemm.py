@@ -174,14 +174,18 @@ def _add_tile(c, scratch, i, cj, rows, width):
 def _pack_a_block(a_pack, a, i0, i1, k0, k1):
     """a_pack[s, k - k0, r] = a[k, i0 + MR*s + r], zero past i1: rows of opA = a.T.
     Each row of a is read once, contiguously, across all strips."""
+    full = (i1 - i0) // MR
     strips = (i1 - i0 + MR - 1) // MR
     for k in range(k0, k1):
-        row = a[k]
-        for s in range(strips):
-            dst = a_pack[s, k - k0]
+        row = a[k, i0:i1]
+        kk = k - k0
+        for s in range(full):
             for r in range(MR):
-                i = i0 + MR * s + r
-                dst[r] = row[i] if i < i1 else 0.0
+                a_pack[s, kk, r] = row[MR * s + r]
+        for s in range(full, strips):
+            for r in range(MR):
+                i = MR * s + r
+                a_pack[s, kk, r] = row[i] if i < i1 - i0 else 0.0
 
 
 @kernel
