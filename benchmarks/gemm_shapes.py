@@ -35,6 +35,9 @@ SHAPES = [  # name, M, K, N, A transposed, products per timing
 
 def worker(library: str, reps: int) -> dict:
     """{shape name: median seconds per product} in this process."""
+    if library == "charrnn":
+        from charrnn.engine import packed, threads
+        from charrnn.kernels.gemm import gemm
     rng = np.random.default_rng(0)
     out = {}
     for name, M, K, N, trans_a, count in SHAPES:
@@ -42,9 +45,6 @@ def worker(library: str, reps: int) -> dict:
         b = rng.standard_normal((K, N)).astype(np.float32)
         c = np.zeros((M, N), np.float32)
         if library == "charrnn":
-            from charrnn.engine import packed, threads
-            from charrnn.kernels.gemm import gemm
-
             bp, n = packed(b, False, threads()), threads()
             run = lambda: gemm(a, trans_a, bp, c, n)  # noqa: E731
         else:
