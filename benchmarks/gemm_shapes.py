@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -72,8 +71,9 @@ def main(argv=None) -> int:
     if args.worker:
         print(json.dumps(worker(args.worker, args.reps)))
         return 0
-    env = dict(os.environ, **{k: str(args.threads) for k in (
-        "NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
+    from benchmarks.run import thread_env
+
+    env = thread_env(args.threads)
     runs = {"charrnn": [], "numpy": []}
     for _ in range(args.processes):
         for library in runs:
