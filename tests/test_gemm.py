@@ -1,15 +1,16 @@
 """The packed matrix products against NumPy: every transpose, partial panels and
-tiles, strided views, and 1 or 2 threads giving bitwise the same result."""
+tiles of every width, strided views, and 1 or 2 threads giving bitwise the same result."""
 
 import numpy as np
 import pytest
 
-from charrnn.kernels.gemm import gemm, pack, panels, split
+from charrnn.kernels.gemm import gemm, pack, panels, split, tile_cols
 from charrnn.kernels.simd import NR
 
 SHAPES = [(3, 5, 7), (1, 17, 40), (13, 30, 65), (9, 300, 24), (6, 0, 3), (50, 64, 100),
           (5, 1100, 30),  # K > KC: several blocks of k
-          (150, 20, 30)]  # M > MC per thread: several blocks of rows, the last a partial tile
+          (150, 20, 30),  # M > MC per thread: several blocks of rows, the last a partial tile
+          (7, 33, 32), (5, 9, 37)]  # a last panel of 8 columns (8-wide tile into C), of 13 (16-wide, scratch)
 
 
 def packed(w, transpose, nthreads):
@@ -61,3 +62,8 @@ def test_split_covers_the_range_once_at_aligned_boundaries(n, parts, align):
     assert ranges[0][0] == 0 and ranges[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
     assert all(start % align == 0 or start == n for start, _ in ranges)
+
+
+@pytest.mark.parametrize("width,cols", [(1, 8), (8, 8), (9, 16), (16, 16), (17, NR), (NR, NR)])
+def test_last_panel_uses_the_narrowest_tile_that_holds_it(width, cols):
+    assert tile_cols(width) == cols

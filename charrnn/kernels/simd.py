@@ -16,6 +16,10 @@ from numba.extending import intrinsic
 
 NR = 24  # columns of a packed panel of B: three 8-float (or six 4-double) vectors
 MR = 4  # rows of A per tile: 4 x 3 accumulators + 3 B vectors + 1 broadcast = 16 registers
+# Tiles also come 8 and 16 columns wide, for the last panel of a matrix whose width is
+# not a multiple of NR (H = 512 leaves 8 columns): computing only those columns saves
+# the padding's multiply-adds, and C takes them directly, without the scratch tile.
+TILE_WIDTHS = (8, 16, NR)
 
 _VECTOR_BYTES = 32  # AVX2
 
@@ -28,12 +32,14 @@ def _float_type(dtype):
     raise TypeError(f"tile kernels support float32 and float64, not {dtype}")
 
 
-def make_tile(rows: int, trans_a: bool):
-    """A kernel C[c0:c0+rows, cj:cj+NR] += opA[a0:a0+rows, k0:k1] @ Bp[k0:k1, :NR].
+def make_tile(rows: int, trans_a: bool, cols: int = NR):
+    """A kernel C[c0:c0+rows, cj:cj+cols] += opA[a0:a0+rows, k0:k1] @ Bp[k0:k1, :cols].
 
     opA[i, k] is A[i, k], or A[k, i] when trans_a. A, Bp and C are 2-D arrays of
     one float dtype whose last axis is contiguous; Bp is a packed panel (K, NR).
-    No bounds checks: the caller keeps the tile inside the arrays."""
+    cols is one of TILE_WIDTHS. No bounds checks: the caller keeps the tile inside
+    the arrays."""
+    assert cols in TILE_WIDTHS
 
     @intrinsic
     def tile(typingctx, a, a0, bp, c, c0, cj, k0, k1):
@@ -43,7 +49,7 @@ def make_tile(rows: int, trans_a: bool):
             fty = _float_type(signature.args[0].dtype)
             itemsize = context.get_abi_sizeof(fty)
             lanes = _VECTOR_BYTES // itemsize
-            nvec = NR // lanes
+            nvec = cols // lanes
             vty = ir.VectorType(fty, lanes)
             i64 = ir.IntType(64)
             arrays = [context.make_array(t)(context, builder, v)
@@ -92,8 +98,52 @@ def make_tile(rows: int, trans_a: bool):
 
         return sig, codegen
 
-    tile.__name__ = f"tile_{'t' if trans_a else 'n'}{rows}x{NR}"
+    tile.__name__ = f"tile_{'t' if trans_a else 'n'}{rows}x{cols}"
     return tile
+
+
+@intrinsic
+def move_row(typingctx, dst, d0, src, s0):
+    """dst's elements d0 .. d0+MR-1 = src's s0 .. s0+MR-1, counted from each array's
+    first element along contiguous memory, as one vector load and store (a loop of
+    MR scalar copies stays scalar: the arrays may overlap, as far as LLVM knows).
+    dst and src: arrays of one float dtype."""
+    sig = types.void(dst, d0, src, s0)
+
+    def codegen(context, builder, signature, args):
+        vty = ir.VectorType(_float_type(signature.args[0].dtype), MR)
+        itemsize = context.get_abi_sizeof(vty.element)
+        pointers = []
+        for arr, at in ((0, 1), (2, 3)):
+            data = context.make_array(signature.args[arr])(context, builder, args[arr]).data
+            offset = context.cast(builder, args[at], signature.args[at], types.int64)
+            pointers.append(builder.bitcast(builder.gep(data, [offset], inbounds=True), vty.as_pointer()))
+        builder.store(builder.load(pointers[1], align=itemsize), pointers[0], align=itemsize)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, i, j):
+    """Ask the CPU to bring the cache line holding arr[i, j] (a 2-D array) into its
+    caches, without waiting for it. No bounds check: (i, j) must be inside arr."""
+    sig = types.void(arr, i, j)
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        row_stride, col_stride = cgutils.unpack_tuple(builder, array.strides, 2)
+        i_, j_ = (context.cast(builder, args[k], signature.args[k], types.int64) for k in (1, 2))
+        offset = builder.add(builder.mul(i_, row_stride), builder.mul(j_, col_stride))
+        i8p = ir.IntType(8).as_pointer()
+        address = builder.gep(builder.bitcast(array.data, i8p), [offset], inbounds=True)
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0")
+        builder.call(fn, [address, i32(0), i32(3), i32(1)])  # read, keep in all levels, data
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 # ----- atomics and the spin barrier ----------------------------------------------------
