@@ -16,9 +16,10 @@ from numba import prange
 from charrnn.kernels import kernel, parallel_kernel
 from charrnn.kernels.activations import sigmoid, tanh
 from charrnn.kernels.gemm import gemm_block_n, split, tile_scratch
-from charrnn.kernels.simd import BARRIER_SIZE, NR, barrier
+from charrnn.kernels.simd import BARRIER_SIZE, NR, barrier, prefetch
 
 UNIT_ALIGN = 8  # units per thread start at multiples of 8: whole float32 vectors
+LINE = 16  # float32 elements in a 64-byte cache line: one prefetch each
 
 
 @kernel
@@ -84,6 +85,8 @@ def lstm_cell_backward(da, dh, dc, dh_out, a, c, c_prev, u0, u1, tc, dct):
         di, df, dg, do = dab[u0:u1], dab[H + u0:H + u1], dab[2 * H + u0:2 * H + u1], dab[3 * H + u0:3 * H + u1]
         cb, cp, dcb = c[b, u0:u1], c_prev[b, u0:u1], dc[b, u0:u1]
         dhb, dho = dh[b, u0:u1], dh_out[b, u0:u1]
+        if b + 1 < B:
+            _prefetch_row(a, c, c_prev, dh_out, b + 1, u0, u1)
         for j in range(n):
             tc[j] = tanh(cb[j])
         for j in range(n):
@@ -98,6 +101,20 @@ def lstm_cell_backward(da, dh, dc, dh_out, a, c, c_prev, u0, u1, tc, dct):
             dg[j] = dct[j] * i[j] * (one - g[j] * g[j])
         for j in range(n):
             dcb[j] = dct[j] * f[j]
+
+
+@kernel
+def _prefetch_row(a, c, c_prev, dh_out, b, u0, u1):
+    """Prefetch row b of what lstm_cell_backward reads for units u0..u1. These arrays
+    were written in the forward pass and are long out of cache, and one row's
+    slices are too short for the hardware prefetcher to pick up in time."""
+    H = c.shape[1]
+    for j in range(u0, u1, LINE):
+        for gate in range(4):
+            prefetch(a, b, gate * H + j)
+        prefetch(c, b, j)
+        prefetch(c_prev, b, j)
+        prefetch(dh_out, b, j)
 
 
 @parallel_kernel
