@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from charrnn.kernels.gemm import gemm, pack, panels, split, tile_cols
-from charrnn.kernels.simd import NR
+from charrnn.kernels.simd import MR, NR
 
 SHAPES = [(3, 5, 7), (1, 17, 40), (13, 30, 65), (9, 300, 24), (6, 0, 3), (50, 64, 100),
           (5, 1100, 30),  # K > KC: several blocks of k
@@ -64,6 +64,7 @@ def test_split_covers_the_range_once_at_aligned_boundaries(n, parts, align):
     assert all(start % align == 0 or start == n for start, _ in ranges)
 
 
-@pytest.mark.parametrize("width,cols", [(1, 8), (8, 8), (9, 16), (16, 16), (17, NR), (NR, NR)])
-def test_last_panel_uses_the_narrowest_tile_that_holds_it(width, cols):
-    assert tile_cols(width) == cols
+@pytest.mark.parametrize("rows,width,cols", [(MR, 1, 8), (MR, 8, 8), (MR, 9, 16), (MR, 16, 16), (MR, 17, NR),
+                                              (MR, NR, NR), (MR - 1, 8, NR), (1, 16, NR)])
+def test_last_panel_uses_the_narrowest_tile_that_holds_it(rows, width, cols):
+    assert tile_cols(rows, width) == cols

@@ -14,18 +14,18 @@ import numpy as np
 from numba import prange
 
 from charrnn.kernels import kernel, parallel_kernel
-from charrnn.kernels.simd import MR, NR, make_tile, move_row, prefetch
+from charrnn.kernels.simd import MR, NR, make_tile, move_row
 
 KC = 512  # rows of a panel per block: KC x NR floats (48 KB), from L1 and L2
 MC = 64  # rows of A per block: MC x KC floats (128 KB) stay in L2
-NARROW = 8  # tiles are NR, 16 or 8 columns wide (simd.TILE_WIDTHS)
+NARROW = 8  # tiles are NR, or with MR rows also 16 or 8, columns wide (simd.TILE_WIDTHS)
 
 _N1, _N2, _N3, _N4 = (make_tile(m, False) for m in range(1, 5))
-_N1m, _N2m, _N3m, _N4m = (make_tile(m, False, 16) for m in range(1, 5))
-_N1s, _N2s, _N3s, _N4s = (make_tile(m, False, 8) for m in range(1, 5))
+# Narrow tiles come with MR rows only: a last panel's rare partial row tile takes the
+# full-width tile into scratch, and each variant less saves compile time everywhere.
+_N4m, _N4s = make_tile(MR, False, 16), make_tile(MR, False, 8)
 _T1, _T2, _T3, _T4 = (make_tile(m, True) for m in range(1, 5))
-_T1m, _T2m, _T3m, _T4m = (make_tile(m, True, 16) for m in range(1, 5))
-_T1s, _T2s, _T3s, _T4s = (make_tile(m, True, 8) for m in range(1, 5))
+_T4m, _T4s = make_tile(MR, True, 16), make_tile(MR, True, 8)
 
 
 def panels(n: int) -> int:
@@ -34,15 +34,16 @@ def panels(n: int) -> int:
 
 
 @kernel
-def tile_cols(width):
-    """The width of the tile that computes a panel's first `width` columns: the
-    narrowest of NR, 16 and 8 that holds them."""
-    return min(NR, (width + NARROW - 1) // NARROW * NARROW)
+def tile_cols(rows, width):
+    """The width of the tile that computes `rows` rows of a panel's first `width`
+    columns: for MR rows the narrowest of NR, 16 and 8 that holds them, else NR."""
+    return min(NR, (width + NARROW - 1) // NARROW * NARROW) if rows == MR else NR
 
 
 @kernel
 def _tile_n(rows, cols, a, a0, bp, c, c0, cj, k0, k1):
-    """One tile of 1 to MR rows of A and cols (tile_cols) columns; see simd.make_tile."""
+    """One tile of A: 1 to MR rows by NR columns, or MR rows by 16 or 8 (cols, from
+    tile_cols); see simd.make_tile."""
     if cols == NR:
         if rows == 4:
             _N4(a, a0, bp, c, c0, cj, k0, k1)
@@ -53,29 +54,15 @@ def _tile_n(rows, cols, a, a0, bp, c, c0, cj, k0, k1):
         else:
             _N1(a, a0, bp, c, c0, cj, k0, k1)
     elif cols == 2 * NARROW:
-        if rows == 4:
-            _N4m(a, a0, bp, c, c0, cj, k0, k1)
-        elif rows == 3:
-            _N3m(a, a0, bp, c, c0, cj, k0, k1)
-        elif rows == 2:
-            _N2m(a, a0, bp, c, c0, cj, k0, k1)
-        else:
-            _N1m(a, a0, bp, c, c0, cj, k0, k1)
+        _N4m(a, a0, bp, c, c0, cj, k0, k1)
     else:
-        if rows == 4:
-            _N4s(a, a0, bp, c, c0, cj, k0, k1)
-        elif rows == 3:
-            _N3s(a, a0, bp, c, c0, cj, k0, k1)
-        elif rows == 2:
-            _N2s(a, a0, bp, c, c0, cj, k0, k1)
-        else:
-            _N1s(a, a0, bp, c, c0, cj, k0, k1)
+        _N4s(a, a0, bp, c, c0, cj, k0, k1)
 
 
 @kernel
 def _tile_t(rows, cols, strip, bp, c, c0, cj, k):
-    """One tile of 1 to MR rows of a packed strip of A.T (k, MR), cols (tile_cols)
-    columns wide; see simd.make_tile."""
+    """One tile of a packed strip of A.T (k, MR), rows and cols as in _tile_n;
+    see simd.make_tile."""
     if cols == NR:
         if rows == 4:
             _T4(strip, 0, bp, c, c0, cj, 0, k)
@@ -86,23 +73,9 @@ def _tile_t(rows, cols, strip, bp, c, c0, cj, k):
         else:
             _T1(strip, 0, bp, c, c0, cj, 0, k)
     elif cols == 2 * NARROW:
-        if rows == 4:
-            _T4m(strip, 0, bp, c, c0, cj, 0, k)
-        elif rows == 3:
-            _T3m(strip, 0, bp, c, c0, cj, 0, k)
-        elif rows == 2:
-            _T2m(strip, 0, bp, c, c0, cj, 0, k)
-        else:
-            _T1m(strip, 0, bp, c, c0, cj, 0, k)
+        _T4m(strip, 0, bp, c, c0, cj, 0, k)
     else:
-        if rows == 4:
-            _T4s(strip, 0, bp, c, c0, cj, 0, k)
-        elif rows == 3:
-            _T3s(strip, 0, bp, c, c0, cj, 0, k)
-        elif rows == 2:
-            _T2s(strip, 0, bp, c, c0, cj, 0, k)
-        else:
-            _T1s(strip, 0, bp, c, c0, cj, 0, k)
+        _T4s(strip, 0, bp, c, c0, cj, 0, k)
 
 
 @kernel
@@ -178,11 +151,9 @@ def gemm_block_n(a, bp, c, r0, r1, p0, p1, scratch):
                 panel = bp[p]
                 cj = p * NR
                 width = min(NR, N - cj)
-                cols = tile_cols(width)
-                if p + 1 < p1:
-                    _prefetch_panel_rows(c, i0, i1, cj + NR)
                 for i in range(i0, i1, MR):
                     rows = min(MR, i1 - i)
+                    cols = tile_cols(rows, width)
                     if width == cols:
                         _tile_n(rows, cols, a, i, panel, c, i, cj, k0, k1)
                     else:
@@ -205,32 +176,17 @@ def _gemm_block_t(a, bp, c, r0, r1, p0, p1, scratch, a_pack):
                 panel = bp[p, k0:k1]
                 cj = p * NR
                 width = min(NR, N - cj)
-                cols = tile_cols(width)
-                if p + 1 < p1:
-                    _prefetch_panel_rows(c, i0, i1, cj + NR)
                 for i in range(i0, i1, MR):
                     rows = min(MR, i1 - i)
                     # The packed strip holds opA[i:i+MR, k0:k1] as (k1-k0, MR): a transposed tile.
                     strip = a_pack[(i - i0) // MR]
+                    cols = tile_cols(rows, width)
                     if width == cols:
                         _tile_t(rows, cols, strip, panel, c, i, cj, k1 - k0)
                     else:
                         scratch[:] = 0.0
                         _tile_t(rows, cols, strip, panel, scratch, 0, 0, k1 - k0)
                         _add_tile(c, scratch, i, cj, rows, width)
-
-
-@kernel
-def _prefetch_panel_rows(c, i0, i1, cj):
-    """Prefetch c[i0:i1, cj:cj+NR] (the next panel's columns), which the tiles load
-    first and then add to: rows are far apart in memory (a step's gate
-    pre-activations are 4H floats wide), so the hardware prefetcher does not
-    follow them, and without this each tile waits on memory."""
-    last = min(c.shape[1], cj + NR) - 1
-    for i in range(i0, i1):
-        prefetch(c, i, cj)
-        prefetch(c, i, (cj + last) // 2)
-        prefetch(c, i, last)
 
 
 @kernel

@@ -18,7 +18,8 @@ NR = 24  # columns of a packed panel of B: three 8-float (or six 4-double) vecto
 MR = 4  # rows of A per tile: 4 x 3 accumulators + 3 B vectors + 1 broadcast = 16 registers
 # Tiles also come 8 and 16 columns wide, for the last panel of a matrix whose width is
 # not a multiple of NR (H = 512 leaves 8 columns): computing only those columns saves
-# the padding's multiply-adds, and C takes them directly, without the scratch tile.
+# the padding's multiply-adds, and C takes them directly, without the scratch tile
+# (gemm.py builds these with MR rows only).
 TILE_WIDTHS = (8, 16, NR)
 
 _VECTOR_BYTES = 32  # AVX2
