@@ -23,9 +23,9 @@ NARROW = 8  # tiles are NR, or with MR rows also 16 or 8, columns wide (simd.TIL
 _N1, _N2, _N3, _N4 = (make_tile(m, False) for m in range(1, 5))
 # Narrow tiles come with MR rows only: a last panel's rare partial row tile takes the
 # full-width tile into scratch, and each variant less saves compile time everywhere.
-_N4m, _N4s = make_tile(MR, False, 16), make_tile(MR, False, 8)
+_N4m, _N4s = make_tile(MR, False, 2 * NARROW), make_tile(MR, False, NARROW)
 _T1, _T2, _T3, _T4 = (make_tile(m, True) for m in range(1, 5))
-_T4m, _T4s = make_tile(MR, True, 16), make_tile(MR, True, 8)
+_T4m, _T4s = make_tile(MR, True, 2 * NARROW), make_tile(MR, True, NARROW)
 
 
 def panels(n: int) -> int:

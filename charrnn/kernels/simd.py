@@ -114,12 +114,11 @@ def move_row(typingctx, dst, d0, src, s0):
     def codegen(context, builder, signature, args):
         vty = ir.VectorType(_float_type(signature.args[0].dtype), MR)
         itemsize = context.get_abi_sizeof(vty.element)
-        pointers = []
-        for arr, at in ((0, 1), (2, 3)):
-            data = context.make_array(signature.args[arr])(context, builder, args[arr]).data
-            offset = context.cast(builder, args[at], signature.args[at], types.int64)
-            pointers.append(builder.bitcast(builder.gep(data, [offset], inbounds=True), vty.as_pointer()))
-        builder.store(builder.load(pointers[1], align=itemsize), pointers[0], align=itemsize)
+        dst_, src_ = (builder.bitcast(_element_pointer(context, builder, signature.args[arr], args[arr],
+                                                       context.cast(builder, args[at], signature.args[at], types.int64)),
+                                      vty.as_pointer())
+                      for arr, at in ((0, 1), (2, 3)))
+        builder.store(builder.load(src_, align=itemsize), dst_, align=itemsize)
         return context.get_dummy_value()
 
     return sig, codegen
