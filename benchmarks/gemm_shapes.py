@@ -35,8 +35,7 @@ SHAPES = [  # name, M, K, N, A transposed, products per timing
 def worker(library: str, reps: int) -> dict:
     """{shape name: median seconds per product} in this process."""
     if library == "charrnn":
-        from charrnn.engine import packed, threads
-        from charrnn.kernels.gemm import gemm
+        from charrnn.engine import packed, product, threads
     rng = np.random.default_rng(0)
     out = {}
     for name, M, K, N, trans_a, count in SHAPES:
@@ -45,7 +44,7 @@ def worker(library: str, reps: int) -> dict:
         c = np.zeros((M, N), np.float32)
         if library == "charrnn":
             bp, n = packed(b, False, threads()), threads()
-            run = lambda: gemm(a, trans_a, bp, c, n)  # noqa: E731
+            run = lambda: product(c, a, trans_a, bp, n)  # noqa: E731
         else:
             op_a = a.T if trans_a else a
             run = lambda: np.matmul(op_a, b, out=c)  # noqa: E731

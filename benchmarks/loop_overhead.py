@@ -36,8 +36,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=15)
     args = p.parse_args(argv)
 
-    from charrnn.engine import packed, threads
-    from charrnn.kernels.gemm import gemm
+    from charrnn.engine import packed, product, threads
     from charrnn.kernels.lstm import lstm_recurrence, lstm_recurrence_backward
 
     T, B, H, f = args.steps, args.batch, args.hidden, np.float32
@@ -50,35 +49,48 @@ def main(argv=None) -> int:
     h0, c0 = np.zeros((B, H), f), np.zeros((B, H), f)
     hs, cs, acts = np.zeros((T, B, H), f), np.zeros((T, B, H), f), np.zeros((T, B, 4 * H), f)
     dacts, dh, dc = np.zeros((T, B, 4 * H), f), np.zeros((B, H), f), np.zeros((B, H), f)
+    acts[...] = acts_in
+    lstm_recurrence(hs, cs, acts, h0, c0, hh_t, nthreads)
+    gates = acts.copy()  # what the backward loop starts from (it replaces them by their gradients)
+
+    def forward_setup():
+        acts[...] = acts_in
 
     def forward_loop():
-        acts[...] = acts_in
         lstm_recurrence(hs, cs, acts, h0, c0, hh_t, nthreads)
 
-    def backward_loop():
+    def backward_setup():
+        dacts[...] = gates
         dh[...] = 0.0
         dc[...] = 0.0
-        lstm_recurrence_backward(dacts, dh, dc, dhs, acts, cs, c0, hh, nthreads)
+
+    def backward_loop():
+        lstm_recurrence_backward(dacts, dh, dc, dhs, cs, c0, hh, nthreads)
 
     def products(bp, a, out, n):
         def run():
             for t in range(T):
-                gemm(a[t], False, bp, out[t], n)
+                product(out[t], a[t], False, bp, n)
         return run
 
-    variants = {
-        "forward loop": forward_loop,
-        "forward products": products(hh_t, hs, acts, nthreads),
-        "backward loop": backward_loop,
-        "backward products": products(hh, dacts, np.zeros((T, B, H), f), nthreads),
-        "1-thread forward products": products(hh_t, hs, acts, 1),
-        "1-thread backward products": products(hh, dacts, np.zeros((T, B, H), f), 1),
+    def untimed_setup():
+        pass
+
+    variants = {  # name: (untimed setup, timed run)
+        "forward loop": (forward_setup, forward_loop),
+        "forward products": (untimed_setup, products(hh_t, hs, acts, nthreads)),
+        "backward loop": (backward_setup, backward_loop),
+        "backward products": (untimed_setup, products(hh, dacts, np.zeros((T, B, H), f), nthreads)),
+        "1-thread forward products": (untimed_setup, products(hh_t, hs, acts, 1)),
+        "1-thread backward products": (untimed_setup, products(hh, dacts, np.zeros((T, B, H), f), 1)),
     }
     times = {name: [] for name in variants}
-    for name, fn in variants.items():  # compile / warm up
+    for setup, fn in variants.values():  # compile / warm up
+        setup()
         fn()
     for _ in range(args.reps):
-        for name, fn in variants.items():
+        for name, (setup, fn) in variants.items():
+            setup()
             t0 = perf()
             fn()
             times[name].append(perf() - t0)

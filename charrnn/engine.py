@@ -42,9 +42,15 @@ def packed(matrix: np.ndarray, transpose: bool, nthreads: int) -> np.ndarray:
     return out
 
 
-def product(out: np.ndarray, a: np.ndarray, trans_a: bool, b_packed: np.ndarray, nthreads: int) -> None:
-    """out += op(a) @ B, B packed (see packed)."""
-    gemm(a, trans_a, b_packed, out, nthreads)
+def product(out: np.ndarray, a: np.ndarray, trans_a: bool, b_packed: np.ndarray, nthreads: int,
+            row_sums: np.ndarray | None = None) -> None:
+    """out += op(a) @ B, B packed (see packed); with trans_a, also row_sums += the
+    row sums of op(a) (the column sums of a), if given."""
+    if row_sums is None:
+        row_sums = np.empty(0, out.dtype)
+    elif not trans_a:
+        raise ValueError("row_sums come with the packing of a transposed A only")
+    gemm(a, trans_a, b_packed, out, row_sums, nthreads)
 
 
 class PackedLayer:
@@ -160,10 +166,11 @@ class Workspace:
         self.layers = [LayerBuffers(cfg.cell, T, B, H, cfg.gates, dtype, dropout) for _ in range(cfg.layers)]
         self.logits = np.zeros((T * B, cfg.vocab_size), dtype)
         # Backward: the gradient w.r.t. a layer's output (two, used in turn), the
-        # per-step gate gradients (two arrays for the GRU, see gru_cell_backward),
-        # the state gradients, layer 0's table gradient, and packed activations.
+        # per-step gate gradients (the LSTM's replace its activations; two arrays for
+        # the GRU, see gru_cell_backward), the state gradients, layer 0's table
+        # gradient, and packed activations.
         self.dy = [np.zeros((T, B, H), dtype), np.zeros((T, B, H), dtype)]
-        self.dgates = np.zeros((T, B, GH), dtype)
+        self.dgates = np.zeros((T, B, GH), dtype) if cfg.cell != "lstm" else None
         self.dgates_h = np.zeros((T, B, GH), dtype) if cfg.cell == "gru" else None
         self.dh = np.zeros((B, H), dtype)
         self.dc = np.zeros((B, H), dtype)
@@ -212,8 +219,8 @@ def layer_backward(cell: str, buf: LayerBuffers, ws: Workspace, layer: PackedLay
     B, H = dh.shape
     nthreads = loop_threads(B, H, layer.bias.shape[0] // H, nthreads)
     if cell == "lstm":
-        lstm_recurrence_backward(ws.dgates, dh, dc, dhs, buf.acts, buf.cs_buf[1:], buf.cs_buf[0], layer.hh, nthreads)
-        return ws.dgates, ws.dgates
+        lstm_recurrence_backward(buf.acts, dh, dc, dhs, buf.cs_buf[1:], buf.cs_buf[0], layer.hh, nthreads)
+        return buf.acts, buf.acts  # the gradients replaced the activations
     if cell == "gru":
         gru_recurrence_backward(ws.dgates, ws.dgates_h, dh, dhs, buf.acts, buf.hn, buf.hs_buf[1:], buf.hs_buf[0],
                                 layer.hh, nthreads)
@@ -225,18 +232,18 @@ def layer_backward(cell: str, buf: LayerBuffers, ws: Workspace, layer: PackedLay
 def recurrent_weight_gradients(ws: Workspace, buf: LayerBuffers, dxg, dhg, dw_hh, db_ih, db_hh,
                                nthreads: int) -> None:
     """dw_hh += dhg^T [h0; hs[:-1]], and both bias gradients, each one product or
-    sum over all T*B rows."""
+    sum over all T*B rows (db_hh's sums taken in the product)."""
     from charrnn.kernels.linear import add_column_sums
 
     T, B, GH = dxg.shape
     H = buf.hs_buf.shape[2]
     dxg2, dhg2 = dxg.reshape(T * B, GH), dhg.reshape(T * B, GH)
-    product(dw_hh, dhg2, True, ws.packed_activations(buf.hs_buf[:T].reshape(T * B, H), nthreads), nthreads)
-    if dxg is dhg:  # LSTM, RNN: both biases get the same gradient
-        sums = np.zeros_like(db_ih)
-        add_column_sums(sums, dxg2, nthreads)
+    same = dxg is dhg  # LSTM, RNN: both biases get the same gradient
+    sums = np.zeros_like(db_hh) if same else db_hh
+    product(dw_hh, dhg2, True, ws.packed_activations(buf.hs_buf[:T].reshape(T * B, H), nthreads), nthreads,
+            row_sums=sums)
+    if same:
         db_ih += sums
         db_hh += sums
     else:
         add_column_sums(db_ih, dxg2, nthreads)
-        add_column_sums(db_hh, dhg2, nthreads)

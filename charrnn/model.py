@@ -238,13 +238,16 @@ class Network:
         """Add the gradients of the loss to grads, given dlogits (T * B, V) for the
         logits of the last forward call. dstate_last is the gradient w.r.t. the final
         state (zero when truncating backpropagation). Returns the gradient w.r.t. the
-        initial state."""
+        initial state. One backward per forward: it uses up what the forward saved
+        (the LSTM's gate gradients replace its activations)."""
         from charrnn.engine import layer_backward, product, recurrent_weight_gradients, threads
         from charrnn.kernels.dropout import apply_mask
-        from charrnn.kernels.linear import add_column_sums, scatter_add_rows
+        from charrnn.kernels.linear import scatter_add_rows
 
+        if self._last is None:
+            raise RuntimeError("backward needs a forward pass of its own: the last one was used up")
         cfg, nthreads = self.cfg, threads()
-        ws, ids, use_dropout = self._last
+        (ws, ids, use_dropout), self._last = self._last, None
         T, B = ids.shape
         H, TB = cfg.hidden, T * B
         packed = self.packed(nthreads).for_backward(nthreads)
@@ -253,8 +256,8 @@ class Network:
         dy = ws.dy[0]
         dy[...] = 0.0
         product(dy.reshape(TB, H), dlogits, False, packed.dec, nthreads)
-        product(grads["decoder.weight"], dlogits, True, ws.packed_activations(top, nthreads), nthreads)
-        add_column_sums(grads["decoder.bias"], dlogits, nthreads)
+        product(grads["decoder.weight"], dlogits, True, ws.packed_activations(top, nthreads), nthreads,
+                row_sums=grads["decoder.bias"])
         for layer in range(cfg.layers - 1, -1, -1):
             buf, weights = ws.layers[layer], packed.layers[layer]
             dw_ih, dw_hh, db_ih, db_hh = grads.layer(layer)

@@ -1,5 +1,6 @@
 """The packed matrix products against NumPy: every transpose, partial panels and
-tiles of every width, strided views, and 1 or 2 threads giving bitwise the same result."""
+tiles of every width, strided views, row sums taken while packing, and 1 or 2
+threads giving bitwise the same result."""
 
 import numpy as np
 import pytest
@@ -20,6 +21,10 @@ def packed(w, transpose, nthreads):
     return bp
 
 
+def no_sums(a):
+    return np.empty(0, a.dtype)
+
+
 @pytest.mark.parametrize("dtype,tol", [(np.float32, 1e-5), (np.float64, 1e-13)])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
@@ -33,7 +38,7 @@ def test_product_matches_numpy(rng, dtype, tol, trans_a, trans_b, shape):
     results = []
     for nthreads in (1, 2):
         out = c.copy()
-        gemm(a, trans_a, packed(w, trans_b, nthreads), out, nthreads)
+        gemm(a, trans_a, packed(w, trans_b, nthreads), out, no_sums(a), nthreads)
         np.testing.assert_allclose(out, expected, rtol=tol, atol=tol * max(1, K))
         results.append(out)
     np.testing.assert_array_equal(results[0], results[1])
@@ -43,9 +48,36 @@ def test_views_with_row_strides(rng):
     a = rng.standard_normal((5, 40))[:, 3:23]  # rows of a wider array
     w = rng.standard_normal((20, 30))
     big = np.zeros((5, 50))
-    gemm(a, False, packed(w, False, 2), big[:, 10:40], 2)
+    gemm(a, False, packed(w, False, 2), big[:, 10:40], no_sums(a), 2)
     np.testing.assert_allclose(big[:, 10:40], a @ w, rtol=1e-13)
     assert not big[:, :10].any() and not big[:, 40:].any()
+
+
+@pytest.mark.parametrize("shape", [(150, 1100, 30), (7, 33, 32), (5, 9, 37)])  # row and k blocks, a partial strip
+def test_row_sums_of_transposed_a_are_added_in_the_order_of_a_column_sum(rng, shape):
+    from charrnn.kernels.linear import add_column_sums
+
+    M, K, N = shape
+    a = rng.standard_normal((K, M)).astype(np.float32)
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    start = rng.standard_normal(M).astype(np.float32)
+    expected = start.copy()
+    add_column_sums(expected, a, 1)
+    plain = np.zeros((M, N), np.float32)
+    gemm(a, True, packed(w, False, 1), plain, no_sums(a), 1)
+    for nthreads in (1, 2):
+        sums, out = start.copy(), np.zeros((M, N), np.float32)
+        gemm(a, True, packed(w, False, nthreads), out, sums, nthreads)
+        np.testing.assert_array_equal(sums, expected)
+        np.testing.assert_array_equal(out, plain)
+
+
+def test_row_sums_need_a_transposed_a(rng):
+    from charrnn.engine import packed as engine_packed, product
+
+    a, w = rng.standard_normal((4, 6)), rng.standard_normal((6, 3))
+    with pytest.raises(ValueError, match="transposed"):
+        product(np.zeros((4, 3)), a, False, engine_packed(w, False, 1), 1, row_sums=np.zeros(4))
 
 
 def test_packing_pads_with_zeros(rng):

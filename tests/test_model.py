@@ -139,6 +139,17 @@ def test_training_in_chunks_with_carried_state_equals_one_long_sequence(rng, cel
     np.testing.assert_allclose(chunk_grads.flat, whole_grads.flat, rtol=1e-11, atol=1e-13)
 
 
+def test_a_second_backward_without_a_forward_is_refused(rng):
+    """The LSTM's backward overwrites the activations its forward saved, so a second
+    backward would compute wrong gradients: it raises instead."""
+    cfg, params, net = make_network("lstm", rng)
+    ids = rng.integers(0, V, (T, B))
+    logits, _ = net.forward(ids, random_state(cfg, rng))
+    net.backward(logits, params.zeros_like())
+    with pytest.raises(RuntimeError, match="forward pass of its own"):
+        net.backward(logits, params.zeros_like())
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_a_model_overfits_a_short_string(cell):
     """Adam on one repeated 40-character string drives the loss near zero."""

@@ -123,16 +123,20 @@ def pack(bp, b, transpose, nthreads):
 
 
 @kernel
-def gemm_block(a, trans_a, bp, c, r0, r1, p0, p1, scratch, a_pack):
+def gemm_block(a, trans_a, bp, c, sums, r0, r1, p0, p1, scratch, a_pack):
     """c[r0:r1, panel columns p0..p1] += opA[r0:r1] @ B[:, same columns].
 
     a: (M, K), or (K, M) when trans_a; bp: B packed (npan, K, NR); c: (M, N).
+    sums: (0,), or with trans_a (M,): sums[r0:r1] += the sums of those rows of
+    opA, taken as A is packed (a bias gradient without a pass of its own). Each
+    block of A is packed once per call, so a caller asking for sums gives one
+    call all the panels (as gemm does).
     scratch: (MR, NR) for the last panel when N is not a multiple of NR.
     a_pack: (MC // MR, KC, MR) workspace: with trans_a, each block of A is copied
     there first, so that a tile reads contiguous memory instead of one cache line
     per k."""
     if trans_a:
-        _gemm_block_t(a, bp, c, r0, r1, p0, p1, scratch, a_pack)
+        _gemm_block_t(a, bp, c, sums, r0, r1, p0, p1, scratch, a_pack)
     else:
         gemm_block_n(a, bp, c, r0, r1, p0, p1, scratch)
 
@@ -163,15 +167,16 @@ def gemm_block_n(a, bp, c, r0, r1, p0, p1, scratch):
 
 
 @kernel
-def _gemm_block_t(a, bp, c, r0, r1, p0, p1, scratch, a_pack):
-    """gemm_block for opA = a.T, each block of A packed into a_pack first."""
+def _gemm_block_t(a, bp, c, sums, r0, r1, p0, p1, scratch, a_pack):
+    """gemm_block for opA = a.T, each block of A packed into a_pack first (and
+    summed into sums unless it is empty)."""
     K = bp.shape[1]
     N = c.shape[1]
     for k0 in range(0, K, KC):
         k1 = min(K, k0 + KC)
         for i0 in range(r0, r1, MC):
             i1 = min(r1, i0 + MC)
-            _pack_a_block(a_pack, a, i0, i1, k0, k1)
+            _pack_a_block(a_pack, a, sums, i0, i1, k0, k1)
             for p in range(p0, p1):
                 panel = bp[p, k0:k1]
                 cj = p * NR
@@ -197,9 +202,11 @@ def _add_tile(c, scratch, i, cj, rows, width):
 
 
 @kernel
-def _pack_a_block(a_pack, a, i0, i1, k0, k1):
+def _pack_a_block(a_pack, a, sums, i0, i1, k0, k1):
     """a_pack[s, k - k0, r] = a[k, i0 + MR*s + r], zero past i1: rows of opA = a.T.
-    Each row of a is read once, contiguously, across all strips."""
+    Each row of a is read once, contiguously, across all strips; unless sums is
+    empty, it is also added to sums[i0:i1] (row by row: the order of a plain
+    column sum)."""
     full = (i1 - i0) // MR
     strips = (i1 - i0 + MR - 1) // MR
     kc = a_pack.shape[1]
@@ -212,6 +219,10 @@ def _pack_a_block(a_pack, a, i0, i1, k0, k1):
             for r in range(MR):
                 i = MR * s + r
                 a_pack[s, kk, r] = row[i] if i < i1 - i0 else 0.0
+        if sums.shape[0] > 0:
+            acc = sums[i0:i1]
+            for j in range(i1 - i0):
+                acc[j] += row[j]
 
 
 @kernel
@@ -227,9 +238,10 @@ def gemm_workspaces(like):
 
 
 @parallel_kernel
-def gemm(a, trans_a, bp, c, nthreads):
+def gemm(a, trans_a, bp, c, sums, nthreads):
     """c += opA @ B with B packed in bp, split across nthreads threads: by rows of c
-    when it has many, else by panels."""
+    when it has many, else by panels. sums: (0,), or with trans_a (M,) to which the
+    row sums of opA are added (see gemm_block)."""
     M = c.shape[0]
     npan = bp.shape[0]
     # Transposed A is packed block by block: splitting by rows packs each block once.
@@ -239,8 +251,8 @@ def gemm(a, trans_a, bp, c, nthreads):
         scratch, a_pack = gemm_workspaces(c)
         if by_rows:
             r0, r1 = split(M, nthreads, t, MR)
-            gemm_block(a, trans_a, bp, c, r0, r1, 0, npan, scratch, a_pack)
+            gemm_block(a, trans_a, bp, c, sums, r0, r1, 0, npan, scratch, a_pack)
         else:
             p0, p1 = split(npan, nthreads, t, 1)
-            gemm_block(a, trans_a, bp, c, 0, M, p0, p1, scratch, a_pack)
+            gemm_block(a, trans_a, bp, c, sums, 0, M, p0, p1, scratch, a_pack)
 

@@ -71,36 +71,41 @@ def lstm_recurrence(hs, cs, acts, h0, c0, w_hh_t, nthreads):
 
 
 @kernel
-def lstm_cell_backward(da, dh, dc, dh_out, a, c, c_prev, u0, u1, tc, dct):
-    """Units u0..u1 of one step back.  da: (B, 4H) out, gradient w.r.t. the
-    pre-activations. dh: (B, H), gradient reaching h from the next step. dc: (B, H)
-    in: from the next step; out: w.r.t. c_prev. dh_out: (B, H) from the layer above.
-    a: (B, 4H) activations; c, c_prev: (B, H). tc, dct: (H,) workspaces."""
+def lstm_cell_backward(a, dh, dc, dh_out, c, c_prev, u0, u1, tc, dct):
+    """Units u0..u1 of one step back.  a: (B, 4H) in, the gate activations; out, the
+    gradient w.r.t. the pre-activations, in place: the activations are read for the
+    last time here, and rewriting lines already in cache saves the memory traffic
+    of a separate output. dh: (B, H), gradient reaching h from the next step.
+    dc: (B, H) in: from the next step; out: w.r.t. c_prev. dh_out: (B, H) from the
+    layer above. c, c_prev: (B, H). tc, dct: (H,) workspaces."""
     B, H = dh.shape
     n = u1 - u0
     one = a.dtype.type(1.0)
     for b in range(B):
-        ab, dab = a[b], da[b]
+        ab = a[b]
         i, f, g, o = ab[u0:u1], ab[H + u0:H + u1], ab[2 * H + u0:2 * H + u1], ab[3 * H + u0:3 * H + u1]
-        di, df, dg, do = dab[u0:u1], dab[H + u0:H + u1], dab[2 * H + u0:2 * H + u1], dab[3 * H + u0:3 * H + u1]
         cb, cp, dcb = c[b, u0:u1], c_prev[b, u0:u1], dc[b, u0:u1]
         dhb, dho = dh[b, u0:u1], dh_out[b, u0:u1]
         if b + 1 < B:
             _prefetch_row(a, c, c_prev, dh_out, b + 1, u0, u1)
+        # Each gate's gradient replaces the gate once nothing else needs it; the
+        # gradient of g, needed before i is replaced, waits in tc.
         for j in range(n):
             tc[j] = tanh(cb[j])
         for j in range(n):
             dct[j] = dcb[j] + (dhb[j] + dho[j]) * o[j] * (one - tc[j] * tc[j])
         for j in range(n):
-            do[j] = (dhb[j] + dho[j]) * tc[j] * o[j] * (one - o[j])
-        for j in range(n):
-            di[j] = dct[j] * g[j] * i[j] * (one - i[j])
-        for j in range(n):
-            df[j] = dct[j] * cp[j] * f[j] * (one - f[j])
-        for j in range(n):
-            dg[j] = dct[j] * i[j] * (one - g[j] * g[j])
+            o[j] = (dhb[j] + dho[j]) * tc[j] * o[j] * (one - o[j])
         for j in range(n):
             dcb[j] = dct[j] * f[j]
+        for j in range(n):
+            f[j] = dct[j] * cp[j] * f[j] * (one - f[j])
+        for j in range(n):
+            tc[j] = dct[j] * i[j] * (one - g[j] * g[j])
+        for j in range(n):
+            i[j] = dct[j] * g[j] * i[j] * (one - i[j])
+        for j in range(n):
+            g[j] = tc[j]
 
 
 @kernel
@@ -118,13 +123,14 @@ def _prefetch_row(a, c, c_prev, dh_out, b, u0, u1):
 
 
 @parallel_kernel
-def lstm_recurrence_backward(dacts, dh, dc, dhs, acts, cs, c0, w_hh, nthreads):
+def lstm_recurrence_backward(acts, dh, dc, dhs, cs, c0, w_hh, nthreads):
     """Backpropagation through the time loop of lstm_recurrence.
 
-    dacts: (T, B, 4H) out, gradient w.r.t. the pre-activations of every step.
+    acts: (T, B, 4H) in, the gate activations from lstm_recurrence; out, in their
+    place, the gradient w.r.t. the pre-activations of every step.
     dh, dc: (B, H) in, gradient w.r.t. the final state (zero when truncating);
     out, w.r.t. the initial state. dhs: (T, B, H) gradient w.r.t. hs from above.
-    acts, cs: from lstm_recurrence; c0: (B, H); w_hh packed (panels(H), 4H, NR)."""
+    cs: from lstm_recurrence; c0: (B, H); w_hh packed (panels(H), 4H, NR)."""
     T, B, H = dhs.shape
     npan = w_hh.shape[0]
     sync = np.zeros(BARRIER_SIZE, np.int64)
@@ -136,8 +142,8 @@ def lstm_recurrence_backward(dacts, dh, dc, dhs, acts, cs, c0, w_hh, nthreads):
         c_lo, c_hi = p0 * NR, min(H, p1 * NR)  # the columns of dh this thread's panels write
         for t in range(T - 1, -1, -1):
             c_prev = c0 if t == 0 else cs[t - 1]
-            lstm_cell_backward(dacts[t], dh, dc, dhs[t], acts[t], cs[t], c_prev, u0, u1, tc, dct)
+            lstm_cell_backward(acts[t], dh, dc, dhs[t], cs[t], c_prev, u0, u1, tc, dct)
             barrier(sync, nthreads)
             dh[:, c_lo:c_hi] = 0.0
-            gemm_block_n(dacts[t], w_hh, dh, 0, B, p0, p1, scratch)
+            gemm_block_n(acts[t], w_hh, dh, 0, B, p0, p1, scratch)
             barrier(sync, nthreads)
