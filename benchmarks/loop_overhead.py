@@ -10,6 +10,9 @@ take turns, --reps times each, and the report gives medians (min in brackets):
   backward loop     lstm_recurrence_backward, and its T products alone
   1-thread product  the same T products on one thread
 
+Resetting the inputs (acts, and for the backward loop the gate activations it
+overwrites) is not timed; before 653d62b the forward loop's time included that copy.
+
 loop - products is what the cell and the barriers cost. A wavefront (layer l at step t
 on one core beside layer l-1 at step t+1 on the other) would replace two split
 products by two single-thread ones running side by side: per pair of layers it saves

@@ -11,10 +11,12 @@ per step over --steps steps after --warmup, and each phase's share of the step
   products               whole-batch products: input sides above layer 0, decoder,
                          weight gradients of w_ih and the decoder, dy for the layer below
   w_hh gradients         recurrent_weight_gradients: w_hh and bias gradients over T*B rows
+                         (since 653d62b the bias sums are taken inside the products,
+                         and the decoder's bias gradient inside its product)
   packing                weights packed into panels after each Adam step
   loss                   softmax cross-entropy and its gradient
   optimiser              gradient norm and Adam
-  other                  the rest (gathers, scatters, column sums, Python)
+  other                  the rest (gathers, scatters, the GRU's b_ih sums, Python)
 """
 
 from __future__ import annotations

@@ -50,6 +50,8 @@ def product(out: np.ndarray, a: np.ndarray, trans_a: bool, b_packed: np.ndarray,
         row_sums = np.empty(0, out.dtype)
     elif not trans_a:
         raise ValueError("row_sums come with the packing of a transposed A only")
+    elif row_sums.shape != (out.shape[0],):  # the kernels do not check bounds
+        raise ValueError(f"row_sums has shape {row_sums.shape}, not ({out.shape[0]},)")
     gemm(a, trans_a, b_packed, out, row_sums, nthreads)
 
 
@@ -211,7 +213,9 @@ def layer_backward(cell: str, buf: LayerBuffers, ws: Workspace, layer: PackedLay
     """Backpropagation through one layer's time loop. dhs: (T, B, H) gradient w.r.t.
     the layer's hidden states; dh, dc: (B, H) in, w.r.t. the final state; out, w.r.t.
     the initial state. Returns the gradients w.r.t. the input-side and recurrent-side
-    pre-activations, (T, B, G*H) each (the same array but for the GRU)."""
+    pre-activations, (T, B, G*H) each (the same array but for the GRU). For the LSTM
+    that array is buf.acts: the gradients replace the saved activations, so a layer
+    takes one backward per forward."""
     from charrnn.kernels.gru import gru_recurrence_backward
     from charrnn.kernels.lstm import lstm_recurrence_backward
     from charrnn.kernels.rnn import rnn_recurrence_backward

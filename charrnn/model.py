@@ -175,7 +175,7 @@ class Network:
         self.params = params
         self._workspaces: dict[tuple, object] = {}
         self._packed = None
-        self._last = None  # (workspace, ids, dropout used) of the last forward, for backward
+        self._last = None  # (workspace, ids, dropout used) of the last forward, for backward (which clears it)
 
     def _workspace(self, T: int, B: int, dropout: bool):
         from charrnn.engine import Workspace

@@ -72,12 +72,15 @@ def test_row_sums_of_transposed_a_are_added_in_the_order_of_a_column_sum(rng, sh
         np.testing.assert_array_equal(out, plain)
 
 
-def test_row_sums_need_a_transposed_a(rng):
+def test_row_sums_need_a_transposed_a_and_one_entry_per_row(rng):
     from charrnn.engine import packed as engine_packed, product
 
     a, w = rng.standard_normal((4, 6)), rng.standard_normal((6, 3))
     with pytest.raises(ValueError, match="transposed"):
         product(np.zeros((4, 3)), a, False, engine_packed(w, False, 1), 1, row_sums=np.zeros(4))
+    with pytest.raises(ValueError, match="shape"):  # the kernel would write past its end
+        product(np.zeros((6, 3)), a, True, engine_packed(rng.standard_normal((4, 3)), False, 1), 1,
+                row_sums=np.zeros(4))
 
 
 def test_packing_pads_with_zeros(rng):

@@ -244,7 +244,8 @@ def gemm(a, trans_a, bp, c, sums, nthreads):
     row sums of opA are added (see gemm_block)."""
     M = c.shape[0]
     npan = bp.shape[0]
-    # Transposed A is packed block by block: splitting by rows packs each block once.
+    # Transposed A is packed block by block: splitting by rows packs each block once,
+    # which the row sums rely on (split by panels, every thread would add them).
     # Many rows split evenly; a few panels may not (11 panels: 6 against 5).
     by_rows = trans_a or M >= 256 or (M >= 4 * MR * nthreads and npan < 4 * nthreads)
     for t in prange(nthreads):
