@@ -44,6 +44,23 @@ def test_product_matches_numpy(rng, dtype, tol, trans_a, trans_b, shape):
     np.testing.assert_array_equal(results[0], results[1])
 
 
+@pytest.mark.parametrize("n", [2 * NR, 3 * NR, 7 * NR, 8 * NR + 8, 10 * NR + 13])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_a_row_alone_is_bitwise_that_row_of_the_batch(rng, n, nthreads):
+    # A row alone takes the last partial panel in scratch, in the batch a 4-row group
+    # takes it in a narrow tile; each element's sum must run in the same order either
+    # way, so that a stream sampled alone equals the same stream sampled among others.
+    a = rng.standard_normal((6, 700)).astype(np.float32)  # K > KC: the batch sums in k blocks
+    bp = packed(rng.standard_normal((700, n)).astype(np.float32), False, nthreads)
+    c = rng.standard_normal((6, n)).astype(np.float32)
+    batch = c.copy()
+    gemm(a, False, bp, batch, no_sums(a), nthreads)
+    for i in range(6):
+        row = c[i:i + 1].copy()
+        gemm(a[i:i + 1], False, bp, row, no_sums(a), nthreads)
+        np.testing.assert_array_equal(row[0], batch[i])
+
+
 def test_views_with_row_strides(rng):
     a = rng.standard_normal((5, 40))[:, 3:23]  # rows of a wider array
     w = rng.standard_normal((20, 30))

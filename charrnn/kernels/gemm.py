@@ -5,9 +5,10 @@ p*NR .. p*NR+NR-1, zero-padded, so a tile's B rows are contiguous. Weights are
 packed once per optimiser step and read every time step; activations are packed
 when they are the B of a weight-gradient product.
 
-Every product accumulates, C += opA @ B, and each element of C is summed in the
-same order whichever thread computes it, so the result does not depend on the
-number of threads.
+Every product accumulates, C += opA @ B, and each element of C is one chain of
+multiply-adds onto its old value, in the order of k, whichever thread and whichever
+tile computes it: the result depends neither on the number of threads nor on the
+other rows of A (a stream sampled alone equals it sampled in a batch).
 """
 
 import numpy as np
@@ -161,9 +162,9 @@ def gemm_block_n(a, bp, c, r0, r1, p0, p1, scratch):
                     if width == cols:
                         _tile_n(rows, cols, a, i, panel, c, i, cj, k0, k1)
                     else:
-                        scratch[:] = 0.0
+                        _load_tile(scratch, c, i, cj, rows, width)
                         _tile_n(rows, cols, a, i, panel, scratch, 0, 0, k0, k1)
-                        _add_tile(c, scratch, i, cj, rows, width)
+                        _store_tile(c, scratch, i, cj, rows, width)
 
 
 @kernel
@@ -189,16 +190,27 @@ def _gemm_block_t(a, bp, c, sums, r0, r1, p0, p1, scratch, a_pack):
                     if width == cols:
                         _tile_t(rows, cols, strip, panel, c, i, cj, k1 - k0)
                     else:
-                        scratch[:] = 0.0
+                        _load_tile(scratch, c, i, cj, rows, width)
                         _tile_t(rows, cols, strip, panel, scratch, 0, 0, k1 - k0)
-                        _add_tile(c, scratch, i, cj, rows, width)
+                        _store_tile(c, scratch, i, cj, rows, width)
 
 
 @kernel
-def _add_tile(c, scratch, i, cj, rows, width):
+def _load_tile(scratch, c, i, cj, rows, width):
+    """scratch (MR, NR) = c[i:i+rows, cj:cj+width], zeros around it. A tile computed
+    there continues each element's own sum, as a tile computed in c would: a row's
+    result does not depend on the tile it falls in (a narrow tile in c, or scratch)."""
+    scratch[:] = 0.0
     for r in range(rows):
         for j in range(width):
-            c[i + r, cj + j] += scratch[r, j]
+            scratch[r, j] = c[i + r, cj + j]
+
+
+@kernel
+def _store_tile(c, scratch, i, cj, rows, width):
+    for r in range(rows):
+        for j in range(width):
+            c[i + r, cj + j] = scratch[r, j]
 
 
 @kernel
