@@ -11,7 +11,8 @@ from charrnn.kernels.simd import MR, NR
 SHAPES = [(3, 5, 7), (1, 17, 40), (13, 30, 65), (9, 300, 24), (6, 0, 3), (50, 64, 100),
           (5, 1100, 30),  # K > KC: several blocks of k
           (150, 20, 30),  # M > MC per thread: several blocks of rows, the last a partial tile
-          (7, 33, 32), (5, 9, 37)]  # a last panel of 8 columns (8-wide tile into C), of 13 (16-wide, scratch)
+          (7, 33, 32), (5, 9, 37),  # a last panel of 8 columns (8-wide tile into C), of 13 (16-wide, scratch)
+          (1, 600, 7 * NR + 5)]  # one row: wide tiles over 7 whole panels, then a partial one
 
 
 def packed(w, transpose, nthreads):
@@ -47,9 +48,10 @@ def test_product_matches_numpy(rng, dtype, tol, trans_a, trans_b, shape):
 @pytest.mark.parametrize("n", [2 * NR, 3 * NR, 7 * NR, 8 * NR + 8, 10 * NR + 13])
 @pytest.mark.parametrize("nthreads", [1, 2])
 def test_a_row_alone_is_bitwise_that_row_of_the_batch(rng, n, nthreads):
-    # A row alone takes the last partial panel in scratch, in the batch a 4-row group
-    # takes it in a narrow tile; each element's sum must run in the same order either
-    # way, so that a stream sampled alone equals the same stream sampled among others.
+    # A row alone takes wide tiles over ROW_SPAN whole panels and the last partial
+    # panel in scratch; in the batch a 4-row group takes them in 4-row tiles and a
+    # narrow tile. Each element's sum must run in the same order either way, so that
+    # a stream sampled alone equals the same stream sampled among others.
     a = rng.standard_normal((6, 700)).astype(np.float32)  # K > KC: the batch sums in k blocks
     bp = packed(rng.standard_normal((700, n)).astype(np.float32), False, nthreads)
     c = rng.standard_normal((6, n)).astype(np.float32)

@@ -25,6 +25,9 @@ _N1, _N2, _N3, _N4 = (make_tile(m, False) for m in range(1, 5))
 # Narrow tiles come with MR rows only: a last panel's rare partial row tile takes the
 # full-width tile into scratch, and each variant less saves compile time everywhere.
 _N4m, _N4s = make_tile(MR, False, 2 * NARROW), make_tile(MR, False, NARROW)
+# One row of A against ROW_SPAN panels at once: the products of batch-1 sampling.
+ROW_SPAN = 3
+_N1w = make_tile(1, False, NR, ROW_SPAN)
 _T1, _T2, _T3, _T4 = (make_tile(m, True) for m in range(1, 5))
 _T4m, _T4s = make_tile(MR, True, 2 * NARROW), make_tile(MR, True, NARROW)
 
@@ -148,6 +151,15 @@ def gemm_block_n(a, bp, c, r0, r1, p0, p1, scratch):
     half the tile variants)."""
     K = bp.shape[1]
     N = c.shape[1]
+    if r1 - r0 == 1:
+        # One row streams each weight once: wide tiles over whole panels; the k blocks
+        # serve no cache here, and each element's sum runs in the same order without them.
+        full = max(p0, min(p1, N // NR))
+        for p in range(p0, full - ROW_SPAN + 1, ROW_SPAN):
+            _N1w(a, r0, bp[p], c, r0, p * NR, 0, K)
+        for p in range(full - (full - p0) % ROW_SPAN, full):
+            _N1(a, r0, bp[p], c, r0, p * NR, 0, K)
+        p0 = full  # the last panel, if partial, takes the general path
     for k0 in range(0, K, KC):
         k1 = min(K, k0 + KC)
         for i0 in range(r0, r1, MC):

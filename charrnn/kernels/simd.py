@@ -33,14 +33,21 @@ def _float_type(dtype):
     raise TypeError(f"tile kernels support float32 and float64, not {dtype}")
 
 
-def make_tile(rows: int, trans_a: bool, cols: int = NR):
+def make_tile(rows: int, trans_a: bool, cols: int = NR, span: int = 1):
     """A kernel C[c0:c0+rows, cj:cj+cols] += opA[a0:a0+rows, k0:k1] @ Bp[k0:k1, :cols].
 
     opA[i, k] is A[i, k], or A[k, i] when trans_a. A, Bp and C are 2-D arrays of
     one float dtype whose last axis is contiguous; Bp is a packed panel (K, NR).
     cols is one of TILE_WIDTHS. No bounds checks: the caller keeps the tile inside
-    the arrays."""
-    assert cols in TILE_WIDTHS
+    the arrays.
+
+    span > 1 (with cols = NR): the tile covers span consecutive panels, span * NR
+    columns of C. Bp must then be a whole panel bp[p] of a packed array (npan, K, NR)
+    with p + span <= npan: the next panels follow it in memory. A one-row tile has
+    only three multiply-add chains, too few to hide the multiply-add's latency; more
+    panels give it more chains, while each element of C keeps its own chain, in the
+    same order (the result is bitwise that of span one-panel tiles)."""
+    assert cols in TILE_WIDTHS and (span == 1 or cols == NR)
 
     @intrinsic
     def tile(typingctx, a, a0, bp, c, c0, cj, k0, k1):
@@ -70,9 +77,14 @@ def make_tile(rows: int, trans_a: bool, cols: int = NR):
 
             # Accumulators start from C; allocas become registers after mem2reg.
             accumulators = []
+            width = nvec * span  # vectors per row of the tile
+            panel_size = builder.mul(cgutils.unpack_tuple(builder, arrays[1].shape, 2)[0], ldb)
+            # Where vector v of a row of B starts, from the start of that row in the first panel.
+            b_offsets = [builder.add(builder.mul(panel_size, i64(v // nvec)), i64(lanes * (v % nvec)))
+                         for v in range(width)]
             for r in range(rows):
                 row = builder.mul(builder.add(c0_, i64(r)), ldc)
-                for v in range(nvec):
+                for v in range(width):
                     ptr = vector_at(pc, builder.add(row, builder.add(cj_, i64(lanes * v))))
                     slot = cgutils.alloca_once(builder, vty)
                     builder.store(builder.load(ptr, align=itemsize), slot)
@@ -81,8 +93,8 @@ def make_tile(rows: int, trans_a: bool, cols: int = NR):
             with cgutils.for_range(builder, builder.sub(k1_, k0_)) as loop:
                 k = builder.add(loop.index, k0_)
                 brow = builder.mul(k, ldb)
-                bvecs = [builder.load(vector_at(pb, builder.add(brow, i64(lanes * v))), align=itemsize)
-                         for v in range(nvec)]
+                bvecs = [builder.load(vector_at(pb, builder.add(brow, offset)), align=itemsize)
+                         for offset in b_offsets]
                 for r in range(rows):
                     i = builder.add(a0_, i64(r))
                     offset = builder.add(builder.mul(k, lda), i) if trans_a else builder.add(builder.mul(i, lda), k)
@@ -90,8 +102,8 @@ def make_tile(rows: int, trans_a: bool, cols: int = NR):
                     broadcast = builder.shuffle_vector(
                         builder.insert_element(ir.Constant(vty, None), scalar, i64(0)),
                         ir.Constant(vty, None), zero_mask)
-                    for v in range(nvec):
-                        slot, _ = accumulators[r * nvec + v]
+                    for v in range(width):
+                        slot, _ = accumulators[r * width + v]
                         builder.store(builder.call(fma, [broadcast, bvecs[v], builder.load(slot)]), slot)
             for slot, ptr in accumulators:
                 builder.store(builder.load(slot), ptr, align=itemsize)
@@ -99,7 +111,7 @@ def make_tile(rows: int, trans_a: bool, cols: int = NR):
 
         return sig, codegen
 
-    tile.__name__ = f"tile_{'t' if trans_a else 'n'}{rows}x{cols}"
+    tile.__name__ = f"tile_{'t' if trans_a else 'n'}{rows}x{cols * span}"
     return tile
 
 
