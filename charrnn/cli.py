@@ -8,6 +8,7 @@ import functools
 import json
 import os
 import re
+import signal
 import sys
 
 import click
@@ -60,6 +61,12 @@ class StepsOrDuration(Duration):
 # What to try when a command runs out of memory.
 MEMORY_HINTS = {"train": "try a smaller model, --batch-size or --seq-len", "sample": "try a smaller --length or --num-samples",
                 "evaluate": "try a shorter text"}
+
+
+def _signal_status(signum) -> int:
+    """The status a shell gives a command its signal ended: 128 + the signal, 130 for
+    Ctrl-C (also when no signal is known), 143 for SIGTERM."""
+    return 128 + int(signum or signal.SIGINT)
 
 
 def user_errors(func):
@@ -185,18 +192,19 @@ def train(corpus, out_dir, vocab_path, cell, layers, hidden, embed, dropout, bat
                       resume=resume, overwrite=overwrite, progress=not quiet)
     try:
         summary = trainer.run()
-    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-step or mid-write
+    except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: stopped at once, mid-step or mid-write
         err(f"interrupted; the files in {out_dir} are complete, as of the last save")
-        sys.exit(130)
+        sys.exit(_signal_status(trainer.stop_signal))
     best = summary["best_val_loss"]
     best_text = "n/a" if best is None else f"{best:.4f} nats/char (step {summary['best_step']})"
     if summary["interrupted"]:
+        how = "terminated (SIGTERM)" if summary["signal"] == signal.SIGTERM else "interrupted"
         if summary["trained"]:
-            err(f"interrupted at step {summary['step']}; saved {summary['last']} "
+            err(f"{how} at step {summary['step']}; saved {summary['last']} "
                 f"(best.safetensors untouched); continue with --resume {summary['last']}")
         else:
-            err(f"interrupted at step {summary['step']} before any training step; nothing was written")
-        sys.exit(130)
+            err(f"{how} at step {summary['step']} before any training step; nothing was written")
+        sys.exit(_signal_status(summary["signal"]))
     err(f"done: {summary['step']} steps in {summary['elapsed']:.0f}s; best validation loss {best_text}; "
         f"saved {summary['last']} and {summary['best']}")
 

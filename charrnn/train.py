@@ -217,6 +217,7 @@ class Trainer:
             self.grads = self.params.zeros_like()
         self.metrics = self._load_metrics()
         self.interrupted = False
+        self.stop_signal = None  # the signal that interrupted the run: SIGINT (Ctrl-C) or SIGTERM
         self.noted_eval_cost = False  # the slow-validation note is said once a run
 
     # ----- set-up -------------------------------------------------------------
@@ -477,7 +478,7 @@ class Trainer:
         save_checkpoint(self.out_dir / "last.safetensors", ckpt)
 
     def save_interrupted(self, carry) -> None:
-        """On Ctrl-C: last.safetensors only, without the (slow) validation; best and
+        """On Ctrl-C or SIGTERM: last.safetensors only, without the (slow) validation; best and
         metrics stay as they are."""
         self.state["val_loss"] = None  # these weights have not been validated
         self.save(carry, improved=False)
@@ -517,13 +518,18 @@ class Trainer:
 
     # ----- the loop -------------------------------------------------------------
 
-    def _on_sigint(self, signum, frame):
-        if self.interrupted:  # a second Ctrl-C stops at once
+    # Ctrl-C, and SIGTERM (what kill, timeout and job schedulers send), end the run after
+    # the current step with last.safetensors saved; a second one stops at once.
+    STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def _on_stop_signal(self, signum, frame):
+        if self.interrupted:
             raise KeyboardInterrupt
         self.interrupted = True
+        self.stop_signal = signum
 
     def run(self) -> dict:
-        """Train until the budget is spent or Ctrl-C. Returns a summary."""
+        """Train until the budget is spent, Ctrl-C or SIGTERM. Returns a summary."""
         from tqdm import tqdm
 
         t = self.tcfg
@@ -537,11 +543,12 @@ class Trainer:
         state = self.carry if self.carry is not None else RecurrentState.zeros(self.cfg, t.batch_size)
         if state.h.shape[1] != t.batch_size:
             state = RecurrentState.zeros(self.cfg, t.batch_size)
-        previous = signal.getsignal(signal.SIGINT)
+        previous = {signum: signal.getsignal(signum) for signum in self.STOP_SIGNALS}
         try:
-            signal.signal(signal.SIGINT, self._on_sigint)
-        except ValueError:  # not the main thread: Ctrl-C cannot reach us anyway
-            previous = None
+            for signum in self.STOP_SIGNALS:
+                signal.signal(signum, self._on_stop_signal)
+        except ValueError:  # not the main thread: signals cannot reach us anyway
+            previous = {}
         start = time.perf_counter() - self.state["elapsed"]
         bar = tqdm(total=t.max_steps, initial=self.step, file=sys.stderr, unit="step",
                    disable=not self.progress, dynamic_ncols=True, leave=False)
@@ -579,8 +586,8 @@ class Trainer:
                     self.record_evaluation(state, train_loss, self.state["elapsed"], rate)
         finally:
             bar.close()
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         return self.summary()
 
     def _note_evaluation_cost(self, seconds: float, train_seconds: float) -> None:
@@ -618,5 +625,6 @@ class Trainer:
         return {"step": self.step, "val_loss": self.state.get("val_loss"),
                 "best_val_loss": self.state.get("best_val_loss"), "best_step": self.state.get("best_step"),
                 "elapsed": self.state["elapsed"], "interrupted": self.interrupted,
+                "signal": self.stop_signal,
                 "trained": self.step != self.start_step,
                 "last": str(self.out_dir / "last.safetensors"), "best": str(self.out_dir / "best.safetensors")}

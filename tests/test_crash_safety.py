@@ -1,6 +1,6 @@
 """Real signals to a real `python -m charrnn train`: SIGKILL at random moments while it
 rewrites its files at every step never leaves a file that does not load, and SIGINT
-saves last.safetensors and exits with status 130."""
+or SIGTERM saves last.safetensors and exits with status 130 or 143."""
 
 import json
 import random
@@ -87,21 +87,23 @@ def test_sigkill_at_random_moments_leaves_loadable_files(corpus, tmp_path):
     assert [p.name for p in out.iterdir() if p.name.endswith(".tmp")] == []
 
 
-def test_sigint_saves_last_and_exits_130(corpus, tmp_path):
+@pytest.mark.parametrize("signum,status,said", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_sigint_or_sigterm_saves_last_and_exits_128_plus_the_signal(corpus, tmp_path, signum, status, said):
     out = tmp_path / "run"
     started = time.time()
     proc = train(corpus, out, *TINY, "--max-steps", "100000")
     try:
         wait_for_a_write(proc, out / "last.safetensors", after=started)
         time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, stderr
-    assert "interrupted at step" in stderr and f"saved {out / 'last.safetensors'}" in stderr
+    assert proc.returncode == status, stderr
+    assert f"{said} at step" in stderr and f"saved {out / 'last.safetensors'}" in stderr
     assert "Traceback" not in stderr
     step = check_run_directory(out)
-    assert f"interrupted at step {step};" in stderr
+    assert f"{said} at step {step};" in stderr
