@@ -166,7 +166,7 @@ def vocab(corpus, output):
               help="Added to the LSTM's forget-gate biases at initialisation (new runs only).")
 @click.option("--resume", type=click.Path(), help="Continue training from this checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Start a new run even if --out already holds one.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
 @user_errors
 def train(corpus, out_dir, vocab_path, cell, layers, hidden, embed, dropout, batch_size, seq_len, lr,
           lr_schedule, warmup_steps, min_lr_frac, grad_clip, val_frac, eval_every, max_steps, max_epochs,

@@ -550,8 +550,10 @@ class Trainer:
         except ValueError:  # not the main thread: signals cannot reach us anyway
             previous = {}
         start = time.perf_counter() - self.state["elapsed"]
+        # disable=None: no bar when stderr is not a terminal, where its redraws would
+        # fill a log file with one line per refresh.
         bar = tqdm(total=t.max_steps, initial=self.step, file=sys.stderr, unit="step",
-                   disable=not self.progress, dynamic_ncols=True, leave=False)
+                   disable=None if self.progress else True, dynamic_ncols=True, leave=False)
         losses, timed_chars, timed_seconds = [], 0, 0.0
         self.start_step = self.step
         saved_step = self.step if self.resumed else None  # the step last.safetensors holds

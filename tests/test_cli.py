@@ -65,6 +65,14 @@ def test_train_writes_the_run_directory(trained):
     assert {"last.safetensors", "best.safetensors", "metrics.jsonl"} <= names
 
 
+def test_no_progress_bar_when_stderr_is_not_a_terminal(runner, corpus, tmp_path):
+    args = [a for a in TINY if a != "-q"]
+    result = runner.invoke(cli, ["train", str(corpus), "--out", str(tmp_path / "run"), *args])
+    assert result.exit_code == 0, result.output
+    assert "\r" not in result.stderr and "step/s" not in result.stderr and "s/step" not in result.stderr
+    assert "step 10: train loss" in result.stderr  # the log lines still come
+
+
 def test_train_with_a_vocab_file(runner, corpus, tmp_path):
     vocab = tmp_path / "v.json"
     runner.invoke(cli, ["vocab", str(corpus), "-o", str(vocab)])
