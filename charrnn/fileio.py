@@ -58,6 +58,35 @@ def remove_stale_temp_files(directory: str | os.PathLike, names) -> list[Path]:
     return removed
 
 
+def lock_directory(directory: str | os.PathLike, busy: str) -> int | None:
+    """Take an exclusive lock on directory, or raise CharrnnError(busy) if another open
+    descriptor holds it (another process, or another object of this one). The lock is
+    flock(2) on the directory itself, so it leaves no file behind, and the kernel drops
+    it when the process ends, however it ends: a killed run leaves no stale lock.
+    Returns the descriptor to give unlock_directory; None where there is no flock
+    (Windows), and then nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError as e:
+        raise CharrnnError(f"cannot open {directory}: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise CharrnnError(busy) from None
+    return fd
+
+
+def unlock_directory(fd: int | None) -> None:
+    """Release a lock_directory lock (closing its descriptor drops it)."""
+    if fd is not None:
+        os.close(fd)
+
+
 def _set_mode(fd: int, path: Path) -> None:
     """Give the temporary file (created 0600) the mode the file would have had from a
     plain open(): the old file's mode when replacing one, else 0666 less the umask."""

@@ -18,7 +18,7 @@ from charrnn.checkpoint import Checkpoint, load_checkpoint, read_metadata, save_
 from charrnn.data import Batches, check_text_file, load_ids, scan_vocab, split_train_val
 from charrnn.errors import CharrnnError
 from charrnn.evaluate import score_ids
-from charrnn.fileio import atomic_write_text, remove_stale_temp_files
+from charrnn.fileio import atomic_write_text, lock_directory, remove_stale_temp_files, unlock_directory
 from charrnn.model import GATES, ModelConfig, Network, ParamBuffer, RecurrentState, init_params, parameter_shapes
 from charrnn.vocab import UnknownCharactersError, Vocab, describe_chars
 
@@ -252,8 +252,19 @@ class Trainer:
             probe.unlink()
         except OSError as e:
             raise CharrnnError(f"--out {out} is not writable: {e.strerror or e}") from None
-        # What a killed run left half-written: never renamed, so never needed.
-        remove_stale_temp_files(out, RUN_FILES)
+        # What a killed run left half-written: never renamed, so never needed; but a
+        # run going on in this directory is writing them, so not while one does.
+        lock = self._lock_out_dir()
+        try:
+            remove_stale_temp_files(out, RUN_FILES)
+        finally:
+            unlock_directory(lock)
+
+    def _lock_out_dir(self):
+        """Lock --out for this process (see fileio.lock_directory), or refuse: two runs
+        writing one directory would interleave their checkpoints and metrics."""
+        return lock_directory(self.out_dir, f"another charrnn train is writing to {self.out_dir}; "
+                                            f"wait for it to end, or give another --out")
 
     def _setup_fresh(self, given_model, given_train, vocab_path):
         self.tcfg = TrainConfig(**given_train)
@@ -530,8 +541,6 @@ class Trainer:
 
     def run(self) -> dict:
         """Train until the budget is spent, Ctrl-C or SIGTERM. Returns a summary."""
-        from tqdm import tqdm
-
         t = self.tcfg
         if t.max_steps is None and t.max_epochs is None and t.max_time is None:
             raise CharrnnError("no training budget: give --max-steps, --max-epochs or --max-time")
@@ -539,6 +548,17 @@ class Trainer:
         if self.resumed and spent:
             raise CharrnnError(f"nothing to do: the checkpoint is at step {self.step}, which already meets "
                                f"{spent}; give a larger --max-steps, --max-epochs or --max-time")
+        lock = self._lock_out_dir()
+        try:
+            return self._run()
+        finally:
+            unlock_directory(lock)
+
+    def _run(self) -> dict:
+        """run() once --out is locked."""
+        from tqdm import tqdm
+
+        t = self.tcfg
         self.log(self.describe())
         state = self.carry if self.carry is not None else RecurrentState.zeros(self.cfg, t.batch_size)
         if state.h.shape[1] != t.batch_size:

@@ -1,6 +1,7 @@
 """Real signals to a real `python -m charrnn train`: SIGKILL at random moments while it
 rewrites its files at every step never leaves a file that does not load, and SIGINT
-or SIGTERM saves last.safetensors and exits with status 130 or 143."""
+or SIGTERM saves last.safetensors and exits with status 130 or 143; a second train on
+the same --out is refused while the first runs."""
 
 import json
 import random
@@ -107,3 +108,26 @@ def test_sigint_or_sigterm_saves_last_and_exits_128_plus_the_signal(corpus, tmp_
     assert "Traceback" not in stderr
     step = check_run_directory(out)
     assert f"{said} at step {step};" in stderr
+
+
+def test_a_second_train_on_the_same_out_is_refused_while_the_first_runs(corpus, tmp_path):
+    out = tmp_path / "run"
+    started = time.time()
+    first = train(corpus, out, *TINY, "--max-steps", "100000")
+    try:
+        wait_for_a_write(first, out / "last.safetensors", after=started)
+        second = subprocess.run([sys.executable, "-m", "charrnn", "train", str(corpus), "--out", str(out),
+                                 *TINY, "--max-steps", "5", "--overwrite"],
+                                capture_output=True, text=True, timeout=STARTUP_TIMEOUT)
+        assert first.poll() is None  # the first run goes on
+        first.send_signal(signal.SIGINT)
+        _, stderr = first.communicate(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert second.stderr.strip() == f"Error: another charrnn train is writing to {out}; " \
+                                    f"wait for it to end, or give another --out"
+    assert first.returncode == 130, stderr
+    check_run_directory(out)

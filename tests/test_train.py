@@ -386,3 +386,23 @@ def test_slow_validation_is_noted_once_and_only_when_it_takes_a_large_share(corp
     assert "took 10s, against 20s of training" in capsys.readouterr().err
     trainer._note_evaluation_cost(10.0, 20.0)
     assert capsys.readouterr().err == ""
+
+
+def test_a_second_trainer_on_a_busy_directory_is_refused_until_the_first_ends(corpus, tmp_path):
+    first = Trainer(corpus, tmp_path, TINY_MODEL, dict(TINY_TRAIN, max_steps=20), progress=False)
+    original, refusals = first.train_step, []
+
+    def train_step(state, elapsed):
+        if first.step == 15:  # its files are on disk, and it is still running
+            before = files_of(tmp_path)
+            with pytest.raises(CharrnnError, match="another charrnn train is writing to"):
+                Trainer(corpus, tmp_path, TINY_MODEL, dict(TINY_TRAIN, max_steps=10), overwrite=True,
+                        progress=False).run()
+            assert files_of(tmp_path) == before  # its stale-file sweep waited too
+            refusals.append(first.step)
+        return original(state, elapsed)
+
+    first.train_step = train_step
+    first.run()
+    assert refusals == [15]
+    run(corpus, tmp_path, 30, resume=tmp_path / "last.safetensors")  # free again once the run ended
