@@ -46,6 +46,8 @@ def product(out: np.ndarray, a: np.ndarray, trans_a: bool, b_packed: np.ndarray,
             row_sums: np.ndarray | None = None) -> None:
     """out += op(a) @ B, B packed (see packed); with trans_a, also row_sums += the
     row sums of op(a) (the column sums of a), if given."""
+    if not b_packed.flags.c_contiguous:  # a row alone reads several panels as one (gemm_block_n)
+        raise ValueError("b_packed must be a whole packed array (C-contiguous), as packed() returns")
     if row_sums is None:
         row_sums = np.empty(0, out.dtype)
     elif not trans_a:

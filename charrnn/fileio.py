@@ -64,7 +64,8 @@ def lock_directory(directory: str | os.PathLike, busy: str) -> int | None:
     flock(2) on the directory itself, so it leaves no file behind, and the kernel drops
     it when the process ends, however it ends: a killed run leaves no stale lock.
     Returns the descriptor to give unlock_directory; None where there is no flock
-    (Windows), and then nothing is locked."""
+    (Windows) or the file system refuses it for a directory (NFS may: its emulation
+    wants a file open for writing), and then nothing is locked."""
     try:
         import fcntl
     except ImportError:
@@ -75,9 +76,12 @@ def lock_directory(directory: str | os.PathLike, busy: str) -> int | None:
         raise CharrnnError(f"cannot open {directory}: {e.strerror or e}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except BlockingIOError:  # held by someone else
         os.close(fd)
         raise CharrnnError(busy) from None
+    except OSError:  # no lock here; better unguarded than refusing every run
+        os.close(fd)
+        return None
     return fd
 
 

@@ -201,6 +201,7 @@ class Trainer:
         self.progress = progress
         self.resumed = resume is not None
         self._check_out_dir(resume, overwrite)
+        self._seen_run_files = self._run_files_state()
         if resume is not None:
             self._setup_resume(resume, given_model, given_train, vocab_path, overwrite)
         else:
@@ -265,6 +266,17 @@ class Trainer:
         writing one directory would interleave their checkpoints and metrics."""
         return lock_directory(self.out_dir, f"another charrnn train is writing to {self.out_dir}; "
                                             f"wait for it to end, or give another --out")
+
+    def _run_files_state(self):
+        """What this run's files in --out are now: (name, mtime, size) or None for each."""
+        state = []
+        for name in RUN_FILES:
+            try:
+                st = (self.out_dir / name).stat()
+                state.append((name, st.st_mtime_ns, st.st_size))
+            except OSError:
+                state.append(None)
+        return tuple(state)
 
     def _setup_fresh(self, given_model, given_train, vocab_path):
         self.tcfg = TrainConfig(**given_train)
@@ -534,10 +546,11 @@ class Trainer:
     STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def _on_stop_signal(self, signum, frame):
-        if self.interrupted:
-            raise KeyboardInterrupt
+        first = not self.interrupted
         self.interrupted = True
-        self.stop_signal = signum
+        self.stop_signal = signum  # the last one is what the exit status reports
+        if not first:
+            raise KeyboardInterrupt
 
     def run(self) -> dict:
         """Train until the budget is spent, Ctrl-C or SIGTERM. Returns a summary."""
@@ -550,6 +563,11 @@ class Trainer:
                                f"{spent}; give a larger --max-steps, --max-epochs or --max-time")
         lock = self._lock_out_dir()
         try:
+            # The checks of --out and what was read from it (a resumed checkpoint, the
+            # metrics) hold only if no other run wrote there since this one was set up.
+            if self._run_files_state() != self._seen_run_files:
+                raise CharrnnError(f"another charrnn train wrote to {self.out_dir} after this one was set up; "
+                                   f"start this one again")
             return self._run()
         finally:
             unlock_directory(lock)
@@ -607,9 +625,10 @@ class Trainer:
                     train_loss = float(np.mean(losses)) if losses else None
                     self.record_evaluation(state, train_loss, self.state["elapsed"], rate)
         finally:
-            bar.close()
             for signum, handler in previous.items():
-                signal.signal(signum, handler)
+                if handler is not None:  # None: set from outside Python, which Python cannot restore
+                    signal.signal(signum, handler)
+            bar.close()
         return self.summary()
 
     def _note_evaluation_cost(self, seconds: float, train_seconds: float) -> None:

@@ -58,3 +58,30 @@ def test_stale_temporaries_of_the_named_files_are_removed_and_nothing_else(tmp_p
 def test_unwritable_target_is_a_one_line_error(tmp_path):
     with pytest.raises(CharrnnError, match="cannot write .*missing"):
         atomic_write_bytes(tmp_path / "missing" / "f", b"x")
+
+
+fcntl = pytest.importorskip("fcntl")  # the lock exists where flock does
+
+
+def test_a_directory_lock_is_exclusive_until_released_and_leaves_no_file(tmp_path):
+    from charrnn.fileio import lock_directory, unlock_directory
+
+    held = lock_directory(tmp_path, "busy")
+    assert held is not None
+    with pytest.raises(CharrnnError, match="^busy$"):
+        lock_directory(tmp_path, "busy")  # another descriptor, as another process would hold
+    unlock_directory(held)
+    unlock_directory(lock_directory(tmp_path, "busy"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_system_that_refuses_flock_gets_no_lock_rather_than_a_refusal(tmp_path, monkeypatch):
+    import errno
+
+    from charrnn.fileio import lock_directory
+
+    def refuse(fd, operation):  # NFS's emulation on a directory opened read-only
+        raise OSError(errno.EBADF, "Bad file descriptor")
+
+    monkeypatch.setattr(fcntl, "flock", refuse)
+    assert lock_directory(tmp_path, "busy") is None

@@ -174,8 +174,9 @@ def test_a_model_overfits_a_short_string(cell):
 
 # 4H = 20: one partial panel; 4H = 32 (and 3H = 24): a whole panel, then for the LSTM
 # a last one of 8 columns that the 4-row group takes in a narrow tile and a row alone
-# in scratch, which must not change its sums.
-@pytest.mark.parametrize("hidden", [H, 8])
+# in scratch, which must not change its sums; 4H = 80 (3H = 60): a row alone also
+# takes a tile three panels wide.
+@pytest.mark.parametrize("hidden", [H, 8, 20])
 @pytest.mark.parametrize("cell", CELLS)
 def test_step_matches_forward_and_each_row_is_independent_of_the_batch(rng, cell, hidden):
     cfg, params, net = make_network(cell, rng, layers=2, dtype=np.float32, hidden=hidden)

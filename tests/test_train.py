@@ -110,10 +110,12 @@ def test_ctrl_c_saves_last_without_validating_and_resumes_exactly(corpus, tmp_pa
                       progress=False)
     trainer.validate = lambda: pytest.fail("Ctrl-C must not run the validation")
     interrupt_during_step(trainer, 25)
-    handler = signal.getsignal(signal.SIGINT)  # the default, or SIG_IGN in a shell's background job
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # default, or SIG_IGN
     summary = trainer.run()
     assert summary["interrupted"] and summary["trained"] and summary["step"] == 25
-    assert signal.getsignal(signal.SIGINT) is handler  # the handler from before the run, restored
+    assert summary["signal"] == signal.SIGINT
+    for s, handler in handlers.items():  # the handlers from before the run, restored
+        assert signal.getsignal(s) is handler
     after = files_of(out)
     assert after["best.safetensors"] == before["best.safetensors"]
     assert after["metrics.jsonl"] == before["metrics.jsonl"]
@@ -390,19 +392,27 @@ def test_slow_validation_is_noted_once_and_only_when_it_takes_a_large_share(corp
 
 def test_a_second_trainer_on_a_busy_directory_is_refused_until_the_first_ends(corpus, tmp_path):
     first = Trainer(corpus, tmp_path, TINY_MODEL, dict(TINY_TRAIN, max_steps=20), progress=False)
+    waiting = Trainer(corpus, tmp_path, TINY_MODEL, dict(TINY_TRAIN, max_steps=10), progress=False)
     original, refusals = first.train_step, []
 
     def train_step(state, elapsed):
         if first.step == 15:  # its files are on disk, and it is still running
             before = files_of(tmp_path)
             with pytest.raises(CharrnnError, match="another charrnn train is writing to"):
+                waiting.run()  # set up before the first run began
+            with pytest.raises(CharrnnError, match="another charrnn train is writing to"):
                 Trainer(corpus, tmp_path, TINY_MODEL, dict(TINY_TRAIN, max_steps=10), overwrite=True,
-                        progress=False).run()
-            assert files_of(tmp_path) == before  # its stale-file sweep waited too
+                        progress=False)  # its start-up sweep of stale files waits too
+            assert files_of(tmp_path) == before
             refusals.append(first.step)
         return original(state, elapsed)
 
     first.train_step = train_step
     first.run()
     assert refusals == [15]
-    run(corpus, tmp_path, 30, resume=tmp_path / "last.safetensors")  # free again once the run ended
+    # Free again once the run ended; but a trainer set up before it must not write over it.
+    before = files_of(tmp_path)
+    with pytest.raises(CharrnnError, match="wrote to .* after this one was set up"):
+        waiting.run()
+    assert files_of(tmp_path) == before
+    run(corpus, tmp_path, 30, resume=tmp_path / "last.safetensors")

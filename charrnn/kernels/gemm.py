@@ -148,7 +148,8 @@ def gemm_block(a, trans_a, bp, c, sums, r0, r1, p0, p1, scratch, a_pack):
 @kernel
 def gemm_block_n(a, bp, c, r0, r1, p0, p1, scratch):
     """gemm_block without transposing A (what the time loops use: it compiles
-    half the tile variants)."""
+    half the tile variants). bp must be C-contiguous: a single row takes ROW_SPAN
+    consecutive panels in one tile."""
     K = bp.shape[1]
     N = c.shape[1]
     if r1 - r0 == 1:
