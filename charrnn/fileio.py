@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import stat
@@ -58,37 +59,35 @@ def remove_stale_temp_files(directory: str | os.PathLike, names) -> list[Path]:
     return removed
 
 
-def lock_directory(directory: str | os.PathLike, busy: str) -> int | None:
-    """Take an exclusive lock on directory, or raise CharrnnError(busy) if another open
-    descriptor holds it (another process, or another object of this one). The lock is
-    flock(2) on the directory itself, so it leaves no file behind, and the kernel drops
-    it when the process ends, however it ends: a killed run leaves no stale lock.
-    Returns the descriptor to give unlock_directory; None where there is no flock
-    (Windows) or the file system refuses it for a directory (NFS may: its emulation
-    wants a file open for writing), and then nothing is locked."""
+@contextlib.contextmanager
+def locked_directory(directory: str | os.PathLike, busy: str):
+    """Hold an exclusive lock on directory for the with block, or raise
+    CharrnnError(busy) if another open descriptor holds it (another process, or
+    another block of this one). The lock is flock(2) on the directory itself, so it
+    leaves no file behind, and the kernel drops it when the process ends, however it
+    ends: a killed run leaves no stale lock. Yields the locked descriptor; None where
+    there is no flock (Windows) or the file system refuses it for a directory (NFS
+    may: its emulation wants a file open for writing), and then nothing is locked."""
     try:
         import fcntl
     except ImportError:
-        return None
+        yield None
+        return
     try:
         fd = os.open(directory, os.O_RDONLY)
     except OSError as e:
         raise CharrnnError(f"cannot open {directory}: {e.strerror or e}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:  # held by someone else
-        os.close(fd)
-        raise CharrnnError(busy) from None
-    except OSError:  # no lock here; better unguarded than refusing every run
-        os.close(fd)
-        return None
-    return fd
-
-
-def unlock_directory(fd: int | None) -> None:
-    """Release a lock_directory lock (closing its descriptor drops it)."""
-    if fd is not None:
-        os.close(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            locked = True
+        except BlockingIOError:  # held by someone else
+            raise CharrnnError(busy) from None
+        except OSError:  # no lock here; better unguarded than refusing every run
+            locked = False
+        yield fd if locked else None
+    finally:
+        os.close(fd)  # which drops the lock
 
 
 def _set_mode(fd: int, path: Path) -> None:

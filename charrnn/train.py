@@ -18,7 +18,7 @@ from charrnn.checkpoint import Checkpoint, load_checkpoint, read_metadata, save_
 from charrnn.data import Batches, check_text_file, load_ids, scan_vocab, split_train_val
 from charrnn.errors import CharrnnError
 from charrnn.evaluate import score_ids
-from charrnn.fileio import atomic_write_text, lock_directory, remove_stale_temp_files, unlock_directory
+from charrnn.fileio import atomic_write_text, locked_directory, remove_stale_temp_files
 from charrnn.model import GATES, ModelConfig, Network, ParamBuffer, RecurrentState, init_params, parameter_shapes
 from charrnn.vocab import UnknownCharactersError, Vocab, describe_chars
 
@@ -255,17 +255,14 @@ class Trainer:
             raise CharrnnError(f"--out {out} is not writable: {e.strerror or e}") from None
         # What a killed run left half-written: never renamed, so never needed; but a
         # run going on in this directory is writing them, so not while one does.
-        lock = self._lock_out_dir()
-        try:
+        with self._locked_out_dir():
             remove_stale_temp_files(out, RUN_FILES)
-        finally:
-            unlock_directory(lock)
 
-    def _lock_out_dir(self):
-        """Lock --out for this process (see fileio.lock_directory), or refuse: two runs
-        writing one directory would interleave their checkpoints and metrics."""
-        return lock_directory(self.out_dir, f"another charrnn train is writing to {self.out_dir}; "
-                                            f"wait for it to end, or give another --out")
+    def _locked_out_dir(self):
+        """--out locked for this process (see fileio.locked_directory), or a refusal: two
+        runs writing one directory would interleave their checkpoints and metrics."""
+        return locked_directory(self.out_dir, f"another charrnn train is writing to {self.out_dir}; "
+                                              f"wait for it to end, or give another --out")
 
     def _run_files_state(self):
         """What this run's files in --out are now: (name, mtime, size) or None for each."""
@@ -561,16 +558,13 @@ class Trainer:
         if self.resumed and spent:
             raise CharrnnError(f"nothing to do: the checkpoint is at step {self.step}, which already meets "
                                f"{spent}; give a larger --max-steps, --max-epochs or --max-time")
-        lock = self._lock_out_dir()
-        try:
+        with self._locked_out_dir():
             # The checks of --out and what was read from it (a resumed checkpoint, the
             # metrics) hold only if no other run wrote there since this one was set up.
             if self._run_files_state() != self._seen_run_files:
                 raise CharrnnError(f"another charrnn train wrote to {self.out_dir} after this one was set up; "
                                    f"start this one again")
             return self._run()
-        finally:
-            unlock_directory(lock)
 
     def _run(self) -> dict:
         """run() once --out is locked."""

@@ -64,24 +64,26 @@ fcntl = pytest.importorskip("fcntl")  # the lock exists where flock does
 
 
 def test_a_directory_lock_is_exclusive_until_released_and_leaves_no_file(tmp_path):
-    from charrnn.fileio import lock_directory, unlock_directory
+    from charrnn.fileio import locked_directory
 
-    held = lock_directory(tmp_path, "busy")
-    assert held is not None
-    with pytest.raises(CharrnnError, match="^busy$"):
-        lock_directory(tmp_path, "busy")  # another descriptor, as another process would hold
-    unlock_directory(held)
-    unlock_directory(lock_directory(tmp_path, "busy"))
+    with locked_directory(tmp_path, "busy") as held:
+        assert held is not None
+        with pytest.raises(CharrnnError, match="^busy$"):
+            with locked_directory(tmp_path, "busy"):  # another descriptor, as another process would hold
+                pass
+    with locked_directory(tmp_path, "busy"):
+        pass
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_file_system_that_refuses_flock_gets_no_lock_rather_than_a_refusal(tmp_path, monkeypatch):
     import errno
 
-    from charrnn.fileio import lock_directory
+    from charrnn.fileio import locked_directory
 
     def refuse(fd, operation):  # NFS's emulation on a directory opened read-only
         raise OSError(errno.EBADF, "Bad file descriptor")
 
     monkeypatch.setattr(fcntl, "flock", refuse)
-    assert lock_directory(tmp_path, "busy") is None
+    with locked_directory(tmp_path, "busy") as held:
+        assert held is None
