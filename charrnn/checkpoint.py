@@ -16,15 +16,16 @@ import json
 import math
 import reprlib
 import struct
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 
 from charrnn import __version__
+from charrnn.config import ModelConfig
 from charrnn.errors import CharrnnError
 from charrnn.fileio import atomic_write_bytes
-from charrnn.model import ModelConfig, ParamBuffer, RecurrentState, parameter_shapes
+from charrnn.model import ParamBuffer, Parameters, RecurrentState, parameter_shapes
 from charrnn.vocab import Vocab
 
 FORMAT_VERSION = 1
@@ -34,16 +35,53 @@ _MAX_HEADER = 100 * 1024 * 1024
 
 
 @dataclass
+class TrainingState:
+    """How far a run has come; saved in every checkpoint. elapsed (seconds of
+    training, across resumes) is left out of checkpoints of runs without a time
+    budget, whose files are then bit for bit the same however often they resumed."""
+
+    step: int | None = None  # optimiser steps taken; None in a file that cannot resume
+    elapsed: float | None = None
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    val_loss: float | None = None  # of the last evaluation; None after an interrupted one
+    steps_per_epoch: int | None = None
+    corpus_sha256: str | None = None
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if not (k == "elapsed" and v is None)}
+
+    @classmethod
+    def from_dict(cls, d: dict, path=None, strict: bool = True) -> "TrainingState":
+        """The state a checkpoint saved. strict (to resume): every value is checked and
+        a bad one is refused, naming it; else a bad or unknown value is passed over."""
+        known = {}
+        for f in fields(cls):
+            if f.name not in d:
+                continue
+            ok, what = _STATE_RULES[f.name]
+            if ok(d[f.name]):
+                known[f.name] = d[f.name]
+            elif strict:
+                raise CharrnnError(f"{path}: the training state's {f.name!r} is {_short(d[f.name])}, "
+                                   f"expected {what}")
+        return cls(**known)
+
+
+@dataclass
 class Checkpoint:
     """A model and, for resuming, its optimiser moments and training state."""
 
     config: ModelConfig
     vocab: Vocab
-    params: ParamBuffer
+    params: Parameters
     optimizer: dict[str, ParamBuffer] | None = None  # slot name -> moments
-    state: dict = field(default_factory=dict)  # step, data position, best loss, ...
-    train: dict = field(default_factory=dict)  # the training settings
+    state: TrainingState = field(default_factory=TrainingState)
+    train: dict = field(default_factory=dict)  # the training settings (TrainConfig.to_dict())
     carry: RecurrentState | None = None  # hidden state for the next training batch
+    format_version: int = 0  # of the file it was read from
+    charrnn_version: str | None = None  # that wrote it
+    resumable: bool = False  # the file holds optimiser moments (read only with the training state)
 
 
 def save_checkpoint(path, ckpt: Checkpoint) -> None:
@@ -64,7 +102,7 @@ def save_checkpoint(path, ckpt: Checkpoint) -> None:
         "charrnn_version": __version__,
         "config": ckpt.config.to_dict(),
         "vocab": ckpt.vocab.chars,
-        "state": ckpt.state,
+        "state": ckpt.state.to_dict(),
         "train": ckpt.train,
     }
     data = save(tensors, metadata={METADATA_KEY: json.dumps(meta, ensure_ascii=False)})
@@ -169,12 +207,15 @@ def load_checkpoint(path, with_training_state: bool = True) -> Checkpoint:
     tensors = _Tensors(path, header, data, data_start)
     shapes = parameter_shapes(cfg)
     tensors.check(shapes)
-    params = ParamBuffer(cfg, np.float32)
-    tensors.fill(params, "")
-    ckpt = Checkpoint(cfg, vocab, params, state=meta["state"], train=meta.get("train", {}))
+    params = Parameters(cfg, np.float32)
+    with params.write() as w:
+        tensors.fill(w, "")
+    ckpt = Checkpoint(cfg, vocab, params, state=TrainingState.from_dict(meta["state"], path, with_training_state),
+                      train=meta.get("train", {}), format_version=meta["format_version"],
+                      charrnn_version=meta.get("charrnn_version"),
+                      resumable=f"optimizer.{OPTIMIZER_SLOTS[0]}.embedding.weight" in header)
     if not with_training_state:
         return ckpt
-    _check_state(meta["state"], path)
     moments = [(f"optimizer.{slot}.{name}", shape) for slot in OPTIMIZER_SLOTS for name, shape in shapes]
     if any(name in header for name, _ in moments):
         tensors.check(moments)
@@ -246,17 +287,12 @@ def _short(value, limit: int = 40) -> str:
 
 
 # The training state a resumable checkpoint records: key -> (check, what it must be).
-_STATE_KEYS = {
+_STATE_RULES = {
     "step": (_is_count, "a non-negative integer"),
     "best_step": (lambda v: v is None or _is_count(v), "null or a non-negative integer"),
     "best_val_loss": (lambda v: v is None or _is_finite(v), "null or a finite number"),
     "val_loss": (lambda v: v is None or _is_finite(v), "null or a finite number"),
     "elapsed": (lambda v: _is_finite(v) and v >= 0, "a non-negative number of seconds"),
     "corpus_sha256": (lambda v: v is None or isinstance(v, str), "null or a string"),
+    "steps_per_epoch": (lambda v: v is None or (_is_count(v) and v > 0), "null or a positive integer"),
 }
-
-
-def _check_state(state: dict, path) -> None:
-    for key, (ok, what) in _STATE_KEYS.items():
-        if key in state and not ok(state[key]):
-            raise CharrnnError(f"{path}: the training state's {key!r} is {_short(state[key])}, expected {what}")

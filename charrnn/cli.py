@@ -14,48 +14,97 @@ import sys
 import click
 
 from charrnn import __version__
-from charrnn.errors import CharrnnError
+from charrnn.config import (ModelConfig, SampleConfig, Setting, TrainConfig, parse_duration, parse_steps_or_duration,
+                            render_help, settings_of)
+from charrnn.errors import CharrnnError, SettingError, as_flag, render
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class Duration(click.ParamType):
-    """A time span: 90, 90s, 5m, 1.5h, 1h30m."""
+    """A time span: 90, 90s, 5m, 1.5h, 1h30m (see config.parse_duration)."""
 
     name = "duration"
-    _part = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smh]?)")
-    _units = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parse = staticmethod(parse_duration)
 
     def convert(self, value, param, ctx):
-        if isinstance(value, (int, float)):
-            return float(value)
-        text = str(value).strip().lower()
-        pos, total = 0, 0.0
-        for m in self._part.finditer(text):
-            if m.start() != pos:
-                break
-            total += float(m.group(1)) * self._units[m.group(2)]
-            pos = m.end()
-        if not text or pos != len(text):
-            self.fail(f"{value!r} is not a duration (examples: 90s, 5m, 1h30m)", param, ctx)
-        if total <= 0:
-            self.fail(f"{value!r} must be longer than zero", param, ctx)
-        return total
+        try:
+            return self.parse(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
 
 
 class StepsOrDuration(Duration):
-    """A number of steps (500) or a time span with its unit (90s, 1m); a time span
-    becomes the seconds as a string, "60s", as TrainConfig keeps it."""
+    """A number of steps (500) or a time span with its unit (90s, 1m); see
+    config.parse_steps_or_duration."""
 
     name = "steps-or-duration"
+    parse = staticmethod(parse_steps_or_duration)
 
-    def convert(self, value, param, ctx):
-        text = str(value).strip()
-        if re.fullmatch(r"[+-]?\d+", text):
-            return int(text)
-        if not text or text[-1].lower() not in "smh":
-            self.fail(f"{value!r} is neither a number of steps nor a duration (examples: 500, 90s, 1m)", param, ctx)
-        return f"{super().convert(text, param, ctx):g}s"
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
+
+
+def _unescape(text: str) -> str:
+    """\\n, \\t, \\r and \\\\ in a flag's value as the characters they name; any other
+    backslash stays as it is."""
+    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
+
+
+_CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "duration": Duration(),
+                "steps-or-duration": StepsOrDuration(), "text": click.STRING, "texts": click.STRING}
+
+
+def flag(name: str) -> str:
+    return as_flag(name, None)
+
+
+def setting_options(cls, check_early: bool = False):
+    """Click options for the command-line settings of a config class, in field order,
+    each named, typed, described and with the default shown as config.py defines it.
+    An option not given is None (an empty tuple for a repeatable one), so that the
+    library can tell what the user chose. check_early: refuse a value breaking its
+    rule as a usage error (exit status 2) instead of leaving that to the library."""
+
+    def decorate(command):
+        for s in reversed([s for s in settings_of(cls).values() if s.cli]):
+            command = _option(s, check_early)(command)
+        return command
+
+    return decorate
+
+
+def _option(s: Setting, check_early: bool):
+    text = render_help(s.help, flag)
+    shown = s.shown_default()
+    if shown is not None:
+        text += f"  [default: {shown}]"
+    kwargs = dict(help=text, default=None)
+    if s.kind == "flag":
+        kwargs["is_flag"] = True
+    elif s.kind == "choice":
+        kwargs["type"] = click.Choice(s.choices)
+    else:
+        kwargs["type"] = _CLICK_TYPES[s.kind]
+    if s.kind == "texts":
+        kwargs["multiple"] = True
+
+    def convert(ctx, param, value):
+        if s.kind == "texts":
+            value = tuple(_unescape(v) for v in value)
+        if check_early and value is not None:
+            try:
+                s.check(value)
+            except SettingError as e:
+                raise click.BadParameter(f"must be {e.requirement}, got {e.value!r}", ctx, param) from None
+        return value
+
+    return click.option(*([s.short] if s.short else []), flag(s.name), s.name, callback=convert, **kwargs)
+
+
+def given(values: dict) -> dict:
+    """The settings among a command's values that the user gave."""
+    return {k: v for k, v in values.items() if v is not None and v != ()}
 
 
 # What to try when a command runs out of memory.
@@ -78,7 +127,7 @@ def user_errors(func):
         try:
             return func(*args, **kwargs)
         except CharrnnError as e:
-            raise click.ClickException(str(e)) from None
+            raise click.ClickException(render(e.message, as_flag)) from None
         except KeyboardInterrupt:
             err("interrupted")
             sys.exit(130)
@@ -137,40 +186,16 @@ def vocab(corpus, output):
 
 @cli.command()
 @click.argument("corpus", type=click.Path())
-@click.option("--out", "out_dir", required=True, type=click.Path(),
+@click.option("--out", required=True, type=click.Path(),
               help="Run directory: receives last.safetensors, best.safetensors and metrics.jsonl.")
-@click.option("--vocab", "vocab_path", type=click.Path(), help="Use this vocabulary (from `charrnn vocab`).")
-@click.option("--cell", type=click.Choice(["lstm", "gru", "rnn"]), show_default="lstm", help="Recurrent cell.")
-@click.option("--layers", type=int, show_default="2", help="Number of recurrent layers.")
-@click.option("--hidden", type=int, show_default="256", help="Hidden units per layer.")
-@click.option("--embed", type=int, show_default="64", help="Character embedding size.")
-@click.option("--dropout", type=float, show_default="0", help="Dropout between layers and before the output.")
-@click.option("--batch-size", type=int, show_default="32", help="Parallel streams per batch (B).")
-@click.option("--seq-len", type=int, show_default="50", help="Characters per stream per batch (T, the BPTT length).")
-@click.option("--lr", type=float, show_default="0.004", help="Adam's peak learning rate.")
-@click.option("--lr-schedule", type=click.Choice(["cosine", "linear", "constant"]), show_default="cosine",
-              help="How the learning rate decays from --lr to --min-lr-frac x --lr over the budget.")
-@click.option("--warmup-steps", type=int, show_default="100",
-              help="Raise the learning rate linearly over the first N steps.")
-@click.option("--min-lr-frac", type=float, show_default="0",
-              help="The fraction of --lr the decay reaches at the end of the budget.")
-@click.option("--grad-clip", type=float, show_default="5", help="Clip the gradient's global norm to this.")
-@click.option("--val-frac", type=float, show_default="0.1", help="Last fraction of the corpus held out for validation.")
-@click.option("--eval-every", type=StepsOrDuration(), show_default="1m",
-              help="Validate and checkpoint every N steps (500) or every so much training time (1m, 90s).")
-@click.option("--max-steps", type=int, help="Stop after this many optimiser steps in total.")
-@click.option("--max-epochs", type=float, help="Stop after this many passes over the training text.")
-@click.option("--max-time", type=Duration(), help="Stop after this much training time, e.g. 90s, 5m, 1h.")
-@click.option("--seed", type=int, show_default="0", help="Seed for initialisation and dropout.")
-@click.option("--forget-bias", type=float, show_default="0",
-              help="Added to the LSTM's forget-gate biases at initialisation (new runs only).")
+@click.option("--vocab", type=click.Path(), help="Use this vocabulary (from `charrnn vocab`).")
+@setting_options(ModelConfig)
+@setting_options(TrainConfig)
 @click.option("--resume", type=click.Path(), help="Continue training from this checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Start a new run even if --out already holds one.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar (there is none when stderr is not a terminal).")
 @user_errors
-def train(corpus, out_dir, vocab_path, cell, layers, hidden, embed, dropout, batch_size, seq_len, lr,
-          lr_schedule, warmup_steps, min_lr_frac, grad_clip, val_frac, eval_every, max_steps, max_epochs,
-          max_time, seed, forget_bias, resume, overwrite, quiet):
+def train(corpus, out, vocab, resume, overwrite, quiet, **settings):
     """Train a model on a UTF-8 text file.
 
     Without a budget (--max-steps, --max-epochs or --max-time) it trains for 5 minutes.
@@ -181,19 +206,13 @@ def train(corpus, out_dir, vocab_path, cell, layers, hidden, embed, dropout, bat
     """
     from charrnn.train import Trainer
 
-    model_flags = dict(cell=cell, layers=layers, hidden=hidden, embed=embed, dropout=dropout)
-    train_flags = dict(batch_size=batch_size, seq_len=seq_len, lr=lr, lr_schedule=lr_schedule,
-                       warmup_steps=warmup_steps, min_lr_frac=min_lr_frac, grad_clip=grad_clip,
-                       val_frac=val_frac, eval_every=eval_every, max_steps=max_steps,
-                       max_epochs=max_epochs, max_time=max_time, seed=seed, forget_bias=forget_bias)
-    if resume is None and max_steps is None and max_epochs is None and max_time is None:
-        train_flags["max_time"] = 300.0
-    trainer = Trainer(corpus, out_dir, model_flags, train_flags, vocab_path=vocab_path,
-                      resume=resume, overwrite=overwrite, progress=not quiet)
+    model = {name: settings.pop(name) for name in settings_of(ModelConfig) if name in settings}
+    trainer = Trainer(corpus, out, given(model), given(settings), vocab_path=vocab, resume=resume,
+                      overwrite=overwrite, progress=not quiet)
     try:
         summary = trainer.run()
     except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: stopped at once, mid-step or mid-write
-        err(f"interrupted; the files in {out_dir} are complete, as of the last save")
+        err(f"interrupted; the files in {out} are complete, as of the last save")
         sys.exit(_signal_status(trainer.stop_signal))
     best = summary["best_val_loss"]
     best_text = "n/a" if best is None else f"{best:.4f} nats/char (step {summary['best_step']})"
@@ -211,63 +230,21 @@ def train(corpus, out_dir, vocab_path, cell, layers, hidden, embed, dropout, bat
 
 def _load_network(path):
     from charrnn.checkpoint import load_checkpoint
-    from charrnn.model import Network
+    from charrnn.network import Network
 
     ckpt = load_checkpoint(path, with_training_state=False)
     return ckpt, Network(ckpt.config, ckpt.params)
 
 
-def _rule(name):
-    """A Click callback that refuses a value breaking charrnn.sample.RULES[name]
-    with a message naming the flag (None, an option not given, passes)."""
-
-    def check(ctx, param, value):
-        from charrnn.sample import RULES
-
-        ok, what = RULES[name]
-        if value is not None and not ok(value):
-            raise click.BadParameter(f"must be {what}, got {value}", ctx, param)
-        return value
-
-    return check
-
-
-_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}
-
-
-def _unescape(text: str) -> str:
-    """\\n, \\t, \\r and \\\\ in a flag's value as the characters they name; any other
-    backslash stays as it is."""
-    return re.sub(r"\\([ntr\\])", lambda m: _ESCAPES[m.group(1)], text)
-
-
 @cli.command()
 @click.argument("checkpoint", type=click.Path())
-@click.option("-n", "--length", type=int, default=500, show_default=True, callback=_rule("length"),
-              help="Characters to generate after the prime (at most; see --stop).")
-@click.option("-t", "--temperature", type=float, default=0.8, show_default=True, callback=_rule("temperature"),
-              help="Below 1: safer, more repetitive text; above 1: more surprising text.")
-@click.option("-k", "--top-k", type=int, callback=_rule("top_k"),
-              help="Draw only from the K most likely characters at each step.")
-@click.option("--top-p", type=float, callback=_rule("top_p"),
-              help="Draw only from the fewest most likely characters whose probability reaches P "
-                   "(nucleus sampling; applied after temperature and --top-k).")
-@click.option("-p", "--prime", default="", help="Text to start from; printed before the sample.")
-@click.option("--seed", type=int, callback=_rule("seed"),
-              help="Seed for reproducible samples (default: random, shown on stderr).")
-@click.option("--argmax", is_flag=True,
-              help="Always take the most likely character (no randomness; ignores -t, -k, --top-p).")
-@click.option("--num-samples", type=int, default=1, show_default=True, callback=_rule("num_samples"),
-              help="Generate N samples together, printed one after another, each headed by its own seed.")
-@click.option("--stop", multiple=True,
-              help="End a sample where it produces this text (kept). Repeatable; \\n, \\t, \\\\ are understood.")
+@setting_options(SampleConfig, check_early=True)
 @click.option("--stream", is_flag=True,
               help="Write each character as soon as it is generated (always so when stdout is a terminal).")
 @click.option("--json", "as_json", is_flag=True,
               help="One JSON object per line per sample: sample, seed, text, generated, stop, settings.")
 @user_errors
-def sample(checkpoint, length, temperature, top_k, top_p, prime, seed, argmax, num_samples, stop, stream,
-           as_json):
+def sample(checkpoint, stream, as_json, **settings):
     """Generate text from a trained checkpoint.
 
     Sample 1 uses --seed itself; every sample's own seed, shown in its header and
@@ -280,23 +257,22 @@ def sample(checkpoint, length, temperature, top_k, top_p, prime, seed, argmax, n
     """
     import secrets
 
-    from charrnn.sample import BatchSampler, Decoding, write_samples
+    from charrnn.sample import BatchSampler, write_samples
 
     ckpt, net = _load_network(checkpoint)
-    chosen = seed is None
+    cfg = SampleConfig(**given(settings))
+    chosen = cfg.seed is None
     if chosen:
-        seed = secrets.randbelow(2**31)
-    stops = [_unescape(s) for s in stop]
-    sampler = BatchSampler(net, ckpt.vocab, length, seed, num_samples, prime,
-                           Decoding(temperature, top_k, top_p, argmax), stops)  # refuses bad input
+        cfg = cfg.replace(seed=secrets.randbelow(2**31))
+    sampler = BatchSampler(net, ckpt.vocab, cfg)  # refuses bad input
     if chosen and sampler.uses_randomness:
-        err(f"seed: {seed}")
-    settings = None
+        err(f"seed: {cfg.seed}")
+    record = None
     if as_json:
-        settings = {"checkpoint": checkpoint, "length": length, "temperature": temperature, "top_k": top_k,
-                    "top_p": top_p, "argmax": argmax, "prime": prime, "stop": stops,
-                    "num_samples": num_samples, "seed": seed}
-    write_samples(sampler, sys.stdout, settings, stream=stream or sys.stdout.isatty())
+        record = {"checkpoint": checkpoint, "length": cfg.length, "temperature": cfg.temperature,
+                  "top_k": cfg.top_k, "top_p": cfg.top_p, "argmax": cfg.argmax, "prime": cfg.prime,
+                  "stop": list(cfg.stop), "num_samples": cfg.num_samples, "seed": cfg.seed}
+    write_samples(sampler, sys.stdout, record, stream=stream or sys.stdout.isatty())
 
 
 @cli.command()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn.errors import CharrnnError
+from charrnn.errors import CharrnnError, SettingError, named
 from charrnn.vocab import UnknownCharactersError, Vocab, code_points, describe_chars
 
 CHUNK_BYTES = 1 << 24  # decode 16 MB at a time: big files never exist as one str
@@ -31,6 +32,15 @@ def check_text_file(path) -> Path:
     if p.stat().st_size == 0:
         raise CharrnnError(f"{p} is empty")
     return p
+
+
+def file_sha256(path) -> str:
+    """The SHA-256 of a file's bytes, as hex (a corpus's fingerprint)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def iter_text(path, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
@@ -117,11 +127,11 @@ def split_train_val(ids: np.ndarray, val_frac: float) -> tuple[np.ndarray, np.nd
     """The first (1 - val_frac) of the ids for training and the last val_frac for
     validation (views, no copies)."""
     if not 0.0 <= val_frac < 1.0:
-        raise CharrnnError(f"--val-frac must be in [0, 1), got {val_frac}")
+        raise SettingError("val_frac", val_frac, "in [0, 1)")
     n_val = int(round(len(ids) * val_frac))
     if val_frac > 0 and n_val < 2:
-        raise CharrnnError(f"--val-frac {val_frac} leaves fewer than 2 validation characters "
-                           f"of {len(ids)}; use a larger --val-frac or 0 for none")
+        raise CharrnnError(f"{named('val_frac', val_frac)} leaves fewer than 2 validation characters "
+                           f"of {len(ids)}; use a larger {named('val_frac')} or 0 for none")
     return ids[:len(ids) - n_val], ids[len(ids) - n_val:]
 
 
@@ -141,7 +151,7 @@ class Batches:
             need = batch_size * seq_len + 1
             raise CharrnnError(
                 f"the training text has {len(ids)} characters, too short for one batch of "
-                f"--batch-size {batch_size} x --seq-len {seq_len} (needs {need}); "
+                f"{named('batch_size', batch_size)} x {named('seq_len', seq_len)} (needs {need}); "
                 f"{fitting_batch_hint(len(ids), batch_size, seq_len)}")
         used = batch_size * per_stream
         self._x = ids[:used].reshape(batch_size, per_stream)
@@ -165,9 +175,9 @@ def fitting_batch_hint(n_chars: int, batch_size: int, seq_len: int) -> str:
     room = n_chars - 1  # a batch of B x T needs B * T + 1 characters
     options = []
     if room // seq_len >= 1:
-        options.append(f"--batch-size {room // seq_len} (with --seq-len {seq_len})")
+        options.append(f"{named('batch_size', room // seq_len)} (with {named('seq_len', seq_len)})")
     if room // batch_size >= 1:
-        options.append(f"--seq-len {room // batch_size} (with --batch-size {batch_size})")
+        options.append(f"{named('seq_len', room // batch_size)} (with {named('batch_size', batch_size)})")
     if not options:
-        options.append(f"--batch-size 1 --seq-len {room}")
+        options.append(f"{named('batch_size', 1)} {named('seq_len', room)}")
     return " or ".join(options) + " would fit"

@@ -13,7 +13,11 @@ import numba
 import numpy as np
 
 from charrnn.kernels.gemm import gemm, pack, panels
-from charrnn.kernels.simd import NR
+from charrnn.kernels.inference import InferenceWeights, StepBuffers
+from charrnn.kernels.linear import add_column_sums, set_rows
+from charrnn.kernels.recurrence import CELL_CODES, BackwardArrays, ForwardArrays, recurrence_backward, recurrence_forward
+from charrnn.kernels.simd import BARRIER_SIZE, NR
+from charrnn.model import Parameters
 
 
 def threads() -> int:
@@ -75,7 +79,7 @@ class PackedLayer:
             self.b_hn = np.ascontiguousarray(b_hh[2 * h:])
         else:
             self.bias = b_ih + b_hh
-            self.b_hn = None
+            self.b_hn = np.zeros(0, w_hh.dtype)
         self.hh = self.ih = None
         self._weights = (w_ih, w_hh)
 
@@ -92,10 +96,9 @@ class PackedWeights:
     input table (V, G*H) = embedding @ w_ih0.T + bias, so that layer 0's input side
     is a row gather."""
 
-    def __init__(self, cfg, params, nthreads: int):
-        from charrnn.kernels.linear import set_rows
-
+    def __init__(self, cfg, params: Parameters, nthreads: int):
         self.version = params.version
+        params = params.kernel_view  # the same memory, as the kernels read it
         self.layers = [PackedLayer(cfg.cell, *params.layer(k), nthreads) for k in range(cfg.layers)]
         first = self.layers[0]
         self.table = np.empty((cfg.vocab_size, cfg.gates * cfg.hidden), params.dtype)
@@ -106,22 +109,17 @@ class PackedWeights:
         self._params = params
         self._inference = None
 
-    def inference_args(self) -> tuple:
-        """The weights as inference.step_logits and inference.generate take them:
-        every layer's matrices stacked into one array per kind (fixed types, so
-        nothing is compiled per model), layer 0's input side being the table."""
-        from charrnn.kernels.inference import GRU, LSTM, RNN
-
+    def inference(self) -> InferenceWeights:
+        """The weights as the inference kernels take them (see InferenceWeights)."""
         if self._inference is None:
             cfg, p = self._params.cfg, self._params
             upper = self.layers[1:]
             ih_t = (np.stack([layer.ih_t for layer in upper]) if upper
                     else np.zeros((0, *self.layers[0].hh_t.shape), p.dtype))
-            b_hn = [layer.b_hn if layer.b_hn is not None else np.zeros(cfg.hidden, p.dtype) for layer in self.layers]
-            self._inference = (
-                {"lstm": LSTM, "gru": GRU, "rnn": RNN}[cfg.cell], self.table, ih_t,
-                np.stack([layer.hh_t for layer in self.layers]), np.stack([layer.bias for layer in self.layers]),
-                np.stack(b_hn), self.dec_t, p["decoder.bias"])
+            b_hn = [layer.b_hn if cfg.cell == "gru" else np.zeros(cfg.hidden, p.dtype) for layer in self.layers]
+            self._inference = InferenceWeights(
+                self.table, ih_t, np.stack([layer.hh_t for layer in self.layers]),
+                np.stack([layer.bias for layer in self.layers]), np.stack(b_hn), self.dec_t, p["decoder.bias"])
         return self._inference
 
     def for_backward(self, nthreads: int) -> "PackedWeights":
@@ -132,18 +130,29 @@ class PackedWeights:
         return self
 
 
+def step_buffers(cfg, batch: int, dtype) -> StepBuffers:
+    """The arrays the workers of an inference step share, for `batch` streams."""
+    gh = cfg.gates * cfg.hidden
+    return StepBuffers(np.empty((batch, gh), dtype), np.empty((batch, gh), dtype), np.empty((batch, cfg.hidden), dtype),
+                       np.empty((batch, cfg.vocab_size), dtype), np.zeros(BARRIER_SIZE, np.int64))
+
+
 class LayerBuffers:
     """One layer's arrays for a (T, B) batch. hs_buf[0] is the initial state and
     hs_buf[t + 1] the state after step t, so [h0; hs[:-1]] is hs_buf[:T] (cs_buf the same
-    for the LSTM's cell state)."""
+    for the LSTM's cell state). An array the cell does not use is empty but for its
+    first axis (see kernels.recurrence.ForwardArrays)."""
 
     def __init__(self, cell: str, T: int, B: int, H: int, gates: int, dtype, dropout: bool):
-        new = lambda *shape: np.zeros(shape, dtype)  # noqa: E731
+        def new(*shape, used=True):
+            return np.zeros(shape if used else shape[:1] + (0,) * (len(shape) - 1), dtype)
+
+        self.cell = cell
         self.hs_buf = new(T + 1, B, H)
-        self.cs_buf = new(T + 1, B, H) if cell == "lstm" else None
-        self.acts = new(T, B, gates * H) if cell != "rnn" else None  # RNN: hs holds its pre-activations
-        self.hn = new(T, B, H) if cell == "gru" else None
-        self.hg = new(B, 3 * H) if cell == "gru" else None
+        self.cs_buf = new(T + 1, B, H, used=cell == "lstm")
+        self.acts = new(T, B, gates * H, used=cell != "rnn")  # RNN: hs holds its pre-activations
+        self.hn = new(T, B, H, used=cell == "gru")
+        self.hg = new(B, 3 * H, used=cell == "gru")
         self.mask = new(T, B, H) if dropout else None
         self.ys = new(T, B, H) if dropout else None
 
@@ -158,7 +167,7 @@ class LayerBuffers:
 
     def input_side(self) -> np.ndarray:
         """Where the input side of every step goes, as (T * B, G*H)."""
-        target = self.acts if self.acts is not None else self.hs
+        target = self.hs if self.cell == "rnn" else self.acts
         return target.reshape(-1, target.shape[-1])
 
 
@@ -174,8 +183,8 @@ class Workspace:
         # the GRU, see gru_cell_backward), the state gradients, layer 0's table
         # gradient, and packed activations.
         self.dy = [np.zeros((T, B, H), dtype), np.zeros((T, B, H), dtype)]
-        self.dgates = np.zeros((T, B, GH), dtype) if cfg.cell != "lstm" else None
-        self.dgates_h = np.zeros((T, B, GH), dtype) if cfg.cell == "gru" else None
+        self.dgates = np.zeros((T, B, GH) if cfg.cell != "lstm" else (T, 0, 0), dtype)
+        self.dgates_h = np.zeros((T, B, GH) if cfg.cell == "gru" else (T, 0, 0), dtype)
         self.dh = np.zeros((B, H), dtype)
         self.dc = np.zeros((B, H), dtype)
         self.dtable = np.zeros((cfg.vocab_size, GH), dtype)
@@ -194,20 +203,14 @@ class Workspace:
 
 def layer_forward(cell: str, buf: LayerBuffers, layer: PackedLayer, h0, c0, nthreads: int) -> None:
     """The time loop of one layer, its input side already in buf.input_side()."""
-    from charrnn.kernels.gru import gru_recurrence
-    from charrnn.kernels.lstm import lstm_recurrence
-    from charrnn.kernels.rnn import rnn_recurrence
-
     _, B, H = buf.hs_buf.shape
     nthreads = loop_threads(B, H, layer.bias.shape[0] // H, nthreads)
     buf.hs_buf[0] = h0
     if cell == "lstm":
         buf.cs_buf[0] = c0
-        lstm_recurrence(buf.hs_buf[1:], buf.cs_buf[1:], buf.acts, h0, c0, layer.hh_t, nthreads)
-    elif cell == "gru":
-        gru_recurrence(buf.hs_buf[1:], buf.acts, buf.hn, buf.hg, h0, layer.b_hn, layer.hh_t, nthreads)
-    else:
-        rnn_recurrence(buf.hs_buf[1:], h0, layer.hh_t, nthreads)
+    arrays = ForwardArrays(buf.hs, buf.cs_buf[1:], buf.acts, buf.hn, buf.hg, buf.hs_buf[0], buf.cs_buf[0],
+                           layer.b_hn)
+    recurrence_forward(CELL_CODES[cell], arrays, layer.hh_t, nthreads)
 
 
 def layer_backward(cell: str, buf: LayerBuffers, ws: Workspace, layer: PackedLayer, dhs, dh, dc,
@@ -218,29 +221,20 @@ def layer_backward(cell: str, buf: LayerBuffers, ws: Workspace, layer: PackedLay
     pre-activations, (T, B, G*H) each (the same array but for the GRU). For the LSTM
     that array is buf.acts: the gradients replace the saved activations, so a layer
     takes one backward per forward."""
-    from charrnn.kernels.gru import gru_recurrence_backward
-    from charrnn.kernels.lstm import lstm_recurrence_backward
-    from charrnn.kernels.rnn import rnn_recurrence_backward
-
     B, H = dh.shape
     nthreads = loop_threads(B, H, layer.bias.shape[0] // H, nthreads)
+    arrays = BackwardArrays(buf.acts, ws.dgates, ws.dgates_h, dh, dc, dhs, buf.hs, buf.hs_buf[0], buf.cs_buf[1:],
+                            buf.cs_buf[0], buf.hn)
+    recurrence_backward(CELL_CODES[cell], arrays, layer.hh, nthreads)
     if cell == "lstm":
-        lstm_recurrence_backward(buf.acts, dh, dc, dhs, buf.cs_buf[1:], buf.cs_buf[0], layer.hh, nthreads)
         return buf.acts, buf.acts  # the gradients replaced the activations
-    if cell == "gru":
-        gru_recurrence_backward(ws.dgates, ws.dgates_h, dh, dhs, buf.acts, buf.hn, buf.hs_buf[1:], buf.hs_buf[0],
-                                layer.hh, nthreads)
-        return ws.dgates, ws.dgates_h
-    rnn_recurrence_backward(ws.dgates, dh, dhs, buf.hs_buf[1:], layer.hh, nthreads)
-    return ws.dgates, ws.dgates
+    return (ws.dgates, ws.dgates_h) if cell == "gru" else (ws.dgates, ws.dgates)
 
 
 def recurrent_weight_gradients(ws: Workspace, buf: LayerBuffers, dxg, dhg, dw_hh, db_ih, db_hh,
                                nthreads: int) -> None:
     """dw_hh += dhg^T [h0; hs[:-1]], and both bias gradients, each one product or
     sum over all T*B rows (db_hh's sums taken in the product)."""
-    from charrnn.kernels.linear import add_column_sums
-
     T, B, GH = dxg.shape
     H = buf.hs_buf.shape[2]
     dxg2, dhg2 = dxg.reshape(T * B, GH), dhg.reshape(T * B, GH)

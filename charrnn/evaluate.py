@@ -10,7 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from charrnn.data import decode_stream, iter_text, load_ids, load_known_ids
-from charrnn.model import Network, RecurrentState
+from charrnn.model import RecurrentState
+from charrnn.network import Network
+from charrnn.novelty import NGRAM_SIZES, fraction, novelty
 from charrnn.vocab import UnknownCharactersError, Vocab, code_points, describe_chars
 
 
@@ -103,8 +105,6 @@ def load_text(source, vocab: Vocab, skip_unknown: bool = False, with_code_points
 
 def novelty_report(counts: dict) -> dict:
     """{"20": fraction or None, "40": ...} for novelty.novelty()'s counts of one text."""
-    from charrnn.novelty import fraction
-
     return {str(n): fraction(c) for n, c in counts.items()}
 
 
@@ -120,8 +120,6 @@ def evaluate_texts(net: Network, texts: list[Text], train_corpus=None) -> dict:
         reports.append({"file": text.name, **perplexity_report(total, n)})
     summary = {"files": reports, "total": perplexity_report(nats, count)}
     if train_corpus is not None:
-        from charrnn.novelty import NGRAM_SIZES, novelty
-
         counts = novelty([t.code_points for t in texts], (code_points(c) for c in iter_text(train_corpus)))
         for report, c in zip(reports, counts):
             report["novelty"] = novelty_report(c)

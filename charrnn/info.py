@@ -6,9 +6,10 @@ import json
 import math
 from pathlib import Path
 
-from charrnn.checkpoint import load_checkpoint, read_header
-from charrnn.errors import CharrnnError
-from charrnn.train import MODEL_FLAGS, TRAIN_FLAGS, read_metrics
+from charrnn.checkpoint import load_checkpoint
+from charrnn.config import ModelConfig, TrainConfig, settings_of
+from charrnn.errors import CharrnnError, as_flag
+from charrnn.rundir import BEST, LAST, METRICS, read_metrics
 
 
 def _number(v) -> float | None:
@@ -36,39 +37,36 @@ def describe(path) -> dict:
         raise CharrnnError(f"{p}: no such checkpoint file or run directory")
     if p.is_dir():
         run_dir = p
-        found = [p / name for name in ("last.safetensors", "best.safetensors") if (p / name).is_file()]
+        found = [p / name for name in (LAST, BEST) if (p / name).is_file()]
         if not found:
             raise CharrnnError(f"{p} is not a run directory (it has no last.safetensors or best.safetensors)")
         p = found[0]
     ckpt = load_checkpoint(p, with_training_state=False)
-    header, _, _ = read_header(p)
-    meta = json.loads(header["__metadata__"]["charrnn"])
-    rows = read_metrics(p.parent / "metrics.jsonl")
+    rows = read_metrics(p.parent / METRICS)
     state, train = ckpt.state, ckpt.train
-    step = state.get("step")
-    best_step = state.get("best_step")
-    elapsed = _number(state.get("elapsed"))
+    step, best_step = state.step, state.best_step
+    elapsed = _number(state.elapsed)
     if elapsed is None:
         elapsed = _number(_row_at(step, rows).get("elapsed"))
     return {
         "path": str(path),
         "checkpoint": str(p),
         "run_dir": None if run_dir is None else str(run_dir),
-        "format_version": meta.get("format_version"),
-        "charrnn_version": meta.get("charrnn_version"),
+        "format_version": ckpt.format_version,
+        "charrnn_version": ckpt.charrnn_version,
         "config": ckpt.config.to_dict(),
         "parameters": int(ckpt.params.flat.size),
         "vocab": ckpt.vocab.chars,
-        "resumable": "optimizer.exp_avg.embedding.weight" in header,
+        "resumable": ckpt.resumable,
         "step": step,
-        "epoch": _epoch(step, state.get("steps_per_epoch")),
+        "epoch": _epoch(step, state.steps_per_epoch),
         "elapsed": elapsed,
-        "val_loss": state.get("val_loss"),
-        "best_val_loss": state.get("best_val_loss"),
+        "val_loss": state.val_loss,
+        "best_val_loss": state.best_val_loss,
         "best_step": best_step,
-        "best_epoch": _epoch(best_step, state.get("steps_per_epoch")),
+        "best_epoch": _epoch(best_step, state.steps_per_epoch),
         "best_elapsed": _number(_row_at(best_step, rows).get("elapsed")),
-        "corpus_sha256": state.get("corpus_sha256"),
+        "corpus_sha256": state.corpus_sha256,
         "train": train,
         "history": None if run_dir is None else [
             {"step": row["step"], **{k: _number(row.get(k)) for k in ("epoch", "train_loss", "val_loss")}}
@@ -88,7 +86,8 @@ def _duration(seconds: float) -> str:
 def settings_flags(config: dict, train: dict) -> str:
     """The training settings as `charrnn train` flags."""
     flags = []
-    for name in [*MODEL_FLAGS, *TRAIN_FLAGS]:
+    names = [name for cls in (ModelConfig, TrainConfig) for name, s in settings_of(cls).items() if s.cli]
+    for name in names:
         value = config.get(name, train.get(name))
         if value is None:
             continue
@@ -96,7 +95,7 @@ def settings_flags(config: dict, train: dict) -> str:
             value = f"{value:g}s"
         elif isinstance(value, float):
             value = f"{value:g}"
-        flags.append(f"--{name.replace('_', '-')} {value}")
+        flags.append(as_flag(name, value))
     return " ".join(flags)
 
 

@@ -10,62 +10,22 @@ Network.step computes every row bit for bit as it would alone.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
 import numpy as np
 
-from charrnn.errors import CharrnnError
-from charrnn.model import Network, RecurrentState
+from charrnn.config import SampleConfig
+from charrnn.errors import CharrnnError, SettingError, named
+from charrnn.model import RecurrentState
+from charrnn.network import Network
 from charrnn.vocab import Vocab, describe_chars
 
 # Characters generated per call into the engine: one compiled loop runs this many
 # steps for every row, so Python's per-character cost is gone, while streamed text
 # still appears every few milliseconds.
 BLOCK = 64
-
-
-def _is_int(v) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
-def _is_real(v) -> bool:
-    return isinstance(v, (int, float, np.floating)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-# setting -> (check, what the value must be): used by Decoding and by the CLI's flags.
-RULES = {
-    "temperature": (lambda v: _is_real(v) and v > 0, "a positive number"),
-    "top_k": (lambda v: v is None or (_is_int(v) and v >= 1), "a positive integer"),
-    "top_p": (lambda v: v is None or (_is_real(v) and 0 < v <= 1), "a number in (0, 1]"),
-    "length": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-    "num_samples": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    "seed": (lambda v: _is_int(v) and v >= 0, "a non-negative integer"),
-}
-
-
-def check_setting(name: str, value) -> None:
-    ok, what = RULES[name]
-    if not ok(value):
-        raise CharrnnError(f"--{name.replace('_', '-')} must be {what}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How the next character is chosen from the logits: divide them by the
-    temperature, keep the top_k most likely characters (None: all), then the top_p
-    nucleus of those (None: all), and draw; or, with argmax, take the most likely."""
-
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    argmax: bool = False
-
-    def __post_init__(self):
-        for name in ("temperature", "top_k", "top_p"):
-            check_setting(name, getattr(self, name))
 
 
 def sample_seed(seed: int, k: int) -> int:
@@ -76,7 +36,6 @@ def sample_seed(seed: int, k: int) -> int:
     SeedSequence([seed, k]), shifted right by 11 bits: a number below 2**53, which
     JSON readers that use doubles keep exactly. Nearby seeds (7 and 8) therefore
     share no samples, and generating alone with sample k's seed reproduces it."""
-    check_setting("seed", seed)
     if k == 1:
         return int(seed)
     word = np.random.SeedSequence([int(seed), int(k)]).generate_state(1, np.uint64)[0]
@@ -96,10 +55,10 @@ def encode_stops(vocab: Vocab, stops: Sequence[str]) -> list[np.ndarray]:
     out = []
     for s in stops:
         if not s:
-            raise CharrnnError("--stop must not be empty")
+            raise CharrnnError(f"{named('stop')} must not be empty")
         missing = vocab.missing(s)
         if missing:
-            raise CharrnnError(f"--stop {s!r} can never occur: {describe_chars(missing)} "
+            raise CharrnnError(f"{named('stop', repr(s))} can never occur: {describe_chars(missing)} "
                                f"not in the model's vocabulary")
         out.append(vocab.encode(s).astype(np.int64))
     return out
@@ -117,28 +76,24 @@ class Block:
 
 
 class BatchSampler:
-    """Generates num_samples samples side by side, a block of characters at a time
-    for all rows that are still going; a row that ends (by a stop string) leaves the
-    batch and costs nothing more. Every sample has at most `length` generated
-    characters."""
+    """Generates settings.num_samples samples side by side, a block of characters at a
+    time for all rows that are still going; a row that ends (by a stop string) leaves
+    the batch and costs nothing more. Every sample has at most settings.length
+    generated characters. settings.seed must be given (not None)."""
 
-    def __init__(self, net: Network, vocab: Vocab, length: int, seed: int, num_samples: int = 1,
-                 prime: str = "", decoding: Decoding = Decoding(), stops: Sequence[str] = (),
-                 block: int | None = None):
-        check_setting("length", length)
-        check_setting("num_samples", num_samples)
-        check_setting("seed", seed)
-        self.net, self.vocab, self.length, self.decoding = net, vocab, int(length), decoding
+    def __init__(self, net: Network, vocab: Vocab, settings: SampleConfig, block: int | None = None):
+        if settings.seed is None:
+            raise SettingError("seed", None, "a non-negative integer")
+        self.net, self.vocab, self.settings = net, vocab, settings
+        self.length, self.prime, self.stops = settings.length, settings.prime, list(settings.stop)
         self.block = BLOCK if block is None else block  # characters per engine call; 1 streams each
-        self.prime = prime
-        self.prime_ids = encode_prime(vocab, prime)
-        self.stops = list(stops)
+        self.prime_ids = encode_prime(vocab, self.prime)
         encode_stops(vocab, self.stops)  # refuse stops the model can never produce
         # A stop may begin this many characters before a block (or in the prime).
         self.tail_width = max((len(s) for s in self.stops), default=1) - 1
-        self.seeds = [sample_seed(seed, k) for k in range(1, num_samples + 1)]
+        self.seeds = [sample_seed(settings.seed, k) for k in range(1, settings.num_samples + 1)]
         # Which stop string ended each sample (index into stops), or -1.
-        self.stopped_by = np.full(num_samples, -1, np.int64)
+        self.stopped_by = np.full(settings.num_samples, -1, np.int64)
 
     @property
     def random_start(self) -> bool:
@@ -147,7 +102,7 @@ class BatchSampler:
 
     @property
     def uses_randomness(self) -> bool:
-        return self.length > 0 and (not self.decoding.argmax or self.random_start)
+        return self.length > 0 and (not self.settings.argmax or self.random_start)
 
     def _start_state(self, n: int) -> RecurrentState:
         """The state after all but the last prime character, computed once (batch 1)
@@ -159,7 +114,7 @@ class BatchSampler:
 
     def blocks(self) -> Iterator[Block]:
         """The samples' characters, block by block, until every sample has ended."""
-        n, length, d = len(self.seeds), self.length, self.decoding
+        n, length, d = len(self.seeds), self.length, self.settings
         self.stopped_by[:] = -1
         if length == 0:
             return
@@ -366,11 +321,10 @@ def write_samples(sampler: BatchSampler, out: TextIO, settings: dict | None = No
         raise
 
 
-def generate_many(net: Network, vocab: Vocab, length: int, seed: int, num_samples: int, prime: str = "",
-                  decoding: Decoding = Decoding(), stops: Sequence[str] = ()) -> list[str]:
-    """The generated text (without the prime) of each of num_samples samples."""
-    sampler = BatchSampler(net, vocab, length, seed, num_samples, prime, decoding, stops)
-    out: list[list[int]] = [[] for _ in range(num_samples)]
+def generate_many(net: Network, vocab: Vocab, settings: SampleConfig) -> list[str]:
+    """The generated text (without the prime) of each of settings.num_samples samples."""
+    sampler = BatchSampler(net, vocab, settings)
+    out: list[list[int]] = [[] for _ in range(settings.num_samples)]
     for block in sampler.blocks():
         for i, row in enumerate(block.rows):
             out[row].extend(block.ids[i, :block.counts[i]].tolist())
@@ -388,9 +342,10 @@ def generate(net: Network, vocab: Vocab, length: int, temperature: float = 1.0, 
     text. Without a prime the model starts after a newline when the vocabulary has
     one (the start of a line), else from a random character, which is then the first
     one generated. A stop string ends the text where it first occurs (kept)."""
-    sampler = BatchSampler(net, vocab, length, seed, 1, prime, Decoding(temperature, top_k, top_p, argmax), stops)
+    settings = SampleConfig(length=length, temperature=temperature, top_k=top_k, top_p=top_p, prime=prime,
+                            seed=seed, argmax=argmax, stop=tuple(stops))
     out: list[str] = []
-    for block in sampler.blocks():
+    for block in BatchSampler(net, vocab, settings).blocks():
         text = vocab.decode(block.ids[0, :block.counts[0]])
         out.append(text)
         if on_char is not None:

@@ -1,3 +1,5 @@
+import contextlib
+import re
 import sys
 from pathlib import Path
 
@@ -32,3 +34,15 @@ def split_even_tiny_time_steps(monkeypatch):
     if ENGINE_SMALL_STEP is None:
         ENGINE_SMALL_STEP = charrnn.engine.SMALL_STEP
     monkeypatch.setattr(charrnn.engine, "SMALL_STEP", 0)
+
+
+@contextlib.contextmanager
+def raises_as_cli(match: str):
+    """pytest.raises(CharrnnError, match=...), the message as the command line shows
+    it: the library names settings (batch_size), the command line their flags."""
+    from charrnn.errors import CharrnnError, as_flag, render
+
+    with pytest.raises(CharrnnError) as info:
+        yield info
+    shown = render(info.value.message, as_flag)
+    assert re.search(match, shown), (match, shown)

@@ -8,7 +8,7 @@ import reference as ref
 from conftest import B, D, H, T, V
 
 from charrnn.engine import LayerBuffers, PackedLayer, Workspace, layer_backward, layer_forward, recurrent_weight_gradients
-from charrnn.model import GATES, ModelConfig
+from charrnn.config import GATES, ModelConfig
 
 CELLS = ["lstm", "gru", "rnn"]
 

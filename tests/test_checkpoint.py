@@ -4,23 +4,24 @@ import re
 import numpy as np
 import pytest
 
-from charrnn.checkpoint import Checkpoint, load_checkpoint, read_metadata, save_checkpoint
+from charrnn.checkpoint import Checkpoint, TrainingState, load_checkpoint, read_metadata, save_checkpoint
 from charrnn.errors import CharrnnError
-from charrnn.model import ModelConfig, ParamBuffer, RecurrentState, init_params
+from charrnn.config import ModelConfig
+from charrnn.model import Parameters, RecurrentState, init_params
 from charrnn.vocab import Vocab
 
 
 def make_checkpoint(cell="lstm"):
     vocab = Vocab.from_chars("abcdef")
     cfg = ModelConfig(vocab_size=len(vocab), cell=cell, layers=2, hidden=5, embed=4, dropout=0.1)
-    params = ParamBuffer(cfg)
+    params = Parameters(cfg)
     init_params(params, np.random.default_rng(0))
     moments = {slot: params.zeros_like() for slot in ("exp_avg", "exp_avg_sq")}
     moments["exp_avg"].flat[:] = np.random.default_rng(1).standard_normal(params.flat.size)
     moments["exp_avg_sq"].flat[:] = np.random.default_rng(2).random(params.flat.size)
     carry = RecurrentState.zeros(cfg, 3)
     carry.h[:] = 0.5
-    return Checkpoint(cfg, vocab, params, moments, {"step": 7, "best_val_loss": 1.5}, {"lr": 0.002}, carry)
+    return Checkpoint(cfg, vocab, params, moments, TrainingState(step=7, best_val_loss=1.5), {"lr": 0.002}, carry)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -149,7 +149,7 @@ def test_sample_several_as_text_each_under_a_header(runner, trained):
 
 
 def test_sample_ctrl_c_keeps_what_was_printed(runner, trained, monkeypatch):
-    from charrnn.model import Network
+    from charrnn.network import Network
 
     original, calls = Network.generate, []
 
@@ -249,8 +249,8 @@ def test_info_on_a_run_directory_and_on_a_checkpoint(runner, trained):
     ckpt = load_checkpoint(trained)
     assert report["parameters"] == ckpt.params.flat.size and report["vocab"] == ckpt.vocab.chars
     assert report["config"] == ckpt.config.to_dict() and report["train"] == ckpt.train
-    assert report["step"] == 20 and report["best_step"] == ckpt.state["best_step"]
-    assert report["best_val_loss"] == ckpt.state["best_val_loss"] and report["epoch"] > 0
+    assert report["step"] == 20 and report["best_step"] == ckpt.state.best_step
+    assert report["best_val_loss"] == ckpt.state.best_val_loss and report["epoch"] > 0
     assert [row["step"] for row in report["history"]] == [10, 20]
     alone = runner.invoke(cli, ["info", str(trained)])
     assert alone.exit_code == 0 and "best.safetensors" in alone.stdout and "validation loss (" not in alone.stdout
@@ -341,7 +341,7 @@ def test_ctrl_c_during_training_saves_last_and_exits_130(runner, corpus, tmp_pat
     assert f"interrupted at step 15; saved {last}" in result.stderr and f"--resume {last}" in result.stderr
     from charrnn.checkpoint import load_checkpoint
 
-    assert load_checkpoint(last).state["step"] == 15
+    assert load_checkpoint(last).state.step == 15
 
 
 @pytest.mark.parametrize("where,args,message", [

@@ -52,10 +52,10 @@ def check_run_directory(out) -> int:
     best = load_checkpoint(out / "best.safetensors")
     # best is written before last, so a kill between the two leaves best one evaluation
     # ahead (--eval-every 1); resuming from last reconciles that.
-    assert best.state["step"] <= last.state["step"] + 1
+    assert best.state.step <= last.state.step + 1
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(isinstance(r["step"], int) for r in rows)
-    return last.state["step"]
+    return last.state.step
 
 
 def test_sigkill_at_random_moments_leaves_loadable_files(corpus, tmp_path):

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import raises_as_cli
 
 from charrnn.data import Batches, iter_text, load_ids, scan_vocab, split_train_val
 from charrnn.errors import CharrnnError
@@ -56,10 +57,10 @@ def test_batches_are_contiguous_streams():
 
 
 def test_too_short_text_says_what_would_fit():
-    with pytest.raises(CharrnnError, match=r"has 220 characters, too short.*needs 2501.*"
+    with raises_as_cli(r"has 220 characters, too short.*needs 2501.*"
                                            r"--batch-size 4 \(with --seq-len 50\) or --seq-len 4 \(with --batch-size 50\)"):
         Batches(np.arange(220), batch_size=50, seq_len=50)
-    with pytest.raises(CharrnnError, match=r"--batch-size 1 --seq-len 29 would fit"):
+    with raises_as_cli(r"--batch-size 1 --seq-len 29 would fit"):
         Batches(np.arange(30), batch_size=50, seq_len=50)
 
 

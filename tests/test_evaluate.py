@@ -5,13 +5,15 @@ import pytest
 import reference as ref
 
 from charrnn.evaluate import perplexity_report, score_ids
-from charrnn.model import ModelConfig, Network, ParamBuffer, RecurrentState, init_params
+from charrnn.config import ModelConfig
+from charrnn.model import Parameters, RecurrentState, init_params
+from charrnn.network import Network
 
 
 @pytest.fixture(params=["lstm", "gru"])
 def net(request):
     cfg = ModelConfig(vocab_size=6, cell=request.param, layers=2, hidden=5, embed=4)
-    params = ParamBuffer(cfg, np.float64)
+    params = Parameters(cfg, np.float64)
     init_params(params, np.random.default_rng(0))
     return Network(cfg, params)
 

@@ -15,7 +15,7 @@ from test_checkpoint import make_checkpoint
 
 from charrnn.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from charrnn.errors import CharrnnError
-from charrnn.train import TrainConfig
+from charrnn.config import TrainConfig
 from charrnn.vocab import Vocab
 
 FUZZ = settings(max_examples=150, deadline=None, database=None, derandomize=True,

@@ -7,14 +7,16 @@ import reference as ref
 from conftest import B, D, H, T, V
 
 from charrnn.errors import CharrnnError
-from charrnn.model import ModelConfig, Network, ParamBuffer, RecurrentState, init_params, parameter_shapes
+from charrnn.config import ModelConfig
+from charrnn.model import Parameters, RecurrentState, init_params, parameter_shapes
+from charrnn.network import Network
 
 CELLS = ["lstm", "gru", "rnn"]
 
 
 def make_network(cell, rng, dropout=0.0, layers=2, dtype=np.float64, hidden=H):
     cfg = ModelConfig(vocab_size=V, cell=cell, layers=layers, hidden=hidden, embed=D, dropout=dropout)
-    params = ParamBuffer(cfg, dtype)
+    params = Parameters(cfg, dtype)
     init_params(params, rng)
     return cfg, params, Network(cfg, params)
 
@@ -39,8 +41,9 @@ def test_parameter_names_and_shapes_are_pytorchs():
 
 def test_views_share_the_flat_buffer():
     cfg = ModelConfig(vocab_size=V, hidden=H, embed=D)
-    params = ParamBuffer(cfg)
-    params["decoder.bias"][:] = 7
+    params = Parameters(cfg)
+    with params.write() as w:
+        w["decoder.bias"][:] = 7
     assert params.flat[-V:].tolist() == [7] * V
     assert params.flat.size == sum(np.prod(s) for _, s in params.shapes)
 
@@ -54,7 +57,7 @@ def test_config_refuses_bad_values(bad):
 
 def test_forget_bias_is_added_to_both_forget_blocks(rng):
     cfg = ModelConfig(vocab_size=V, hidden=H, embed=D, layers=1)
-    plain, shifted = ParamBuffer(cfg, np.float64), ParamBuffer(cfg, np.float64)
+    plain, shifted = Parameters(cfg, np.float64), Parameters(cfg, np.float64)
     init_params(plain, np.random.default_rng(0))
     init_params(shifted, np.random.default_rng(0), forget_bias=1.0)
     diff = (shifted["rnn.bias_ih_l0"] - plain["rnn.bias_ih_l0"]) + (shifted["rnn.bias_hh_l0"] - plain["rnn.bias_hh_l0"])
@@ -89,7 +92,6 @@ def test_gradients_of_every_parameter_and_the_initial_state(rng, cell):
     key = 12345
 
     def loss():
-        params.touch()  # the values were changed in place
         return net.loss_and_grad(ids, targets, state, params.zeros_like(), key)[0]
 
     grads = params.zeros_like()
@@ -99,9 +101,10 @@ def test_gradients_of_every_parameter_and_the_initial_state(rng, cell):
 
     softmax_xent_backward(logits, logits, targets.reshape(-1), 1.0 / targets.size, 2)
     dstate0 = net.backward(logits, params.zeros_like())
-    for name, view in params.views.items():
-        numeric = ref.numeric_grad(loss, view)
-        np.testing.assert_allclose(grads[name], numeric, rtol=1e-6, atol=1e-9, err_msg=name)
+    with params.write() as writable:  # the values change in place: the network repacks on every call
+        for name, view in writable.views.items():
+            numeric = ref.numeric_grad(loss, view)
+            np.testing.assert_allclose(grads[name], numeric, rtol=1e-6, atol=1e-9, err_msg=name)
     np.testing.assert_allclose(dstate0.h, ref.numeric_grad(loss, state.h), rtol=1e-6, atol=1e-9)
     if cell == "lstm":
         np.testing.assert_allclose(dstate0.c, ref.numeric_grad(loss, state.c), rtol=1e-6, atol=1e-9)
@@ -159,7 +162,7 @@ def test_a_model_overfits_a_short_string(cell):
     chars = sorted(set(text))
     ids = np.array([chars.index(c) for c in text])
     cfg = ModelConfig(vocab_size=len(chars), cell=cell, layers=1, hidden=32, embed=8)
-    params = ParamBuffer(cfg, np.float32)
+    params = Parameters(cfg, np.float32)
     init_params(params, np.random.default_rng(0))
     net = Network(cfg, params)
     m, v = params.zeros_like(), params.zeros_like()
@@ -167,8 +170,8 @@ def test_a_model_overfits_a_short_string(cell):
     for step in range(1, 301):
         grads = params.zeros_like()
         loss, _ = net.loss_and_grad(x, y, RecurrentState.zeros(cfg, 1), grads)
-        adam_update(params.flat, grads.flat, m.flat, v.flat, 1e-2, 0.9, 0.999, 1e-8, step, 2)
-        params.touch()
+        with params.write() as w:
+            adam_update(w.flat, grads.flat, m.flat, v.flat, 1e-2, 0.9, 0.999, 1e-8, step, 2)
     assert loss < 0.05, loss
 
 

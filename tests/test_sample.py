@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from charrnn.errors import CharrnnError
-from charrnn.model import ModelConfig, Network, ParamBuffer, init_params
+from charrnn.config import ModelConfig, SampleConfig
+from charrnn.model import Parameters, init_params
+from charrnn.network import Network
 from charrnn.sample import generate
 from charrnn.vocab import Vocab
 
@@ -11,7 +13,7 @@ from charrnn.vocab import Vocab
 def model():
     vocab = Vocab.from_chars("abcdefgh \n")
     cfg = ModelConfig(vocab_size=len(vocab), layers=2, hidden=8, embed=4)
-    params = ParamBuffer(cfg)
+    params = Parameters(cfg)
     init_params(params, np.random.default_rng(0))
     return Network(cfg, params), vocab
 
@@ -61,20 +63,21 @@ def test_vocabulary_without_newline(model):
 import io  # noqa: E402
 import json  # noqa: E402
 
-from charrnn.sample import BatchSampler, Decoding, generate_many, sample_seed, write_samples  # noqa: E402
+from charrnn.sample import BatchSampler, generate_many, sample_seed, write_samples  # noqa: E402
 
 
-@pytest.mark.parametrize("decoding", [Decoding(0.9), Decoding(1.3, top_k=3, top_p=0.8), Decoding(argmax=True)])
+@pytest.mark.parametrize("decoding", [SampleConfig(temperature=0.9), SampleConfig(temperature=1.3, top_k=3, top_p=0.8),
+                                      SampleConfig(argmax=True)])
 @pytest.mark.parametrize("prime", ["", "a b\nc"])
 def test_each_sample_of_a_batch_is_that_sample_alone_with_its_own_seed(model, decoding, prime):
     net, vocab = model
     stops = ["e ", "hh"]  # rows end at different steps and leave the batch
-    batch = generate_many(net, vocab, 60, 11, 5, prime, decoding, stops)
+    batch = generate_many(net, vocab, decoding.replace(length=60, seed=11, num_samples=5, prime=prime, stop=stops))
     for k, text in enumerate(batch, start=1):
         alone = generate(net, vocab, 60, decoding.temperature, prime, sample_seed(11, k), decoding.argmax,
                          top_k=decoding.top_k, top_p=decoding.top_p, stops=stops)
         assert text == alone
-    assert generate_many(net, vocab, 60, 11, 5, prime, decoding, stops) == batch
+    assert generate_many(net, vocab, decoding.replace(length=60, seed=11, num_samples=5, prime=prime, stop=stops)) == batch
 
 
 def test_sample_seeds_sample_1_is_the_seed_others_are_spread():
@@ -86,16 +89,16 @@ def test_sample_seeds_sample_1_is_the_seed_others_are_spread():
 
 def test_the_block_size_does_not_change_a_sample(model, monkeypatch):
     net, vocab = model
-    whole = generate_many(net, vocab, 40, 3, 3, stops=["ab"])
+    whole = generate_many(net, vocab, SampleConfig(temperature=1.0, length=40, seed=3, num_samples=3, stop=["ab"]))
     for block in (1, 3):  # stops and draws now straddle blocks
         monkeypatch.setattr("charrnn.sample.BLOCK", block)
-        assert generate_many(net, vocab, 40, 3, 3, stops=["ab"]) == whole
+        assert generate_many(net, vocab, SampleConfig(temperature=1.0, length=40, seed=3, num_samples=3, stop=["ab"])) == whole
 
 
 def test_random_start_without_newline_is_reproduced_alone(model):
     net, _ = model
     vocab = Vocab.from_chars("abcdefghij")
-    batch = generate_many(net, vocab, 15, 2, 3)
+    batch = generate_many(net, vocab, SampleConfig(temperature=1.0, length=15, seed=2, num_samples=3))
     assert batch[2] == generate(net, vocab, 15, seed=sample_seed(2, 3))
 
 
@@ -122,9 +125,9 @@ def test_a_stop_may_begin_in_the_prime_but_must_end_in_generated_text(model):
 def test_stops_the_model_cannot_produce_are_refused(model):
     net, vocab = model
     with pytest.raises(CharrnnError, match="'z'"):
-        BatchSampler(net, vocab, 10, 0, stops=["az"])
+        BatchSampler(net, vocab, SampleConfig(temperature=1.0, length=10, seed=0, stop=["az"]))
     with pytest.raises(CharrnnError, match="empty"):
-        BatchSampler(net, vocab, 10, 0, stops=[""])
+        BatchSampler(net, vocab, SampleConfig(temperature=1.0, length=10, seed=0, stop=[""]))
 
 
 class Recorder(io.StringIO):
@@ -139,7 +142,7 @@ class Recorder(io.StringIO):
 def test_streaming_writes_and_flushes_every_character(model):
     net, vocab = model
     out = Recorder()
-    write_samples(BatchSampler(net, vocab, 20, 5, prime="ab"), out, stream=True)
+    write_samples(BatchSampler(net, vocab, SampleConfig(temperature=1.0, length=20, seed=5, prime="ab")), out, stream=True)
     text = "ab" + generate(net, vocab, 20, prime="ab", seed=5) + "\n"
     assert out.getvalue() == text
     # The prime, then each character (the last one with the newline), then the close.
@@ -149,15 +152,15 @@ def test_streaming_writes_and_flushes_every_character(model):
 def test_without_streaming_output_is_flushed_once(model):
     net, vocab = model
     out = Recorder()
-    write_samples(BatchSampler(net, vocab, 20, 5), out)
+    write_samples(BatchSampler(net, vocab, SampleConfig(temperature=1.0, length=20, seed=5)), out)
     assert out.flushed == [out.getvalue()]
 
 
 def test_several_samples_print_in_order_each_with_a_header(model):
     net, vocab = model
     out = Recorder()
-    write_samples(BatchSampler(net, vocab, 30, 5, 3, prime="a", stops=["b"]), out, stream=True)
-    texts = generate_many(net, vocab, 30, 5, 3, "a", stops=["b"])
+    write_samples(BatchSampler(net, vocab, SampleConfig(temperature=1.0, length=30, seed=5, num_samples=3, prime="a", stop=["b"])), out, stream=True)
+    texts = generate_many(net, vocab, SampleConfig(temperature=1.0, length=30, seed=5, num_samples=3, prime="a", stop=["b"]))
     expected = "\n".join(f"--- sample {k} of 3, seed {sample_seed(5, k)} ---\na{t}\n" for k, t in enumerate(texts, 1))
     assert out.getvalue() == expected
     first = f"--- sample 1 of 3, seed 5 ---\na{texts[0]}"
@@ -167,9 +170,9 @@ def test_several_samples_print_in_order_each_with_a_header(model):
 def test_json_lines_hold_text_with_prime_seed_and_settings(model):
     net, vocab = model
     out = io.StringIO()
-    write_samples(BatchSampler(net, vocab, 25, 8, 2, prime="ab", stops=["c"]), out, settings={"x": 1})
+    write_samples(BatchSampler(net, vocab, SampleConfig(temperature=1.0, length=25, seed=8, num_samples=2, prime="ab", stop=["c"])), out, settings={"x": 1})
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
-    texts = generate_many(net, vocab, 25, 8, 2, "ab", stops=["c"])
+    texts = generate_many(net, vocab, SampleConfig(temperature=1.0, length=25, seed=8, num_samples=2, prime="ab", stop=["c"]))
     for k, (row, text) in enumerate(zip(rows, texts), start=1):
         assert row["sample"] == k and row["seed"] == sample_seed(8, k) and row["settings"] == {"x": 1}
         assert row["text"] == "ab" + text and row["generated"] == len(text)
@@ -190,7 +193,7 @@ def test_ctrl_c_keeps_what_was_printed_and_ends_the_line(model, monkeypatch):
     monkeypatch.setattr(type(net), "generate", generate_then_interrupt)
     out = io.StringIO()
     with pytest.raises(KeyboardInterrupt):
-        write_samples(BatchSampler(net, vocab, 50, 5, prime="ab", block=1), out)
+        write_samples(BatchSampler(net, vocab, SampleConfig(temperature=1.0, length=50, seed=5, prime="ab"), block=1), out)
     monkeypatch.undo()
     assert out.getvalue() == "ab" + generate(net, vocab, 6, prime="ab", seed=5) + "\n"
 

@@ -11,7 +11,9 @@ torch = pytest.importorskip("torch")
 nn = torch.nn
 
 from charrnn.cli import cli  # noqa: E402
-from charrnn.model import ModelConfig, Network, ParamBuffer, RecurrentState, init_params  # noqa: E402
+from charrnn.config import ModelConfig  # noqa: E402
+from charrnn.model import Parameters, RecurrentState, init_params  # noqa: E402
+from charrnn.network import Network  # noqa: E402
 
 CELLS = ["lstm", "gru", "rnn"]
 
@@ -80,7 +82,7 @@ def test_gradients_agree_with_pytorch_in_float64(cell):
     carried non-zero state, against torch autograd in float64."""
     rng = np.random.default_rng(0)
     cfg = ModelConfig(vocab_size=11, cell=cell, layers=2, hidden=7, embed=5)
-    params = ParamBuffer(cfg, np.float64)
+    params = Parameters(cfg, np.float64)
     init_params(params, rng)
     T, B = 6, 3
     ids, targets = rng.integers(0, 11, (T, B)), rng.integers(0, 11, (T, B))

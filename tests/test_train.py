@@ -4,11 +4,12 @@ import signal
 
 import numpy as np
 import pytest
-from conftest import SHAKESPEARE
+from conftest import SHAKESPEARE, raises_as_cli
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.errors import CharrnnError
-from charrnn.train import Trainer, lr_factor
+from charrnn.schedule import lr_factor
+from charrnn.train import Trainer
 
 TINY_MODEL = dict(cell="lstm", layers=2, hidden=16, embed=8, dropout=0.2)
 TINY_TRAIN = dict(batch_size=4, seq_len=16, eval_every=10, seed=3, warmup_steps=10)
@@ -35,9 +36,9 @@ def test_training_lowers_the_loss_and_writes_checkpoints_and_metrics(corpus, tmp
     assert [r["step"] for r in rows] == [10, 20, 30, 40, 50, 60]
     assert rows[-1]["val_loss"] < rows[0]["val_loss"]
     best = load_checkpoint(tmp_path / "best.safetensors")
-    assert best.state["best_val_loss"] == min(r["val_loss"] for r in rows)
+    assert best.state.best_val_loss == min(r["val_loss"] for r in rows)
     last = load_checkpoint(tmp_path / "last.safetensors")
-    assert last.state["step"] == 60 and last.optimizer is not None and last.carry is not None
+    assert last.state.step == 60 and last.optimizer is not None and last.carry is not None
 
 
 def run_stopped(corpus, out, steps, stop, **train):
@@ -74,7 +75,7 @@ def test_refuses_to_overwrite_an_existing_run(corpus, tmp_path):
 
 def test_resume_refuses_conflicting_model_flags(corpus, tmp_path):
     run(corpus, tmp_path, 10)
-    with pytest.raises(CharrnnError, match="--hidden 32 conflicts"):
+    with raises_as_cli("--hidden 32 conflicts"):
         Trainer(corpus, tmp_path, {"hidden": 32}, {"max_steps": 20}, resume=tmp_path / "last.safetensors",
                 progress=False)
 
@@ -120,7 +121,7 @@ def test_ctrl_c_saves_last_without_validating_and_resumes_exactly(corpus, tmp_pa
     assert after["best.safetensors"] == before["best.safetensors"]
     assert after["metrics.jsonl"] == before["metrics.jsonl"]
     last = load_checkpoint(out / "last.safetensors")
-    assert last.state["step"] == 25 and last.state["val_loss"] is None
+    assert last.state.step == 25 and last.state.val_loss is None
     run(corpus, out, 40, resume=out / "last.safetensors")
     assert (out / "last.safetensors").read_bytes() == (tmp_path / "whole" / "last.safetensors").read_bytes()
     assert (out / "best.safetensors").read_bytes() == (tmp_path / "whole" / "best.safetensors").read_bytes()
@@ -139,23 +140,23 @@ class Killed(BaseException):
 
 
 def test_a_kill_between_two_writes_resumes_to_the_same_files(corpus, tmp_path, monkeypatch):
-    import charrnn.train as train
+    import charrnn.rundir as rundir
 
     run(corpus, tmp_path / "whole", 40)
     out = tmp_path / "killed"
-    real_save = train.save_checkpoint
+    real_save = rundir.save_checkpoint
 
     def save_then_die_before_last(path, ckpt):
-        if path.name == "last.safetensors" and ckpt.state["step"] == 20:
+        if path.name == "last.safetensors" and ckpt.state.step == 20:
             raise Killed  # metrics.jsonl and best.safetensors of step 20 are written, last is of step 10
         real_save(path, ckpt)
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_die_before_last)
+    monkeypatch.setattr(rundir, "save_checkpoint", save_then_die_before_last)
     with pytest.raises(Killed):
         run(corpus, out, 40)
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
-    assert load_checkpoint(out / "last.safetensors").state["step"] == 10
-    assert load_checkpoint(out / "best.safetensors").state["step"] == 20
+    monkeypatch.setattr(rundir, "save_checkpoint", real_save)
+    assert load_checkpoint(out / "last.safetensors").state.step == 10
+    assert load_checkpoint(out / "best.safetensors").state.step == 20
     run(corpus, out, 40, resume=out / "last.safetensors")
     for name in ("last.safetensors", "best.safetensors"):
         assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
@@ -173,7 +174,7 @@ def test_a_new_budget_on_resume_replaces_the_saved_one(corpus, tmp_path):
 def test_resuming_a_finished_run_says_what_to_do(corpus, tmp_path):
     run(corpus, tmp_path, 10)
     trainer = Trainer(corpus, tmp_path, {}, {"max_steps": 10}, resume=tmp_path / "last.safetensors", progress=False)
-    with pytest.raises(CharrnnError, match="nothing to do: .* step 10, which already meets --max-steps 10; "
+    with raises_as_cli("nothing to do: .* step 10, which already meets --max-steps 10; "
                                            "give a larger --max-steps"):
         trainer.run()
 
@@ -202,7 +203,7 @@ def test_resume_with_characters_outside_the_checkpoints_vocabulary(corpus, tmp_p
 
 def test_resume_refuses_a_different_data_setting(corpus, tmp_path):
     run(corpus, tmp_path, 10)
-    with pytest.raises(CharrnnError, match="--seq-len 8 conflicts with the checkpoint's 16"):
+    with raises_as_cli("--seq-len 8 conflicts with the checkpoint's 16"):
         Trainer(corpus, tmp_path, {}, {"max_steps": 20, "seq_len": 8}, resume=tmp_path / "last.safetensors",
                 progress=False)
 
@@ -210,7 +211,7 @@ def test_resume_refuses_a_different_data_setting(corpus, tmp_path):
 def test_divergence_stops_with_a_hint_and_leaves_every_file_untouched(corpus, tmp_path):
     run(corpus, tmp_path, 20)
     before = files_of(tmp_path)
-    with pytest.raises(CharrnnError, match=r"diverged at step 2\d: the (training loss|gradient norm) is not finite; "
+    with raises_as_cli(r"diverged at step 2\d: the (training loss|gradient norm) is not finite; "
                                            r"try a lower --lr \(this run used 1e\+38\)"):
         run(corpus, tmp_path, 40, resume=tmp_path / "last.safetensors", lr=1e38)
     assert files_of(tmp_path) == before
@@ -220,7 +221,7 @@ def test_a_non_finite_validation_loss_is_divergence_too(corpus, tmp_path, monkey
     run(corpus, tmp_path, 10)
     before = files_of(tmp_path)
     monkeypatch.setattr(Trainer, "validate", lambda self: float("nan"))
-    with pytest.raises(CharrnnError, match="diverged at step 20: the validation loss is not finite; try a lower --lr"):
+    with raises_as_cli("diverged at step 20: the validation loss is not finite; try a lower --lr"):
         run(corpus, tmp_path, 20, resume=tmp_path / "last.safetensors")
     assert files_of(tmp_path) == before
 
@@ -243,7 +244,7 @@ def test_best_is_only_replaced_by_a_lower_loss_also_across_resumes(corpus, tmp_p
     assert best.read_bytes() == before
     assert (tmp_path / "control" / "best.safetensors").read_bytes() != control_before  # the loss did fall
     last = load_checkpoint(tmp_path / "kept" / "last.safetensors")
-    assert last.state["best_val_loss"] == 0.5 and last.state["best_step"] == 7
+    assert last.state.best_val_loss == 0.5 and last.state.best_step == 7
 
 
 def test_stale_temporary_files_are_cleared_and_do_not_stop_a_run(corpus, tmp_path):
@@ -292,23 +293,23 @@ def schedule_trainer(corpus, tmp_path, **flags):
 
 def test_the_budget_spent_is_the_largest_fraction_of_the_budgets_given(corpus, tmp_path):
     t = schedule_trainer(corpus, tmp_path, max_steps=100)
-    t.state["step"] = 25
-    assert t.budget_spent(1e6) == 0.25  # elapsed time is no budget here
+    t.state.step = 25
+    assert t.budget.spent(t.step, 1e6) == 0.25  # elapsed time is no budget here
     assert t.lr(0.0) == pytest.approx(0.01 * 0.5 * (1 + np.cos(np.pi / 4)))
     t = schedule_trainer(corpus, tmp_path, max_epochs=2.0)
-    t.state["step"] = t.batches.steps_per_epoch
-    assert t.budget_spent(0.0) == 0.5
+    t.state.step = t.batches.steps_per_epoch
+    assert t.budget.spent(t.step, 0.0) == 0.5
     t = schedule_trainer(corpus, tmp_path, max_time=60.0)
-    assert t.budget_spent(15.0) == 0.25 and t.budget_spent(90.0) == 1.0
+    assert t.budget.spent(t.step, 15.0) == 0.25 and t.budget.spent(t.step, 90.0) == 1.0
     assert t.lr(60.0) == pytest.approx(0.0, abs=1e-15)
     t = schedule_trainer(corpus, tmp_path, max_steps=100, max_epochs=1.0, max_time=60.0, lr_schedule="linear")
-    t.state["step"] = 10
+    t.state.step = 10
     spe = t.batches.steps_per_epoch
-    assert t.budget_spent(3.0) == pytest.approx(max(0.1, 10 / spe, 0.05))
-    assert t.budget_spent(45.0) == 0.75
+    assert t.budget.spent(t.step, 3.0) == pytest.approx(max(0.1, 10 / spe, 0.05))
+    assert t.budget.spent(t.step, 45.0) == 0.75
     assert t.lr(45.0) == pytest.approx(0.01 * 0.25)
     t = schedule_trainer(corpus, tmp_path, max_steps=100, lr_schedule="constant")
-    t.state["step"] = 99
+    t.state.step = 99
     assert t.lr(0.0) == 0.01
 
 

@@ -46,6 +46,6 @@ FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 kernel = njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 
 # For kernels with a `prange(nthreads)` loop: each of the nthreads iterations runs
-# on its own thread (see engine.py for the threading layer), so the iterations of
+# on its own thread (the threading layer set above sees to it), so the iterations of
 # one region can wait for each other at a barrier.
 parallel_kernel = njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True)

@@ -5,18 +5,11 @@
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
     h' = (1 - z) * n + z * h
 
-As for the LSTM, the input side of every step is computed before the time loop;
-threads split the recurrent product by panels and the cell by units.
+One step of the cell, for a range of units; recurrence.py runs the time loop.
 """
 
-import numpy as np
-from numba import prange
-
-from charrnn.kernels import kernel, parallel_kernel
+from charrnn.kernels import kernel
 from charrnn.kernels.activations import sigmoid, tanh
-from charrnn.kernels.gemm import gemm_block_n, split, tile_scratch
-from charrnn.kernels.lstm import UNIT_ALIGN
-from charrnn.kernels.simd import BARRIER_SIZE, NR, barrier
 
 
 @kernel
@@ -43,31 +36,6 @@ def gru_cell_forward(h, a, hn, hg, h_prev, b_hn, u0, u1):
             nn[j] = tanh(nn[j] + r[j] * hnb[j])
         for j in range(n):
             hb[j] = nn[j] + z[j] * (hp[j] - nn[j])
-
-
-@parallel_kernel
-def gru_recurrence(hs, acts, hn, hg, h0, b_hn, w_hh_t, nthreads):
-    """The time loop of one layer.
-
-    hs: (T, B, H) out; acts: (T, B, 3H) input-side pre-activations in (b_ir + b_hr,
-    b_iz + b_hz, b_in added), activations r, z, n out; hn: (T, B, H) out, W_hn h + b_hn
-    (n's gradient w.r.t. r needs it); hg: (B, 3H) workspace; h0: (B, H); b_hn: (H,);
-    w_hh_t: w_hh.T packed (panels(3H), H, NR)."""
-    T, B, H = hs.shape
-    npan = w_hh_t.shape[0]
-    sync = np.zeros(BARRIER_SIZE, np.int64)
-    for worker in prange(nthreads):
-        p0, p1 = split(npan, nthreads, worker, 1)
-        u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
-        scratch = tile_scratch(hs)
-        c_lo, c_hi = p0 * NR, min(3 * H, p1 * NR)
-        for t in range(T):
-            h_prev = h0 if t == 0 else hs[t - 1]
-            hg[:, c_lo:c_hi] = 0.0
-            gemm_block_n(h_prev, w_hh_t, hg, 0, B, p0, p1, scratch)
-            barrier(sync, nthreads)
-            gru_cell_forward(hs[t], acts[t], hn[t], hg, h_prev, b_hn, u0, u1)
-            barrier(sync, nthreads)
 
 
 @kernel
@@ -103,25 +71,3 @@ def gru_cell_backward(dxg, dhg, dh, dh_out, a, hn, h_prev, u0, u1):
             dhn[j] = dxn[j] * r[j]
         for j in range(n):
             dhb[j] = dhb[j] * z[j]
-
-
-@parallel_kernel
-def gru_recurrence_backward(dxg, dhg, dh, dhs, acts, hn, hs, h0, w_hh, nthreads):
-    """Backpropagation through the time loop of gru_recurrence.
-
-    dxg, dhg: (T, B, 3H) out (see gru_cell_backward). dh: (B, H) in, gradient w.r.t.
-    the final state; out, w.r.t. the initial state. dhs: (T, B, H) from above;
-    acts, hn, hs: from gru_recurrence; h0: (B, H); w_hh packed (panels(H), 3H, NR)."""
-    T, B, H = dhs.shape
-    npan = w_hh.shape[0]
-    sync = np.zeros(BARRIER_SIZE, np.int64)
-    for worker in prange(nthreads):
-        p0, p1 = split(npan, nthreads, worker, 1)
-        u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
-        scratch = tile_scratch(dh)
-        for t in range(T - 1, -1, -1):
-            h_prev = h0 if t == 0 else hs[t - 1]
-            gru_cell_backward(dxg[t], dhg[t], dh, dhs[t], acts[t], hn[t], h_prev, u0, u1)
-            barrier(sync, nthreads)
-            gemm_block_n(dhg[t], w_hh, dh, 0, B, p0, p1, scratch)
-            barrier(sync, nthreads)

@@ -4,21 +4,13 @@
     c' = f * c + i * g
     h' = o * tanh(c')
 
-The input side of every step is computed before the time loop (recurrent.py);
-these kernels run the loop. Each of the nthreads threads computes a share of the
-recurrent product (by panels of columns) and a share of the cell (by units),
-meeting at a barrier after each.
+One step of the cell, for a range of units; recurrence.py runs the time loop.
 """
 
-import numpy as np
-from numba import prange
-
-from charrnn.kernels import kernel, parallel_kernel
+from charrnn.kernels import kernel
 from charrnn.kernels.activations import sigmoid, tanh
-from charrnn.kernels.gemm import gemm_block_n, split, tile_scratch
-from charrnn.kernels.simd import BARRIER_SIZE, NR, barrier, prefetch
+from charrnn.kernels.simd import prefetch
 
-UNIT_ALIGN = 8  # units per thread start at multiples of 8: whole float32 vectors
 LINE = 16  # float32 elements in a 64-byte cache line: one prefetch each
 
 
@@ -45,29 +37,6 @@ def lstm_cell_forward(h, c, a, c_prev, u0, u1):
             cb[j] = f[j] * cp[j] + i[j] * g[j]
         for j in range(n):
             hb[j] = o[j] * tanh(cb[j])
-
-
-@parallel_kernel
-def lstm_recurrence(hs, cs, acts, h0, c0, w_hh_t, nthreads):
-    """The time loop of one layer.
-
-    hs, cs: (T, B, H) out; acts: (T, B, 4H) input-side pre-activations (biases
-    included) in, gate activations out; h0, c0: (B, H); w_hh_t: w_hh.T packed
-    (panels(4H), H, NR)."""
-    T, B, H = hs.shape
-    npan = w_hh_t.shape[0]
-    sync = np.zeros(BARRIER_SIZE, np.int64)
-    for worker in prange(nthreads):
-        p0, p1 = split(npan, nthreads, worker, 1)
-        u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
-        scratch = tile_scratch(hs)
-        for t in range(T):
-            h_prev = h0 if t == 0 else hs[t - 1]
-            c_prev = c0 if t == 0 else cs[t - 1]
-            gemm_block_n(h_prev, w_hh_t, acts[t], 0, B, p0, p1, scratch)
-            barrier(sync, nthreads)
-            lstm_cell_forward(hs[t], cs[t], acts[t], c_prev, u0, u1)
-            barrier(sync, nthreads)
 
 
 @kernel
@@ -120,30 +89,3 @@ def _prefetch_row(a, c, c_prev, dh_out, b, u0, u1):
         prefetch(c, b, j)
         prefetch(c_prev, b, j)
         prefetch(dh_out, b, j)
-
-
-@parallel_kernel
-def lstm_recurrence_backward(acts, dh, dc, dhs, cs, c0, w_hh, nthreads):
-    """Backpropagation through the time loop of lstm_recurrence.
-
-    acts: (T, B, 4H) in, the gate activations from lstm_recurrence; out, in their
-    place, the gradient w.r.t. the pre-activations of every step.
-    dh, dc: (B, H) in, gradient w.r.t. the final state (zero when truncating);
-    out, w.r.t. the initial state. dhs: (T, B, H) gradient w.r.t. hs from above.
-    cs: from lstm_recurrence; c0: (B, H); w_hh packed (panels(H), 4H, NR)."""
-    T, B, H = dhs.shape
-    npan = w_hh.shape[0]
-    sync = np.zeros(BARRIER_SIZE, np.int64)
-    for worker in prange(nthreads):
-        p0, p1 = split(npan, nthreads, worker, 1)
-        u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
-        scratch = tile_scratch(dh)
-        tc, dct = np.empty(H, dh.dtype), np.empty(H, dh.dtype)
-        c_lo, c_hi = p0 * NR, min(H, p1 * NR)  # the columns of dh this thread's panels write
-        for t in range(T - 1, -1, -1):
-            c_prev = c0 if t == 0 else cs[t - 1]
-            lstm_cell_backward(acts[t], dh, dc, dhs[t], cs[t], c_prev, u0, u1, tc, dct)
-            barrier(sync, nthreads)
-            dh[:, c_lo:c_hi] = 0.0
-            gemm_block_n(acts[t], w_hh, dh, 0, B, p0, p1, scratch)
-            barrier(sync, nthreads)

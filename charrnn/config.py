@@ -1,0 +1,393 @@
+"""Every setting of charrnn, defined once: its default, its one-sentence help, its
+kind (how text becomes a value) and its rule.
+
+Settings are fields of frozen dataclasses: ModelConfig (a model's shape),
+TrainConfig (how it is trained; both saved in every checkpoint) and SampleConfig
+(how text is generated). Each field is made by setting(), which keeps a Setting in
+the field's metadata. The command line builds its options from them (cli.py), the
+Python API takes them as keyword arguments and the server as request fields, and
+every value is checked here, when a config is made: the error names the setting
+(see errors.named), and each front end names it its own way.
+
+Help texts refer to other settings as {name}; render_help writes them as flags for
+the command line.
+
+No numpy or Numba here: importing this module is cheap.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, Callable
+
+from charrnn.errors import CharrnnError, SettingError, UnknownSettingError, named
+
+GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks of each cell's weight matrices
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+# ----- rules --------------------------------------------------------------------
+
+def is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_real(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a value must be: check(value) is True, described as `what`."""
+
+    check: Callable[[Any], bool]
+    what: str
+
+
+POSITIVE_INT = Rule(lambda v: is_int(v) and v >= 1, "a positive integer")
+NON_NEGATIVE_INT = Rule(lambda v: is_int(v) and v >= 0, "a non-negative integer")
+POSITIVE_NUMBER = Rule(lambda v: is_real(v) and v > 0, "a positive number")
+FINITE = Rule(is_real, "a finite number")
+FRACTION = Rule(lambda v: is_real(v) and 0 <= v < 1, "in [0, 1)")
+UNIT_INTERVAL = Rule(lambda v: is_real(v) and 0 <= v <= 1, "in [0, 1]")
+PROBABILITY = Rule(lambda v: is_real(v) and 0 < v <= 1, "a number in (0, 1]")
+TEXT = Rule(lambda v: isinstance(v, str), "a string")
+
+
+def one_of(choices) -> Rule:
+    return Rule(lambda v: v in choices, f"one of {', '.join(choices)}")
+
+
+# ----- durations ---------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)([smh]?)")
+_UNITS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(text) -> float:
+    """Seconds of a time span: 90, 90s, 5m, 1.5h, 1h30m (a number is seconds).
+    ValueError, with a message for the user, for anything else or zero."""
+    if is_real(text):
+        seconds = float(text)
+    else:
+        s = str(text).strip().lower()
+        pos, seconds = 0, 0.0
+        for m in _DURATION_PART.finditer(s):
+            if m.start() != pos:
+                break
+            seconds += float(m.group(1)) * _UNITS[m.group(2)]
+            pos = m.end()
+        if not s or pos != len(s):
+            raise ValueError(f"{text!r} is not a duration (examples: 90s, 5m, 1h30m)")
+    if not seconds > 0:
+        raise ValueError(f"{text!r} must be longer than zero")
+    return seconds
+
+
+def parse_steps_or_duration(text) -> int | str:
+    """A number of steps (500) or a time span with its unit (90s, 1m), the latter as
+    its seconds in a string ("60s"), which is how TrainConfig keeps it."""
+    if is_int(text):
+        return int(text)
+    s = str(text).strip()
+    if re.fullmatch(r"[+-]?\d+", s):
+        return int(s)
+    if not s or s[-1].lower() not in "smh":
+        raise ValueError(f"{text!r} is neither a number of steps nor a duration (examples: 500, 90s, 1m)")
+    return f"{parse_duration(s):g}s"
+
+
+def duration_seconds(value) -> float | None:
+    """The seconds of a steps-or-duration kept as time ("60s"); None for a number of
+    steps or anything else."""
+    if isinstance(value, str) and value.endswith("s"):
+        try:
+            seconds = float(value[:-1])
+        except ValueError:
+            return None
+        return seconds if math.isfinite(seconds) and seconds > 0 else None
+    return None
+
+
+def format_duration(seconds: float) -> str:
+    """60 -> '1m', 90 -> '1m30s', 5400 -> '1h30m', 2.5 -> '2.5s'."""
+    if seconds != int(seconds):
+        return f"{seconds:g}s"
+    h, rest = divmod(int(seconds), 3600)
+    m, s = divmod(rest, 60)
+    return "".join(f"{n}{u}" for n, u in ((h, "h"), (m, "m"), (s, "s")) if n) or "0s"
+
+
+STEPS_OR_DURATION = Rule(lambda v: (is_int(v) and v >= 1) or duration_seconds(v) is not None,
+                         "a positive integer (steps) or a duration such as 1m")
+
+
+# ----- settings ----------------------------------------------------------------------
+
+# What a kind of setting is given as on the command line: a Click type name (see cli.py).
+KINDS = ("int", "float", "choice", "duration", "steps-or-duration", "flag", "text", "texts")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting: name, default, help (other settings as {name}), kind (see KINDS),
+    rule (None: any value of the kind), choices (kind "choice"), whether None means
+    "not set" (optional), a short flag, and whether the command line has it."""
+
+    name: str
+    default: Any
+    help: str
+    kind: str
+    rule: Rule | None = None
+    choices: tuple = ()
+    optional: bool = False
+    short: str | None = None
+    cli: bool = True
+
+    def check(self, value) -> Any:
+        """The value as the config keeps it (a duration given as text becomes seconds),
+        or a SettingError naming the setting."""
+        if value is None and self.optional:
+            return None
+        if self.kind == "duration" and isinstance(value, str):
+            try:
+                value = parse_duration(value)
+            except ValueError:
+                raise SettingError(self.name, value, "a duration such as 90s, 5m or 1h30m") from None
+        elif self.kind == "steps-or-duration" and isinstance(value, str):
+            try:
+                value = parse_steps_or_duration(value)
+            except ValueError:
+                pass  # the rule below refuses it
+        elif self.kind == "texts" and isinstance(value, (list, tuple)):
+            value = tuple(value)
+        if self.rule is not None and not self.rule.check(value):
+            raise SettingError(self.name, value, self.rule.what)
+        return value
+
+    def shown_default(self) -> str | None:
+        """The default as help shows it, None when there is none to show."""
+        d = self.default
+        if d is None or d is False or d == "" or d == ():
+            return None
+        if self.kind == "steps-or-duration" and duration_seconds(d) is not None:
+            return format_duration(duration_seconds(d))
+        return f"{d:g}" if isinstance(d, float) else str(d)
+
+
+def setting(default, help: str, kind: str, rule: Rule | None = None, **options):
+    """A dataclass field for a setting (see Setting); its name is the field's."""
+    assert kind in KINDS, kind
+    spec = dict(default=default, help=help, kind=kind, rule=rule, **options)
+    return field(default=default, metadata={"setting": spec})
+
+
+def settings_of(cls) -> dict[str, Setting]:
+    """The Settings of a config class, in field order."""
+    return {f.name: Setting(name=f.name, **f.metadata["setting"]) for f in fields(cls) if "setting" in f.metadata}
+
+
+def render_help(text: str, style: Callable[[str], str] = lambda name: name) -> str:
+    """A help text with each {name} written by style (flags for the command line)."""
+    return re.sub(r"\{([a-z_0-9]+)\}", lambda m: style(m.group(1)), text)
+
+
+def unknown_names(names, known, what: str) -> UnknownSettingError:
+    """An error naming the unknown names, with the closest known one for each."""
+    parts = []
+    for name in sorted(names):
+        close = difflib.get_close_matches(str(name), list(known), n=1)
+        parts.append(f"{name!r}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return UnknownSettingError(f"unknown {what}: {', '.join(parts)}", names)
+
+
+class Settings:
+    """Base of the config dataclasses: every value is checked when one is made."""
+
+    WHAT = "settings"  # how errors name the group
+
+    def __post_init__(self):
+        for name, s in settings_of(type(self)).items():
+            object.__setattr__(self, name, s.check(getattr(self, name)))
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+    @classmethod
+    def check_values(cls, values: dict) -> dict:
+        """Some values of this config's settings, checked one by one (for a partial
+        set, such as the flags a user gave): a copy with durations in seconds."""
+        specs = settings_of(cls)
+        unknown = set(values) - set(specs)
+        if unknown:
+            raise unknown_names(unknown, specs, cls.WHAT)
+        return {name: specs[name].check(value) for name, value in values.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict, missing: dict | None = None):
+        """A config from a dict such as a checkpoint keeps: unknown keys are refused
+        (a newer checkpoint format, which format_version refuses first, or a damaged
+        file); a key that is absent takes missing[key] if given, else its default."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise unknown_names(unknown, known, cls.WHAT)
+        return cls(**{**(missing or {}), **d})
+
+    def replace(self, **changes):
+        return replace(self, **changes)
+
+
+# ----- the model --------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelConfig(Settings):
+    """What defines a model's shape; saved in every checkpoint."""
+
+    WHAT = "model settings"
+
+    vocab_size: int = setting(None, "Characters in the vocabulary (from the corpus or a vocabulary file).", "int",
+                              POSITIVE_INT, cli=False)
+    cell: str = setting("lstm", "Recurrent cell.", "choice", one_of(tuple(GATES)), choices=tuple(GATES))
+    layers: int = setting(2, "Number of recurrent layers.", "int", POSITIVE_INT)
+    hidden: int = setting(256, "Hidden units per layer.", "int", POSITIVE_INT)
+    embed: int = setting(64, "Character embedding size.", "int", POSITIVE_INT)
+    dropout: float = setting(0.0, "Dropout between layers and before the output.", "float", FRACTION)
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.cell]
+
+
+# ----- training ---------------------------------------------------------------------
+
+# The budget: a resumed run given any of these replaces the saved budget with them.
+BUDGET = ("max_steps", "max_epochs", "max_time")
+DEFAULT_BUDGET = {"max_time": 300.0}  # a new run given no budget trains for 5 minutes
+# Settings that fix which character every step sees: a resumed run must keep them.
+DATA_SETTINGS = ("batch_size", "seq_len", "val_frac", "seed")
+# What a checkpoint written before the learning-rate schedule existed was trained
+# with: resuming it keeps the constant rate.
+LEGACY_TRAIN = {"lr_schedule": "constant", "warmup_steps": 0, "min_lr_frac": 0.0, "forget_bias": 0.0}
+
+
+@dataclass(frozen=True)
+class TrainConfig(Settings):
+    """How to train; saved in every checkpoint."""
+
+    WHAT = "training settings"
+
+    batch_size: int = setting(32, "Parallel streams per batch (B).", "int", POSITIVE_INT)
+    seq_len: int = setting(50, "Characters per stream per batch (T, the BPTT length).", "int", POSITIVE_INT)
+    lr: float = setting(4e-3, "Adam's peak learning rate.", "float", POSITIVE_NUMBER)
+    lr_schedule: str = setting("cosine", "How the learning rate decays from {lr} to {min_lr_frac} x {lr} over the "
+                               "budget.", "choice", one_of(SCHEDULES), choices=SCHEDULES)
+    warmup_steps: int = setting(100, "Raise the learning rate linearly over the first N steps.", "int",
+                                NON_NEGATIVE_INT)
+    min_lr_frac: float = setting(0.0, "The fraction of {lr} the decay reaches at the end of the budget.", "float",
+                                 UNIT_INTERVAL)
+    grad_clip: float = setting(5.0, "Clip the gradient's global norm to this.", "float", POSITIVE_NUMBER)
+    val_frac: float = setting(0.1, "Last fraction of the corpus held out for validation.", "float", FRACTION)
+    eval_every: int | str = setting("60s", "Validate and checkpoint every N steps (500) or every so much training "
+                                    "time (1m, 90s).", "steps-or-duration", STEPS_OR_DURATION)
+    max_steps: int | None = setting(None, "Stop after this many optimiser steps in total.", "int", NON_NEGATIVE_INT,
+                                    optional=True)
+    max_epochs: float | None = setting(None, "Stop after this many passes over the training text.", "float",
+                                       POSITIVE_NUMBER, optional=True)
+    # seconds of training, counted across resumes
+    max_time: float | None = setting(None, "Stop after this much training time, e.g. 90s, 5m, 1h.", "duration",
+                                     POSITIVE_NUMBER, optional=True)
+    seed: int = setting(0, "Seed for initialisation and dropout.", "int", NON_NEGATIVE_INT)
+    forget_bias: float = setting(0.0, "Added to the LSTM's forget-gate biases at initialisation (new runs only).",
+                                 "float", FINITE)
+
+    @property
+    def has_budget(self) -> bool:
+        return any(getattr(self, name) is not None for name in BUDGET)
+
+    @property
+    def eval_seconds(self) -> float | None:
+        """eval_every as seconds of training time, None when it counts steps."""
+        return duration_seconds(self.eval_every)
+
+    @property
+    def eval_steps(self) -> int | None:
+        return self.eval_every if is_int(self.eval_every) else None
+
+    @classmethod
+    def from_dict(cls, d: dict, missing: dict | None = None) -> "TrainConfig":
+        """Settings a checkpoint saved; those it predates take the values such runs used."""
+        return super().from_dict(d, LEGACY_TRAIN if missing is None else missing)
+
+
+def new_run_settings(model: dict, train: dict, vocab_size: int) -> tuple[ModelConfig, TrainConfig]:
+    """The configs of a new run from the settings a user gave (any others take their
+    defaults; no budget means DEFAULT_BUDGET)."""
+    tcfg = TrainConfig(**train)
+    if not tcfg.has_budget:
+        tcfg = tcfg.replace(**DEFAULT_BUDGET)
+    cfg = ModelConfig(vocab_size=vocab_size, **model)
+    if cfg.cell != "lstm":
+        if train.get("forget_bias", 0.0) != 0.0:
+            raise CharrnnError(f"{named('forget_bias')} applies to {named('cell', 'lstm')} only, not {cfg.cell}")
+        tcfg = tcfg.replace(forget_bias=0.0)  # the cell has no forget gate
+    return cfg, tcfg
+
+
+def resumed_run_settings(saved: TrainConfig, model: ModelConfig, given_model: dict,
+                         given_train: dict) -> TrainConfig:
+    """The training settings of a resumed run: the checkpoint's, with the ones the
+    user gave replacing them; settings that fix the model, the data each step sees or
+    the initial weights must agree with the checkpoint's."""
+    for name, value in given_model.items():
+        if getattr(model, name) != value:
+            raise CharrnnError(f"{named(name, value)} conflicts with the checkpoint's "
+                               f"{name} = {getattr(model, name)}; drop the flag to resume")
+    for name in DATA_SETTINGS:
+        if name in given_train and given_train[name] != getattr(saved, name):
+            raise CharrnnError(
+                f"{named(name, given_train[name])} conflicts with the checkpoint's "
+                f"{getattr(saved, name)}; a resumed run keeps it so that it sees the same data")
+    if "forget_bias" in given_train and given_train["forget_bias"] != saved.forget_bias:
+        raise CharrnnError(f"{named('forget_bias', format(given_train['forget_bias'], 'g'))} conflicts with the "
+                           f"checkpoint's {saved.forget_bias:g}; it sets the initial weights, so only a new run can "
+                           "change it")
+    if any(name in given_train for name in BUDGET):  # a new budget replaces the saved one
+        saved = saved.replace(**{name: None for name in BUDGET})
+    return saved.replace(**given_train)
+
+
+# ----- generation -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SampleConfig(Settings):
+    """How text is generated from a checkpoint."""
+
+    WHAT = "sampling settings"
+
+    length: int = setting(500, "Characters to generate after the prime (at most; see {stop}).", "int",
+                          NON_NEGATIVE_INT, short="-n")
+    temperature: float = setting(0.8, "Below 1: safer, more repetitive text; above 1: more surprising text.",
+                                 "float", POSITIVE_NUMBER, short="-t")
+    top_k: int | None = setting(None, "Draw only from the K most likely characters at each step.", "int",
+                                POSITIVE_INT, optional=True, short="-k")
+    top_p: float | None = setting(None, "Draw only from the fewest most likely characters whose probability "
+                                  "reaches P (nucleus sampling; applied after temperature and {top_k}).", "float",
+                                  PROBABILITY, optional=True)
+    prime: str = setting("", "Text to start from; printed before the sample.", "text", TEXT, short="-p")
+    seed: int | None = setting(None, "Seed for reproducible samples (default: random, shown on stderr).", "int",
+                               NON_NEGATIVE_INT, optional=True)
+    argmax: bool = setting(False, "Always take the most likely character (no randomness; ignores {temperature}, "
+                           "{top_k}, {top_p}).", "flag", Rule(lambda v: isinstance(v, bool), "true or false"))
+    num_samples: int = setting(1, "Generate N samples together, printed one after another, each headed by its "
+                               "own seed.", "int", POSITIVE_INT)
+    stop: tuple = setting((), "End a sample where it produces this text (kept). Repeatable; \\n, \\t, \\\\ are "
+                          "understood.", "texts",
+                          # (an empty one is refused with the stops a vocabulary cannot produce: sample.py)
+                          Rule(lambda v: isinstance(v, tuple) and all(isinstance(s, str) for s in v),
+                               "a list of strings"))

@@ -1,0 +1,181 @@
+"""The network's compute: forward and backward passes over (T, B) batches of
+character ids, and the inference steps, on the engine's kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from charrnn.config import ModelConfig
+from charrnn.engine import (PackedWeights, Workspace, layer_backward, layer_forward, product,
+                            recurrent_weight_gradients, step_buffers, threads)
+from charrnn.kernels.dropout import apply_mask, dropout_mask
+from charrnn.kernels.inference import Decoding, generate, step_logits
+from charrnn.kernels.linear import gather_rows, scatter_add_rows, set_rows
+from charrnn.kernels.loss import softmax_xent, softmax_xent_backward
+from charrnn.kernels.recurrence import CELL_CODES
+from charrnn.model import ParamBuffer, Parameters, RecurrentState, layer_dropout_keys
+
+
+class Network:
+    """The model's forward and backward passes over (T, B) batches of character ids.
+
+    params are read, never written; the packed copies the kernels read are rebuilt
+    whenever params.version has moved on, or while params are being written."""
+
+    def __init__(self, cfg: ModelConfig, params: Parameters):
+        if not isinstance(params, Parameters):
+            raise TypeError("a Network runs on Parameters (whose writes are versioned), not a plain ParamBuffer")
+        self.cfg = cfg
+        self.params = params
+        self._workspaces: dict[tuple, object] = {}
+        self._packed = None
+        self._last = None  # (workspace, ids, dropout used) of the last forward, for backward (which clears it)
+
+    def _workspace(self, T: int, B: int, dropout: bool) -> Workspace:
+        key = (T, B, dropout)
+        if key not in self._workspaces:
+            self._workspaces[key] = Workspace(self.cfg, T, B, self.params.dtype, dropout)
+        return self._workspaces[key]
+
+    def packed(self, nthreads: int) -> PackedWeights:
+        """The weights packed for the kernels, rebuilt when the parameters change."""
+        p = self.params
+        if self._packed is None or self._packed.version != p.version or p.writing:
+            self._packed = PackedWeights(self.cfg, self.params, nthreads)
+        return self._packed
+
+    def forward(self, ids: np.ndarray, state: RecurrentState, dropout_key: int | None = None):
+        """Logits for every position, and the state after the last step.
+
+        ids: (T, B) ints; state: initial state of the B streams (not modified).
+        dropout_key: None for evaluation; an integer key for a training pass, which
+        then applies dropout (if the config has any) with masks derived from the key.
+        Returns logits: (T * B, V), row t * B + b for stream b at step t, and the new state.
+        """
+        cfg, nthreads = self.cfg, threads()
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        T, B = ids.shape
+        use_dropout = dropout_key is not None and cfg.dropout > 0.0
+        ws = self._workspace(T, B, use_dropout)
+        packed = self.packed(nthreads)
+        keys = layer_dropout_keys(dropout_key, cfg.layers) if use_dropout else None
+        below = None
+        for layer, (buf, weights) in enumerate(zip(ws.layers, packed.layers)):
+            if layer == 0:
+                gather_rows(buf.input_side(), packed.table, ids.reshape(-1), nthreads)
+            else:
+                set_rows(buf.input_side(), weights.bias, nthreads)
+                product(buf.input_side(), below.reshape(T * B, cfg.hidden), False, weights.ih_t, nthreads)
+            c0 = state.c[layer] if state.c is not None else None
+            layer_forward(cfg.cell, buf, weights, state.h[layer], c0, nthreads)
+            if use_dropout:
+                dropout_mask(buf.mask, keys[layer], cfg.dropout, nthreads)
+                apply_mask(buf.ys, buf.hs, buf.mask, nthreads)
+            below = buf.output
+        set_rows(ws.logits, self.params.kernel_view["decoder.bias"], nthreads)
+        product(ws.logits, below.reshape(T * B, cfg.hidden), False, packed.dec_t, nthreads)
+        new_state = RecurrentState(
+            np.stack([buf.hs_buf[T] for buf in ws.layers]),
+            np.stack([buf.cs_buf[T] for buf in ws.layers]) if cfg.cell == "lstm" else None)
+        self._last = (ws, ids, use_dropout)
+        return ws.logits, new_state
+
+    def backward(self, dlogits: np.ndarray, grads: ParamBuffer,
+                 dstate_last: RecurrentState | None = None) -> RecurrentState:
+        """Add the gradients of the loss to grads, given dlogits (T * B, V) for the
+        logits of the last forward call. dstate_last is the gradient w.r.t. the final
+        state (zero when truncating backpropagation). Returns the gradient w.r.t. the
+        initial state. One backward per forward: it uses up what the forward saved
+        (the LSTM's gate gradients replace its activations)."""
+        if self._last is None:
+            raise RuntimeError("backward needs a forward pass of its own: the last one was used up")
+        cfg, nthreads = self.cfg, threads()
+        (ws, ids, use_dropout), self._last = self._last, None
+        T, B = ids.shape
+        H, TB = cfg.hidden, T * B
+        packed = self.packed(nthreads).for_backward(nthreads)
+        dstate0 = RecurrentState.zeros(cfg, B, self.params.dtype)
+        top = ws.layers[-1].output.reshape(TB, H)
+        dy = ws.dy[0]
+        dy[...] = 0.0
+        product(dy.reshape(TB, H), dlogits, False, packed.dec, nthreads)
+        product(grads["decoder.weight"], dlogits, True, ws.packed_activations(top, nthreads), nthreads,
+                row_sums=grads["decoder.bias"])
+        for layer in range(cfg.layers - 1, -1, -1):
+            buf, weights = ws.layers[layer], packed.layers[layer]
+            dw_ih, dw_hh, db_ih, db_hh = grads.layer(layer)
+            if use_dropout:
+                apply_mask(dy, dy, buf.mask, nthreads)
+            ws.dh[...] = 0.0 if dstate_last is None else dstate_last.h[layer]
+            ws.dc[...] = 0.0 if dstate_last is None or dstate_last.c is None else dstate_last.c[layer]
+            dxg, dhg = layer_backward(cfg.cell, buf, ws, weights, dy, ws.dh, ws.dc, nthreads)
+            dstate0.h[layer] = ws.dh
+            if dstate0.c is not None:
+                dstate0.c[layer] = ws.dc
+            recurrent_weight_gradients(ws, buf, dxg, dhg, dw_hh, db_ih, db_hh, nthreads)
+            dxg2 = dxg.reshape(TB, cfg.gates * H)
+            if layer > 0:
+                below = ws.layers[layer - 1].output.reshape(TB, H)
+                product(dw_ih, dxg2, True, ws.packed_activations(below, nthreads), nthreads)
+                dy = ws.dy[(cfg.layers - layer) % 2]
+                dy[...] = 0.0
+                product(dy.reshape(TB, H), dxg2, False, weights.ih, nthreads)
+            else:
+                # Layer 0's input side was a table lookup: its gradient is a scatter
+                # into the table's rows, then two small products over V rows.
+                ws.dtable[...] = 0.0
+                scatter_add_rows(ws.dtable, dxg2, ids.reshape(-1), nthreads)
+                emb = self.params.kernel_view["embedding.weight"]
+                product(dw_ih, ws.dtable, True, ws.packed_activations(emb, nthreads), nthreads)
+                product(grads["embedding.weight"], ws.dtable, False, weights.ih, nthreads)
+        return dstate0
+
+    def _inference_state(self, ids, state):
+        ids = np.array(ids, dtype=np.int64)  # a copy: the kernels update it
+        h = np.ascontiguousarray(state.h, dtype=self.params.dtype).copy()
+        c = np.ascontiguousarray(state.c, dtype=self.params.dtype).copy() if state.c is not None else h[:, :0]
+        return ids, h, c
+
+    def step(self, ids: np.ndarray, state: RecurrentState):
+        """One character for each of B independent streams: (logits (B, V), new state).
+
+        ids: (B,) ints. Row b's result depends only on row b's input and state, bit
+        for bit, whatever B is; state is not modified."""
+        nthreads = threads()
+        current, h, c = self._inference_state(ids, state)
+        buffers = step_buffers(self.cfg, current.shape[0], self.params.dtype)
+        step_logits(buffers, current, h, c, CELL_CODES[self.cfg.cell], self.packed(nthreads).inference(), nthreads)
+        return buffers.logits, RecurrentState(h, c if state.c is not None else None)
+
+    def generate(self, ids: np.ndarray, state: RecurrentState, uniforms: np.ndarray, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0, argmax: bool = False):
+        """K characters for each of B streams, each drawn from the model and fed back.
+
+        ids: (B,) the last character of each stream; uniforms: (K, B) one number in
+        [0, 1) per draw (see kernels.sampling.sample_rows: temperature, then top_k
+        (0: all), then top_p (1: all); or the most likely character with argmax).
+        Returns (K, B) characters and the state after them; row b depends only on row
+        b's inputs, bit for bit."""
+        nthreads = threads()
+        current, h, c = self._inference_state(ids, state)
+        out = np.empty(uniforms.shape, np.int64)
+        decoding = Decoding(float(temperature), int(top_k), float(top_p), bool(argmax))
+        generate(out, current, h, c, CELL_CODES[self.cfg.cell], self.packed(nthreads).inference(),
+                 step_buffers(self.cfg, current.shape[0], self.params.dtype), np.ascontiguousarray(uniforms), decoding,
+                 nthreads)
+        return out, RecurrentState(h, c if state.c is not None else None)
+
+    def loss_and_grad(self, ids, targets, state, grads: ParamBuffer, dropout_key: int | None = None):
+        """Mean cross-entropy (nats/char) of a (T, B) batch; adds its gradient to grads.
+        Returns (loss, state after the batch)."""
+        logits, new_state = self.forward(ids, state, dropout_key)
+        flat_targets = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
+        total = softmax_xent_backward(logits, logits, flat_targets, 1.0 / flat_targets.size, threads())
+        self.backward(logits, grads)
+        return total / flat_targets.size, new_state
+
+    def loss_sum(self, ids, targets, state):
+        """Summed cross-entropy (nats) of a (T, B) batch without dropout, and the new state."""
+        logits, new_state = self.forward(ids, state)
+        flat_targets = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
+        return softmax_xent(logits, flat_targets, threads()), new_state
