@@ -149,8 +149,28 @@ def err(message: str) -> None:
     click.echo(message, err=True)
 
 
+def _show_version(ctx, param, value):
+    """--version: the version, and which engine would run: the vector instruction set
+    it is built for (charrnn.isa) and the threads it uses. Imports Numba (for its
+    thread count) but compiles nothing."""
+    if not value or ctx.resilient_parsing:
+        return
+    from charrnn import isa
+
+    try:
+        active = isa.active()
+    except CharrnnError as e:
+        raise click.ClickException(render(e.message, as_flag)) from None
+    import numba
+
+    n = numba.config.NUMBA_NUM_THREADS
+    click.echo(f"charrnn {__version__}, engine {active.describe()}, {n} thread{'s' if n != 1 else ''}")
+    ctx.exit()
+
+
 @click.group(context_settings=CONTEXT_SETTINGS)
-@click.version_option(__version__, "-V", "--version", prog_name="charrnn")
+@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True, callback=_show_version,
+              help="Show the version, the engine's instruction set and thread count, and exit.")
 def cli():
     """Train character-level recurrent language models on a CPU, generate text in the
     same style, and score text by perplexity.

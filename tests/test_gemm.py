@@ -5,13 +5,17 @@ threads giving bitwise the same result."""
 import numpy as np
 import pytest
 
-from charrnn.kernels.gemm import gemm, pack, panels, split, tile_cols
+from charrnn.kernels import ISA
+from charrnn.kernels.gemm import NARROW, VECTOR_TILES, gemm, pack, panels, split, tile_cols
 from charrnn.kernels.simd import MR, NR
 
+# The tile shapes depend on the ISA level (simd.SHAPES); the shapes below are derived
+# from them so that every level meets each case.
 SHAPES = [(3, 5, 7), (1, 17, 40), (13, 30, 65), (9, 300, 24), (6, 0, 3), (50, 64, 100),
           (5, 1100, 30),  # K > KC: several blocks of k
           (150, 20, 30),  # M > MC per thread: several blocks of rows, the last a partial tile
-          (7, 33, 32), (5, 9, 37),  # a last panel of 8 columns (8-wide tile into C), of 13 (16-wide, scratch)
+          (2 * MR + 3, 33, NR + NARROW[0]),  # a last panel exactly as wide as a narrow tile: into C
+          (MR + 1, 9, NR + NARROW[1] - 3),  # a last panel narrower than a narrow tile: through scratch
           (1, 600, 7 * NR + 5)]  # one row: wide tiles over 7 whole panels, then a partial one
 
 
@@ -103,11 +107,27 @@ def test_row_sums_need_a_transposed_a_and_one_entry_per_row(rng):
 
 
 def test_packing_pads_with_zeros(rng):
-    w = rng.standard_normal((3, 30))
+    w = rng.standard_normal((3, NR + 6))
     bp = packed(w, False, 1)
     assert bp.shape == (2, 3, NR)
-    np.testing.assert_array_equal(bp[1, :, :30 - NR], w[:, NR:])
-    assert not bp[1, :, 30 - NR:].any()
+    np.testing.assert_array_equal(bp[1, :, :6], w[:, NR:])
+    assert not bp[1, :, 6:].any()
+
+
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_every_row_count_and_width_of_a_last_tile(rng, nthreads):
+    """Fewer than MR rows are tiles of 4, 2 and 1 rows; a last panel a narrow tile
+    or scratch: every remainder of rows and of columns, against float64 NumPy."""
+    for M in range(1, 2 * MR + 2):
+        for N in (NR - 1, NR + 1, NR + NARROW[0], NR + NARROW[1] - 1, 2 * NR):
+            a = rng.standard_normal((M, 40)).astype(np.float32)
+            w = rng.standard_normal((40, N)).astype(np.float32)
+            out = np.zeros((M, N), np.float32)
+            gemm(a, False, packed(w, False, nthreads), out, no_sums(a), nthreads)
+            np.testing.assert_allclose(out, a.astype(np.float64) @ w, rtol=1e-5, atol=1e-4, err_msg=f"{M}x{N}")
+            out_t = np.zeros((M, N), np.float32)
+            gemm(np.ascontiguousarray(a.T), True, packed(w, False, nthreads), out_t, no_sums(a), nthreads)
+            np.testing.assert_array_equal(out_t, out)
 
 
 @pytest.mark.parametrize("n,parts,align", [(10, 3, 1), (256, 2, 8), (5, 2, 8), (0, 2, 4), (65, 4, 4)])
@@ -118,7 +138,24 @@ def test_split_covers_the_range_once_at_aligned_boundaries(n, parts, align):
     assert all(start % align == 0 or start == n for start, _ in ranges)
 
 
-@pytest.mark.parametrize("rows,width,cols", [(MR, 1, 8), (MR, 8, 8), (MR, 9, 16), (MR, 16, 16), (MR, 17, NR),
-                                              (MR, NR, NR), (MR - 1, 8, NR), (1, 16, NR)])
+@pytest.mark.skipif(not VECTOR_TILES, reason="portable tiles are loops of any width")
+@pytest.mark.parametrize("rows,width,cols", [
+    (MR, 1, NARROW[0]), (MR, NARROW[0], NARROW[0]), (MR, NARROW[0] + 1, NARROW[1]), (MR, NARROW[1], NARROW[1]),
+    (MR, NARROW[1] + 1, NR), (MR, NR, NR), (MR - 1, 8, NR), (1, NARROW[0], NR)])
 def test_last_panel_uses_the_narrowest_tile_that_holds_it(rows, width, cols):
     assert tile_cols(rows, width) == cols
+
+
+@pytest.mark.skipif(VECTOR_TILES, reason="the vector levels' tiles have fixed widths")
+def test_portable_tiles_take_a_last_panel_at_its_own_width():
+    assert [tile_cols(rows, width) for rows, width in ((MR, 1), (MR, NR - 1), (1, 5))] == [1, NR - 1, 5]
+
+
+def test_tiles_fit_the_level():
+    """Panels are whole vectors of float32 and float64, narrow tiles too."""
+    from charrnn.kernels.simd import SHAPE, SHAPES
+
+    assert SHAPE is SHAPES[ISA.level]
+    for shape in SHAPES.values():
+        for width in shape.narrow + (shape.nr,):
+            assert width % shape.lanes(4) == 0 and width % shape.lanes(8) == 0

@@ -8,6 +8,8 @@ from conftest import B, D, H, T, V
 
 from charrnn.errors import CharrnnError
 from charrnn.config import ModelConfig
+from charrnn.kernels.gemm import NARROW
+from charrnn.kernels.simd import MR, NR, ROW_SPAN
 from charrnn.model import Parameters, RecurrentState, init_params, parameter_shapes
 from charrnn.network import Network
 
@@ -175,25 +177,27 @@ def test_a_model_overfits_a_short_string(cell):
     assert loss < 0.05, loss
 
 
-# 4H = 20: one partial panel; 4H = 32 (and 3H = 24): a whole panel, then for the LSTM
-# a last one of 8 columns that the 4-row group takes in a narrow tile and a row alone
-# in scratch, which must not change its sums; 4H = 80 (3H = 60): a row alone also
-# takes a tile three panels wide.
-@pytest.mark.parametrize("hidden", [H, 8, 20])
+# The panel width NR depends on the ISA level. hidden = 5: G*H is one partial panel;
+# (NR + NARROW[0]) // 4: for the LSTM a whole panel and a last one as wide as a narrow
+# tile, which a group of MR rows takes in that tile and a row alone in scratch, which
+# must not change its sums; ROW_SPAN panels and more: a row alone also takes a tile
+# ROW_SPAN panels wide.
+@pytest.mark.parametrize("hidden", [H, (NR + NARROW[0]) // 4, (ROW_SPAN * NR + NR // 2) // 3 + 1])
 @pytest.mark.parametrize("cell", CELLS)
 def test_step_matches_forward_and_each_row_is_independent_of_the_batch(rng, cell, hidden):
     cfg, params, net = make_network(cell, rng, layers=2, dtype=np.float32, hidden=hidden)
-    state = RecurrentState.zeros(cfg, 4)
+    batch = MR  # whole tiles of MR rows, as a batch of streams takes
+    state = RecurrentState.zeros(cfg, batch)
     state.h[:] = rng.standard_normal(state.h.shape)
     if state.c is not None:
         state.c[:] = rng.standard_normal(state.c.shape)
-    ids = rng.integers(0, V, 4)
+    ids = rng.integers(0, V, batch)
     logits, new = net.step(ids, state)
-    expected, expected_state = net.forward(ids.reshape(1, 4), state)
+    expected, expected_state = net.forward(ids.reshape(1, batch), state)
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
     for a, b in zip(new.arrays(), expected_state.arrays()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    for b in range(4):  # alone, row b gives bitwise what it gave in the batch
+    for b in range(batch):  # alone, row b gives bitwise what it gave in the batch
         alone, alone_state = net.step(ids[b:b + 1], state.rows([b]))
         np.testing.assert_array_equal(alone[0], logits[b])
         for a, s in zip(alone_state.arrays(), new.arrays()):
@@ -227,9 +231,10 @@ def test_generate_equals_stepping_and_sampling_and_each_row_alone(rng, cell):
     np.testing.assert_array_equal(greedy[0], first.argmax(axis=1))
 
 
-def test_kernel_cache_folder_is_named_by_the_kernel_sources():
+def test_kernel_cache_folder_is_named_by_the_kernel_sources_and_the_isa_level():
     """Numba keys a cached function on its own file only; the folder name covers all
-    kernel files, so changing a helper in one recompiles the kernels that inline it."""
+    kernel files, so changing a helper in one recompiles the kernels that inline it.
+    It names the ISA level too, which shapes the tiles."""
     import hashlib
     from pathlib import Path
 
@@ -240,4 +245,4 @@ def test_kernel_cache_folder_is_named_by_the_kernel_sources():
     digest = hashlib.sha256()
     for path in sorted(Path(kernels.__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    assert Path(numba.config.CACHE_DIR).name == digest.hexdigest()[:16]
+    assert Path(numba.config.CACHE_DIR).name == f"{digest.hexdigest()[:16]}-{kernels.ISA.level}"

@@ -11,21 +11,38 @@ from pathlib import Path
 import numba
 from numba import njit
 
+from charrnn import isa
+
+# The vector instruction set everything below is compiled for (see charrnn.isa):
+# chosen once, before Numba compiles anything, and refused with a CharrnnError
+# if CHARRNN_ISA names a level this CPU lacks.
+ISA = isa.active()
+isa.configure_numba(ISA)
+
+
+def cache_key() -> str:
+    """What the compiled kernels depend on besides Numba's own key: a hash of every
+    kernel source file, and the ISA level (which shapes the tiles)."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return f"{digest.hexdigest()[:16]}-{ISA.level}"
+
 
 def _cache_dir() -> str:
     """Where compiled kernels are cached: under NUMBA_CACHE_DIR if set, else
-    ~/.cache/charrnn/numba, in a folder named by a hash of every kernel source file.
+    ~/.cache/charrnn/numba, in a folder named by a hash of every kernel source file
+    and by the ISA level.
 
     Numba keys a cached function on its own source file only, so a kernel would go on
     running the old version of a helper it inlines from another file (an activation,
     a tile) after that file changed, in a checkout or after an upgrade. A folder per
-    version of the sources makes any change recompile everything."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    version of the sources makes any change recompile everything. The level is in
+    the name too: Numba's key has the CPU's features, but not the tile shapes our
+    sources choose from them."""
     base = numba.config.CACHE_DIR or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "charrnn", "numba")
-    return os.path.join(base, digest.hexdigest()[:16])
+    return os.path.join(base, cache_key())
 
 
 numba.config.CACHE_DIR = _cache_dir()

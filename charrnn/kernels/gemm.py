@@ -15,21 +15,15 @@ import numpy as np
 from numba import prange
 
 from charrnn.kernels import kernel, parallel_kernel
-from charrnn.kernels.simd import MR, NR, make_tile, move_row
+from charrnn.kernels.simd import MR, NR, ROW_SPAN, SHAPE, make_tile, move_row, portable_tile
 
-KC = 512  # rows of a panel per block: KC x NR floats (48 KB), from L1 and L2
-MC = 64  # rows of A per block: MC x KC floats (128 KB) stay in L2
-NARROW = 8  # tiles are NR, or with MR rows also 16 or 8, columns wide (simd.TILE_WIDTHS)
-
-_N1, _N2, _N3, _N4 = (make_tile(m, False) for m in range(1, 5))
-# Narrow tiles come with MR rows only: a last panel's rare partial row tile takes the
-# full-width tile into scratch, and each variant less saves compile time everywhere.
-_N4m, _N4s = make_tile(MR, False, 2 * NARROW), make_tile(MR, False, NARROW)
-# One row of A against ROW_SPAN panels at once: the products of batch-1 sampling.
-ROW_SPAN = 3
-_N1w = make_tile(1, False, NR, ROW_SPAN)
-_T1, _T2, _T3, _T4 = (make_tile(m, True) for m in range(1, 5))
-_T4m, _T4s = make_tile(MR, True, 2 * NARROW), make_tile(MR, True, NARROW)
+KC = 512  # rows of a panel per block, from L1 and L2
+MC = 64 // MR * MR  # rows of A per block, whole tiles: MC x KC floats (about 128 KB) stay in L2
+# Tiles are NR columns wide, or with MR rows also as narrow as one of these
+# (simd.TileShape.narrow); a level with one narrow width gives it twice.
+NARROW = (SHAPE.narrow + SHAPE.narrow)[:2] if SHAPE.narrow else (NR, NR)
+VECTOR_TILES = SHAPE.vector_bytes > 0
+assert MR <= 8  # fewer than MR rows are tiles of 4, 2 and 1 rows
 
 
 def panels(n: int) -> int:
@@ -40,46 +34,96 @@ def panels(n: int) -> int:
 @kernel
 def tile_cols(rows, width):
     """The width of the tile that computes `rows` rows of a panel's first `width`
-    columns: for MR rows the narrowest of NR, 16 and 8 that holds them, else NR."""
-    return min(NR, (width + NARROW - 1) // NARROW * NARROW) if rows == MR else NR
+    columns: for MR rows the narrowest of the narrow widths and NR that holds them,
+    else NR. Portable tiles are loops: any width."""
+    if not VECTOR_TILES:
+        return width
+    if rows == MR:
+        if width <= NARROW[0]:
+            return NARROW[0]
+        if width <= NARROW[1]:
+            return NARROW[1]
+    return NR
 
 
-@kernel
-def _tile_n(rows, cols, a, a0, bp, c, c0, cj, k0, k1):
-    """One tile of A: 1 to MR rows by NR columns, or MR rows by 16 or 8 (cols, from
-    tile_cols); see simd.make_tile."""
-    if cols == NR:
-        if rows == 4:
-            _N4(a, a0, bp, c, c0, cj, k0, k1)
-        elif rows == 3:
-            _N3(a, a0, bp, c, c0, cj, k0, k1)
-        elif rows == 2:
-            _N2(a, a0, bp, c, c0, cj, k0, k1)
+if VECTOR_TILES:
+    _NF, _N4, _N2, _N1 = (make_tile(m, False) for m in (MR, min(4, MR), 2, 1))
+    # Narrow tiles come with MR rows only: a last panel's rare partial row tile takes
+    # the full-width tiles into scratch, and each variant less saves compile time.
+    _NA, _NB = (make_tile(MR, False, w) for w in NARROW)
+    _TF, _T4, _T2, _T1 = (make_tile(m, True) for m in (MR, min(4, MR), 2, 1))
+    _TA, _TB = (make_tile(MR, True, w) for w in NARROW)
+    # One row of A against ROW_SPAN panels at once: the products of batch-1 sampling.
+    _N1w = make_tile(1, False, NR, ROW_SPAN)
+
+    @kernel
+    def _tile_n(rows, cols, a, a0, bp, c, c0, cj, k0, k1):
+        """One tile of A: 1 to MR rows by NR columns, or MR rows by a narrow width
+        (cols, from tile_cols); see simd.make_tile."""
+        if cols == NR:
+            if rows == MR:
+                _NF(a, a0, bp, c, c0, cj, k0, k1)
+                return
+            r = 0
+            if MR > 4 and rows >= 4:
+                _N4(a, a0, bp, c, c0, cj, k0, k1)
+                r = 4
+            if rows - r >= 2:
+                _N2(a, a0 + r, bp, c, c0 + r, cj, k0, k1)
+                r += 2
+            if rows - r >= 1:
+                _N1(a, a0 + r, bp, c, c0 + r, cj, k0, k1)
+        elif cols == NARROW[0]:
+            _NA(a, a0, bp, c, c0, cj, k0, k1)
         else:
-            _N1(a, a0, bp, c, c0, cj, k0, k1)
-    elif cols == 2 * NARROW:
-        _N4m(a, a0, bp, c, c0, cj, k0, k1)
-    else:
-        _N4s(a, a0, bp, c, c0, cj, k0, k1)
+            _NB(a, a0, bp, c, c0, cj, k0, k1)
 
-
-@kernel
-def _tile_t(rows, cols, strip, bp, c, c0, cj, k):
-    """One tile of a packed strip of A.T (k, MR), rows and cols as in _tile_n;
-    see simd.make_tile."""
-    if cols == NR:
-        if rows == 4:
-            _T4(strip, 0, bp, c, c0, cj, 0, k)
-        elif rows == 3:
-            _T3(strip, 0, bp, c, c0, cj, 0, k)
-        elif rows == 2:
-            _T2(strip, 0, bp, c, c0, cj, 0, k)
+    @kernel
+    def _tile_t(rows, cols, strip, bp, c, c0, cj, k):
+        """One tile of a packed strip of A.T (k, MR), rows and cols as in _tile_n;
+        see simd.make_tile."""
+        if cols == NR:
+            if rows == MR:
+                _TF(strip, 0, bp, c, c0, cj, 0, k)
+                return
+            r = 0
+            if MR > 4 and rows >= 4:
+                _T4(strip, 0, bp, c, c0, cj, 0, k)
+                r = 4
+            if rows - r >= 2:
+                _T2(strip, r, bp, c, c0 + r, cj, 0, k)
+                r += 2
+            if rows - r >= 1:
+                _T1(strip, r, bp, c, c0 + r, cj, 0, k)
+        elif cols == NARROW[0]:
+            _TA(strip, 0, bp, c, c0, cj, 0, k)
         else:
-            _T1(strip, 0, bp, c, c0, cj, 0, k)
-    elif cols == 2 * NARROW:
-        _T4m(strip, 0, bp, c, c0, cj, 0, k)
-    else:
-        _T4s(strip, 0, bp, c, c0, cj, 0, k)
+            _TB(strip, 0, bp, c, c0, cj, 0, k)
+
+    @kernel
+    def _one_row(a, r0, bp, c, p0, p1):
+        """c[r0, panels p0..p1, whole ones] += a[r0] @ those panels, in tiles ROW_SPAN
+        panels wide, then one panel wide."""
+        K = bp.shape[1]
+        for p in range(p0, p1 - ROW_SPAN + 1, ROW_SPAN):
+            _N1w(a, r0, bp[p], c, r0, p * NR, 0, K)
+        for p in range(p1 - (p1 - p0) % ROW_SPAN, p1):
+            _N1(a, r0, bp[p], c, r0, p * NR, 0, K)
+
+else:
+    @kernel
+    def _tile_n(rows, cols, a, a0, bp, c, c0, cj, k0, k1):
+        portable_tile(rows, cols, False, a, a0, bp, c, c0, cj, k0, k1)
+
+    @kernel
+    def _tile_t(rows, cols, strip, bp, c, c0, cj, k):
+        portable_tile(rows, cols, True, strip, 0, bp, c, c0, cj, 0, k)
+
+    @kernel
+    def _one_row(a, r0, bp, c, p0, p1):
+        K = bp.shape[1]
+        for p in range(p0, p1):
+            portable_tile(1, NR, False, a, r0, bp[p], c, r0, p * NR, 0, K)
 
 
 @kernel
@@ -156,10 +200,7 @@ def gemm_block_n(a, bp, c, r0, r1, p0, p1, scratch):
         # One row streams each weight once: wide tiles over whole panels; the k blocks
         # serve no cache here, and each element's sum runs in the same order without them.
         full = max(p0, min(p1, N // NR))
-        for p in range(p0, full - ROW_SPAN + 1, ROW_SPAN):
-            _N1w(a, r0, bp[p], c, r0, p * NR, 0, K)
-        for p in range(full - (full - p0) % ROW_SPAN, full):
-            _N1(a, r0, bp[p], c, r0, p * NR, 0, K)
+        _one_row(a, r0, bp, c, p0, full)
         p0 = full  # the last panel, if partial, takes the general path
     for k0 in range(0, K, KC):
         k1 = min(K, k0 + KC)

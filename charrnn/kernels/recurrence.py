@@ -21,11 +21,11 @@ from charrnn.kernels.gemm import gemm_block_n, split, tile_scratch
 from charrnn.kernels.gru import gru_cell_backward, gru_cell_forward
 from charrnn.kernels.lstm import lstm_cell_backward, lstm_cell_forward
 from charrnn.kernels.rnn import rnn_cell_backward, rnn_cell_forward
-from charrnn.kernels.simd import BARRIER_SIZE, NR, barrier
+from charrnn.kernels.simd import BARRIER_SIZE, NR, SHAPE, barrier
 
 LSTM, GRU, RNN = 0, 1, 2  # cell codes
 CELL_CODES = {"lstm": LSTM, "gru": GRU, "rnn": RNN}
-UNIT_ALIGN = 8  # units per thread start at multiples of 8: whole float32 vectors
+UNIT_ALIGN = SHAPE.lanes(4)  # units per thread start at whole float32 vectors
 
 # One layer's arrays for a forward pass over (T, B). A cell without an array gets
 # an empty one of the same number of dimensions, so that every cell shares one type.

@@ -4,9 +4,13 @@ spin barrier that let the threads of one parallel region wait for each other.
 
 Intrinsics are compiled into the kernels that call them, so those kernels still
 cache on disk.
+
+The tiles are fitted to the vector instruction set of the process (charrnn.isa,
+kernels.ISA): SHAPE below gives their rows, panel width and vector size for it.
 """
 
 import ctypes
+from dataclasses import dataclass
 
 import llvmlite.binding as llvm
 from llvmlite import ir
@@ -14,15 +18,52 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-NR = 24  # columns of a packed panel of B: three 8-float (or six 4-double) vectors
-MR = 4  # rows of A per tile: 4 x 3 accumulators + 3 B vectors + 1 broadcast = 16 registers
-# Tiles also come 8 and 16 columns wide, for the last panel of a matrix whose width is
-# not a multiple of NR (H = 512 leaves 8 columns): computing only those columns saves
-# the padding's multiply-adds, and C takes them directly, without the scratch tile
-# (gemm.py builds these with MR rows only).
-TILE_WIDTHS = (8, 16, NR)
+from charrnn.kernels import ISA, kernel
 
-_VECTOR_BYTES = 32  # AVX2
+
+@dataclass(frozen=True)
+class TileShape:
+    """How the matrix products are blocked for one level of charrnn.isa.
+
+    vector_bytes: the width of the vectors the tiles are written in; 0 for the
+        portable level, whose tiles are plain loops that LLVM vectorises for the CPU.
+    mr: rows of A per tile. A tile of fewer rows (the last rows of a matrix) is
+        made of tiles of powers of two rows below mr (7 = 4 + 2 + 1): few variants
+        to compile, and each element of C is still one chain of multiply-adds.
+    nr: columns of a packed panel of B, a multiple of the float32 and float64 vectors.
+    narrow: narrower tiles, with mr rows, for the last panel of a matrix whose width
+        is not a multiple of nr (H = 512 leaves 8 columns of 24): computing only
+        those columns saves the padding's multiply-adds, and C takes them directly,
+        without the scratch tile. Multiples of the float32 and float64 vectors.
+    row_span: panels per tile when A is one row (batch-1 sampling): a one-row tile
+        of one panel has too few multiply-add chains to hide the multiply-add's
+        latency; spanning more panels gives it more, each element keeping its own."""
+
+    vector_bytes: int
+    mr: int
+    nr: int
+    narrow: tuple
+    row_span: int
+
+    def lanes(self, itemsize: int) -> int:
+        """Elements per vector for an element size (a nominal 8 floats when portable)."""
+        return (self.vector_bytes or 32) // itemsize
+
+
+SHAPES = {
+    # 16 256-bit registers: 4 x 3 accumulators + 3 vectors of B + 1 broadcast of A.
+    "avx2": TileShape(vector_bytes=32, mr=4, nr=24, narrow=(8, 16), row_span=3),
+    # 32 512-bit registers: see README, "How the engine works".
+    "avx512": TileShape(vector_bytes=64, mr=6, nr=64, narrow=(16, 32), row_span=2),
+    # Plain loops over a row of a panel at a time; no narrow or wide tiles.
+    "portable": TileShape(vector_bytes=0, mr=4, nr=16, narrow=(), row_span=1),
+}
+SHAPE = SHAPES[ISA.level]
+NR = SHAPE.nr
+MR = SHAPE.mr
+ROW_SPAN = SHAPE.row_span
+# The tile widths gemm.py uses: the narrow ones, then a whole panel.
+TILE_WIDTHS = SHAPE.narrow + (NR,)
 
 
 def _float_type(dtype):
@@ -39,15 +80,16 @@ def make_tile(rows: int, trans_a: bool, cols: int = NR, span: int = 1):
     opA[i, k] is A[i, k], or A[k, i] when trans_a. A, Bp and C are 2-D arrays of
     one float dtype whose last axis is contiguous; Bp is a packed panel (K, NR).
     cols is one of TILE_WIDTHS. No bounds checks: the caller keeps the tile inside
-    the arrays.
+    the arrays. Each element of C is one chain of fused multiply-adds in the order
+    of k, starting from its value in C, whatever the tile's shape.
 
     span > 1 (with cols = NR): the tile covers span consecutive panels, span * NR
     columns of C. Bp must then be a whole panel bp[p] of a packed array (npan, K, NR)
-    with p + span <= npan: the next panels follow it in memory. A one-row tile has
-    only three multiply-add chains, too few to hide the multiply-add's latency; more
-    panels give it more chains, while each element of C keeps its own chain, in the
-    same order (the result is bitwise that of span one-panel tiles)."""
-    assert cols in TILE_WIDTHS and (span == 1 or cols == NR)
+    with p + span <= npan: the next panels follow it in memory (see
+    TileShape.row_span; the result is bitwise that of span one-panel tiles).
+
+    The portable level has no IR tiles: see portable_tile."""
+    assert cols in TILE_WIDTHS and (span == 1 or cols == NR) and SHAPE.vector_bytes
 
     @intrinsic
     def tile(typingctx, a, a0, bp, c, c0, cj, k0, k1):
@@ -56,7 +98,7 @@ def make_tile(rows: int, trans_a: bool, cols: int = NR, span: int = 1):
         def codegen(context, builder, signature, args):
             fty = _float_type(signature.args[0].dtype)
             itemsize = context.get_abi_sizeof(fty)
-            lanes = _VECTOR_BYTES // itemsize
+            lanes = SHAPE.vector_bytes // itemsize
             nvec = cols // lanes
             vty = ir.VectorType(fty, lanes)
             i64 = ir.IntType(64)
@@ -116,21 +158,63 @@ def make_tile(rows: int, trans_a: bool, cols: int = NR, span: int = 1):
 
 
 @intrinsic
+def fmuladd(typingctx, x, y, z):
+    """x * y + z for floats of one type, as LLVM's llvm.fmuladd: fused into one
+    rounding where the CPU has a fast fused multiply-add, else a multiply and an add.
+    LLVM makes that choice per type and target, never per use, so every tile of
+    the portable level rounds alike (and reassociation cannot split the chain)."""
+    if not (x == y == z and isinstance(x, types.Float)):
+        return None
+    sig = x(x, y, z)
+
+    def codegen(context, builder, signature, args):
+        fty = _float_type(signature.args[0])
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fty, [fty, fty, fty]),
+                                            f"llvm.fmuladd.{'f32' if isinstance(fty, ir.FloatType) else 'f64'}")
+        return builder.call(fn, list(args))
+
+    return sig, codegen
+
+
+@kernel
+def portable_tile(rows, cols, trans_a, a, a0, bp, c, c0, cj, k0, k1):
+    """The portable level's tile, plain loops: C[c0:c0+rows, cj:cj+cols] +=
+    opA[a0:a0+rows, k0:k1] @ Bp[k0:k1, :cols], opA as in make_tile. Each element of
+    C is one chain of multiply-adds (fmuladd) in the order of k, as in the IR tiles;
+    LLVM vectorises the loop over columns for whatever vectors the CPU has."""
+    for r in range(rows):
+        i = a0 + r
+        crow = c[c0 + r, cj:cj + cols]
+        for k in range(k0, k1):
+            x = a[k, i] if trans_a else a[i, k]
+            brow = bp[k]
+            for j in range(cols):
+                crow[j] = fmuladd(x, brow[j], crow[j])
+
+
+@intrinsic
 def move_row(typingctx, dst, d0, src, s0):
     """dst's elements d0 .. d0+MR-1 = src's s0 .. s0+MR-1, counted from each array's
     first element along contiguous memory, as one vector load and store (a loop of
     MR scalar copies stays scalar: the arrays may overlap, as far as LLVM knows).
-    dst and src: arrays of one float dtype."""
+    dst and src: arrays of one float dtype. Portable: MR scalar loads, then MR stores."""
     sig = types.void(dst, d0, src, s0)
 
     def codegen(context, builder, signature, args):
-        vty = ir.VectorType(_float_type(signature.args[0].dtype), MR)
-        itemsize = context.get_abi_sizeof(vty.element)
-        dst_, src_ = (builder.bitcast(_element_pointer(context, builder, signature.args[arr], args[arr],
-                                                       context.cast(builder, args[at], signature.args[at], types.int64)),
-                                      vty.as_pointer())
+        fty = _float_type(signature.args[0].dtype)
+        itemsize = context.get_abi_sizeof(fty)
+        dst_, src_ = (_element_pointer(context, builder, signature.args[arr], args[arr],
+                                       context.cast(builder, args[at], signature.args[at], types.int64))
                       for arr, at in ((0, 1), (2, 3)))
-        builder.store(builder.load(src_, align=itemsize), dst_, align=itemsize)
+        if SHAPE.vector_bytes:
+            vty = ir.VectorType(fty, MR).as_pointer()
+            builder.store(builder.load(builder.bitcast(src_, vty), align=itemsize), builder.bitcast(dst_, vty),
+                          align=itemsize)
+        else:
+            i64 = ir.IntType(64)
+            values = [builder.load(builder.gep(src_, [i64(r)])) for r in range(MR)]
+            for r, value in enumerate(values):
+                builder.store(value, builder.gep(dst_, [i64(r)]))
         return context.get_dummy_value()
 
     return sig, codegen
@@ -159,28 +243,41 @@ def prefetch(typingctx, arr, i, j):
 
 
 # ----- atomics and the spin barrier ----------------------------------------------------
+#
+# The threads of a parallel region meet at barrier(): every write a thread made
+# before it must be visible to every thread after it, also on CPUs that reorder
+# memory accesses (ARM, POWER), where x86's implicit ordering cannot be relied on.
+# The orderings below are the C++ memory model's, which LLVM maps to each CPU's
+# instructions (plain moves on x86, ldar/stlr or barriers on ARM).
 
 def _element_pointer(context, builder, array_type, array, index):
     arr = context.make_array(array_type)(context, builder, array)
     return builder.gep(arr.data, [index])
 
 
+def _make_fetch_add(ordering: str):
+    @intrinsic
+    def fetch_add(typingctx, arr, index, value):
+        sig = types.int64(arr, index, value)
+
+        def codegen(context, builder, signature, args):
+            ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+            value = context.cast(builder, args[2], signature.args[2], types.int64)
+            return builder.atomic_rmw("add", ptr, value, ordering)
+
+        return sig, codegen
+
+    fetch_add.__doc__ = f"""arr[index] += value atomically, {ordering}; returns the old value. arr: 1-D int64."""
+    return fetch_add
+
+
+fetch_add_acq_rel = _make_fetch_add("acq_rel")
+fetch_add_release = _make_fetch_add("release")
+fetch_add_relaxed = _make_fetch_add("monotonic")
+
+
 @intrinsic
-def atomic_add(typingctx, arr, index, value):
-    """arr[index] += value atomically (sequentially consistent); returns the old value.
-    arr: 1-D int64."""
-    sig = types.int64(arr, index, value)
-
-    def codegen(context, builder, signature, args):
-        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
-        value = context.cast(builder, args[2], signature.args[2], types.int64)
-        return builder.atomic_rmw("add", ptr, value, "seq_cst")
-
-    return sig, codegen
-
-
-@intrinsic
-def atomic_load(typingctx, arr, index):
+def load_acquire(typingctx, arr, index):
     """arr[index] read with acquire ordering.  arr: 1-D int64."""
     sig = types.int64(arr, index)
 
@@ -191,22 +288,47 @@ def atomic_load(typingctx, arr, index):
     return sig, codegen
 
 
+def spin_hint_call(builder, triple: str) -> None:
+    """Emit the CPU's spin-wait hint, if it has one we know: x86's pause (the core
+    leaves its resources to the other hardware thread and saves power), AArch64's
+    yield. Elsewhere nothing: the spinning load is all there is, and barrier()
+    yields its time slice after a while anyway."""
+    arch = triple.split("-")[0]
+    if arch in ("x86_64", "i386", "i486", "i586", "i686"):
+        name, fnty, args = "llvm.x86.sse2.pause", ir.FunctionType(ir.VoidType(), []), []
+    elif arch in ("aarch64", "arm64", "aarch64_be"):
+        i32 = ir.IntType(32)
+        name, fnty, args = "llvm.aarch64.hint", ir.FunctionType(ir.VoidType(), [i32]), [i32(1)]  # 1: yield
+    else:
+        return
+    builder.call(cgutils.get_or_insert_function(builder.module, fnty, name), args)
+
+
+_TRIPLE = llvm.get_process_triple()
+
+
 @intrinsic
 def cpu_pause(typingctx):
-    """The x86 spin-wait hint: a waiting thread leaves the core's resources to the other."""
+    """The spin-wait hint of this process's CPU (see spin_hint_call)."""
     sig = types.void()
 
     def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
-                                            "llvm.x86.sse2.pause")
-        builder.call(fn, [])
+        spin_hint_call(builder, _TRIPLE)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
-# sched_yield from the C library, bound by symbol name so that callers stay cacheable.
-llvm.add_symbol("charrnn_sched_yield", ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value)
+def _yield_function():
+    """The C library's sched_yield (SwitchToThread on Windows), as an address."""
+    try:
+        return ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value
+    except (AttributeError, OSError, TypeError):
+        return ctypes.cast(ctypes.windll.kernel32.SwitchToThread, ctypes.c_void_p).value
+
+
+# Bound by symbol name so that callers stay cacheable.
+llvm.add_symbol("charrnn_sched_yield", _yield_function())
 _sched_yield = types.ExternalFunction("charrnn_sched_yield", types.int32())
 
 BARRIER_SIZE = 32  # int64 words: the count and the generation on separate cache lines
@@ -219,16 +341,30 @@ def barrier(state, nthreads):
 
     state: int64 array of BARRIER_SIZE zeros shared by the threads. The last thread
     to arrive resets the count and bumps the generation the others spin on. A waiter
-    yields its time slice after a while, so a busy machine slows it but cannot stall it."""
+    yields its time slice after a while, so a busy machine slows it but cannot stall it.
+
+    Why these orderings suffice (C++ memory model): each arrival is a release
+    (acq_rel) increment of the count, so a thread's writes before the barrier come
+    before its increment; the increments form one release sequence on the count,
+    which the last arrival's increment reads with acquire: it sees every thread's
+    writes. It then bumps the generation with release, and each waiter's acquire
+    load that sees the new generation synchronizes with that bump, so by
+    transitivity every waiter sees every thread's writes, and none of its own
+    later writes can be seen by a read another thread made before arriving. The
+    count's reset needs no ordering of its own: it precedes the bump in the last
+    thread, so a thread that has left the barrier sees it before it can arrive at
+    the next one. The generation is read on entry before this thread's arrival,
+    whose release keeps the read before it, so the read cannot see this barrier's
+    own bump, which follows every arrival."""
     if nthreads == 1:
         return
-    generation = atomic_load(state, 16)
-    if atomic_add(state, 0, 1) == nthreads - 1:
-        atomic_add(state, 0, -nthreads)
-        atomic_add(state, 16, 1)
+    generation = load_acquire(state, 16)
+    if fetch_add_acq_rel(state, 0, 1) == nthreads - 1:
+        fetch_add_relaxed(state, 0, -nthreads)
+        fetch_add_release(state, 16, 1)
     else:
         spins = 0
-        while atomic_load(state, 16) == generation:
+        while load_acquire(state, 16) == generation:
             cpu_pause()
             spins += 1
             if spins > _SPINS_BEFORE_YIELD:

@@ -1,0 +1,146 @@
+"""Which vector instruction set the engine is built for: detected once per process,
+or forced lower with CHARRNN_ISA.
+
+  avx512    x86 with AVX-512F and FMA: 32 registers of 16 floats
+  avx2      x86 with AVX2 and FMA: 16 registers of 8 floats
+  portable  anything else (ARM, POWER, x86 without FMA): plain compiled loops, no
+            x86 instruction and no vector width assumed; LLVM vectorises them for
+            whatever the CPU has
+
+The level is the best one the features Numba compiles for allow (the host's, or
+those NUMBA_CPU_NAME / NUMBA_CPU_FEATURES give it). CHARRNN_ISA=avx2 or portable
+forces a lower one, for every kernel Numba compiles in the process, not only the
+matrix tiles: kernels/__init__.py passes the restricted CPU features to Numba
+before its first compilation. A level the CPU lacks, or an unknown name, is refused.
+
+This module imports llvmlite only (not Numba), so `charrnn --version` can name the
+level without loading the engine.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+from charrnn.errors import CharrnnError
+
+LEVELS = ("avx512", "avx2", "portable")  # best first
+ENV = "CHARRNN_ISA"
+
+# Features a level needs, as LLVM names them.
+_NEEDS = {"avx512": ("avx512f", "avx2", "fma"), "avx2": ("avx2", "fma"), "portable": ()}
+# What AVX-512 brings or needs, switched off to restrict code to AVX2 (LLVM also
+# clears every feature that implies one it clears).
+_WIDE_PREFIXES = ("avx512", "avx10", "amx", "evex512")
+
+
+@dataclass(frozen=True)
+class Isa:
+    """The active level and what Numba must be told to compile for it.
+
+    cpu_name, cpu_features: None to leave Numba's choice alone (the host, or the
+    user's NUMBA_CPU_NAME / NUMBA_CPU_FEATURES); else the values to set.
+    supported: every level this CPU runs, best first."""
+
+    level: str
+    forced: bool
+    supported: tuple[str, ...]
+    cpu_name: str | None = None
+    cpu_features: str | None = None
+
+    def describe(self) -> str:
+        how = f"forced by {ENV}; the CPU supports {', '.join(self.supported)}" if self.forced else "detected"
+        return f"{self.level} ({how})"
+
+
+def parse_features(text: str) -> dict[str, bool]:
+    """'+avx2,-avx512f,...' (LLVM's feature string) as {name: enabled}."""
+    out = {}
+    for item in text.split(","):
+        item = item.strip()
+        if len(item) > 1 and item[0] in "+-":
+            out[item[1:]] = item[0] == "+"
+    return out
+
+
+def format_features(features: dict[str, bool]) -> str:
+    return ",".join(("+" if on else "-") + name for name, on in sorted(features.items()))
+
+
+def _host_cpu() -> tuple[str, dict[str, bool]]:
+    import llvmlite.binding as llvm
+
+    try:
+        features = dict(llvm.get_host_cpu_features())
+    except RuntimeError:  # LLVM cannot tell on this platform
+        features = {}
+    return llvm.get_host_cpu_name(), features
+
+
+def compiled_features(environ=os.environ) -> tuple[str, dict[str, bool]]:
+    """The CPU name and features Numba compiles for when left alone: the host's,
+    unless NUMBA_CPU_NAME / NUMBA_CPU_FEATURES say otherwise (read as Numba reads
+    them: 'generic' alone means no optional feature; NUMBA_ENABLE_AVX=0 drops AVX)."""
+    host_name, host_features = _host_cpu()
+    name = environ.get("NUMBA_CPU_NAME") or host_name
+    given = environ.get("NUMBA_CPU_FEATURES")
+    if given is not None:
+        features = parse_features(given)
+    elif environ.get("NUMBA_CPU_NAME", "").lower() == "generic":
+        features = {}
+    else:
+        features = dict(host_features)
+        if environ.get("NUMBA_ENABLE_AVX", "").strip() == "0":
+            features = {k: v and not k.startswith("avx") for k, v in features.items()}
+    return name, features
+
+
+def supported_levels(features: dict[str, bool]) -> tuple[str, ...]:
+    return tuple(level for level in LEVELS if all(features.get(f, False) for f in _NEEDS[level]))
+
+
+def select(environ=os.environ) -> Isa:
+    """The level for this process: the best the compiled-for CPU supports, or the
+    one CHARRNN_ISA names (refused, with a CharrnnError, if unknown or unsupported)."""
+    name, features = compiled_features(environ)
+    supported = supported_levels(features)
+    wanted = environ.get(ENV, "").strip().lower()
+    if not wanted:
+        return Isa(supported[0], False, supported)
+    if wanted not in LEVELS:
+        raise CharrnnError(f"{ENV} must be one of {', '.join(LEVELS)}, got {environ[ENV]!r}")
+    if wanted not in supported:
+        raise CharrnnError(f"{ENV}={wanted}: this CPU lacks it; it supports {', '.join(supported)}")
+    if wanted == supported[0]:
+        return Isa(wanted, True, supported)
+    if wanted == "portable":
+        # The architecture's baseline: for x86-64 SSE2, no AVX and no FMA.
+        return Isa(wanted, True, supported, "generic", "")
+    narrowed = {k: v and not k.startswith(_WIDE_PREFIXES) for k, v in features.items()}
+    return Isa(wanted, True, supported, name, format_features(narrowed))
+
+
+@functools.lru_cache(maxsize=None)
+def active() -> Isa:
+    """This process's level (the environment as it was at the first call)."""
+    return select()
+
+
+def configure_numba(isa: Isa) -> None:
+    """Make Numba compile everything for the level: set its CPU name and features
+    before its first compilation. Refused if Numba already compiled something for
+    other features in this process (the level would then apply to charrnn's tiles
+    but not to the rest)."""
+    import numba
+    from numba.core import registry
+
+    if isa.cpu_name is None:
+        return
+    numba.config.CPU_NAME = isa.cpu_name
+    numba.config.CPU_FEATURES = isa.cpu_features
+    target = registry.cpu_target
+    if "_toplevel_target_context" in vars(target):  # Numba's codegen already exists
+        codegen = target.target_context.codegen()
+        if codegen._tm_features != isa.cpu_features:
+            raise CharrnnError(f"{ENV}={isa.level} must be set before anything in the process compiles with Numba")
