@@ -9,16 +9,18 @@ from conftest import B, D, H, T, V
 
 from charrnn.engine import LayerBuffers, PackedLayer, Workspace, layer_backward, layer_forward, recurrent_weight_gradients
 from charrnn.config import GATES, ModelConfig
+from charrnn.kernels.simd import NR
 
 CELLS = ["lstm", "gru", "rnn"]
 
 
-def make_inputs(rng, cell, dtype=np.float64, steps=T):
+def make_inputs(rng, cell, dtype=np.float64, steps=T, hidden=H, scale=0.6):
     G = GATES[cell]
     x = rng.standard_normal((steps, B, D)).astype(dtype)
-    h0 = rng.standard_normal((B, H)).astype(dtype)
-    c0 = rng.standard_normal((B, H)).astype(dtype)
-    weights = [rng.uniform(-0.6, 0.6, shape).astype(dtype) for shape in ((G * H, D), (G * H, H), (G * H,), (G * H,))]
+    h0 = rng.standard_normal((B, hidden)).astype(dtype)
+    c0 = rng.standard_normal((B, hidden)).astype(dtype)
+    shapes = ((G * hidden, D), (G * hidden, hidden), (G * hidden,), (G * hidden,))
+    weights = [rng.uniform(-scale, scale, shape).astype(dtype) for shape in shapes]
     return x, h0, c0, weights
 
 
@@ -29,7 +31,7 @@ class Layer:
         self.cell, self.x, self.h0, self.c0, self.weights, self.nthreads = cell, x, h0, c0, weights, nthreads
         steps = x.shape[0]
         self.packed = PackedLayer(cell, *weights, nthreads).for_backward(nthreads)
-        cfg = ModelConfig(vocab_size=V, cell=cell, layers=1, hidden=H, embed=D)
+        cfg = ModelConfig(vocab_size=V, cell=cell, layers=1, hidden=h0.shape[1], embed=D)
         self.ws = Workspace(cfg, steps, B, x.dtype, dropout=False)
         self.buf = self.ws.layers[0]
         self.buf.input_side()[:] = x.reshape(steps * B, D) @ weights[0].T + self.packed.bias
@@ -98,14 +100,48 @@ def test_gradients_match_central_differences(rng, cell, nthreads):
         np.testing.assert_allclose(grads[name], numeric, rtol=1e-6, atol=1e-8, err_msg=name)
 
 
+# hidden = 2 * NR: the threads split the recurrent products by units, like the cell,
+# with one barrier per step (recurrence.unit_panels); hidden = H: by panels, two.
+@pytest.mark.parametrize("hidden", [H, 2 * NR])
 @pytest.mark.parametrize("cell", CELLS)
-def test_backward_is_the_same_with_one_or_two_threads(rng, cell):
-    x, h0, c0, weights = make_inputs(rng, cell, np.float32, steps=6)
-    dhs = rng.standard_normal((6, B, H)).astype(np.float32)
-    zero = np.zeros((B, H), np.float32)
+def test_backward_is_the_same_with_one_or_two_threads(rng, cell, hidden):
+    x, h0, c0, weights = make_inputs(rng, cell, np.float32, steps=6, hidden=hidden)
+    dhs = rng.standard_normal((6, B, hidden)).astype(np.float32)
+    zero = np.zeros((B, hidden), np.float32)
     one, two = (Layer(cell, x, h0, c0, weights, n).backward(dhs, zero, zero) for n in (1, 2))
     for name in one:
         np.testing.assert_array_equal(one[name], two[name], err_msg=name)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_threads_splitting_by_units_match_the_reference_and_central_differences(rng, cell):
+    """hidden = 2 * NR, 2 threads, one barrier per step: the forward pass against the
+    naive reference, and the gradient along random directions against central
+    differences of the loss (a full check would take a loss per weight)."""
+    from charrnn.kernels.recurrence import unit_panels
+
+    hidden = 2 * NR
+    assert unit_panels(hidden, 2) and not unit_panels(H, 2)
+    x, h0, c0, weights = make_inputs(rng, cell, hidden=hidden, scale=0.3)
+    r_hs = rng.standard_normal((T, B, hidden))
+    layer = Layer(cell, x, h0, c0, weights, 2)
+    expected_hs, _ = reference_forward(cell, x, h0, c0, weights)
+    np.testing.assert_allclose(layer.hs, expected_hs, rtol=1e-12, atol=1e-12)
+    zero = np.zeros((B, hidden))
+    grads = layer.backward(r_hs, zero, zero)
+    inputs = {"x": x, "h0": h0, "w_ih": weights[0], "w_hh": weights[1], "b_ih": weights[2], "b_hh": weights[3]}
+    if cell == "lstm":
+        inputs["c0"] = c0
+    for name, array in inputs.items():
+        direction = rng.standard_normal(array.shape)
+        eps = 1e-6
+        losses = []
+        for sign in (1, -1):
+            array += sign * eps * direction
+            losses.append((r_hs * reference_forward(cell, x, h0, c0, weights)[0]).sum())
+            array -= sign * eps * direction
+        numeric = (losses[0] - losses[1]) / (2 * eps)
+        assert (grads[name] * direction).sum() == pytest.approx(numeric, rel=1e-6, abs=1e-8), name
 
 
 @pytest.mark.parametrize("cell", CELLS)

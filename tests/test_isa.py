@@ -226,6 +226,8 @@ def test_a_level_set_after_numba_compiled_for_other_features_is_refused():
 # alone against the same row in a batch, and the code the level compiles.
 LEVEL_TESTS = ["tests/test_gemm.py",
                "tests/test_cells.py::test_gradients_match_central_differences",
+               "tests/test_cells.py::test_threads_splitting_by_units_match_the_reference_and_central_differences",
+               "tests/test_cells.py::test_backward_is_the_same_with_one_or_two_threads",
                "tests/test_model.py::test_step_matches_forward_and_each_row_is_independent_of_the_batch",
                "tests/test_model.py::test_generate_equals_stepping_and_sampling_and_each_row_alone",
                "tests/test_isa.py::test_compiled_code_stays_within_the_level",

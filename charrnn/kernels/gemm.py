@@ -15,7 +15,7 @@ import numpy as np
 from numba import prange
 
 from charrnn.kernels import kernel, parallel_kernel
-from charrnn.kernels.simd import MR, NR, ROW_SPAN, SHAPE, make_tile, move_row, portable_tile
+from charrnn.kernels.simd import MR, NR, ROW_SPAN, SHAPE, make_tile, move_row, portable_tile, prefetch
 
 KC = 512  # rows of a panel per block, from L1 and L2
 MC = 64 // MR * MR  # rows of A per block, whole tiles: MC x KC floats (about 128 KB) stay in L2
@@ -23,6 +23,7 @@ MC = 64 // MR * MR  # rows of A per block, whole tiles: MC x KC floats (about 12
 # (simd.TileShape.narrow); a level with one narrow width gives it twice.
 NARROW = (SHAPE.narrow + SHAPE.narrow)[:2] if SHAPE.narrow else (NR, NR)
 VECTOR_TILES = SHAPE.vector_bytes > 0
+LINE = 16  # float32 elements per 64-byte cache line (float64 prefetches every other line twice)
 assert MR <= 8  # fewer than MR rows are tiles of 4, 2 and 1 rows
 
 
@@ -213,12 +214,30 @@ def gemm_block_n(a, bp, c, r0, r1, p0, p1, scratch):
                 for i in range(i0, i1, MR):
                     rows = min(MR, i1 - i)
                     cols = tile_cols(rows, width)
+                    if k0 == 0:
+                        _prefetch_next_tile(c, i, i0, i1, cj, N, p + 1 < p1)
                     if width == cols:
                         _tile_n(rows, cols, a, i, panel, c, i, cj, k0, k1)
                     else:
                         _load_tile(scratch, c, i, cj, rows, width)
                         _tile_n(rows, cols, a, i, panel, scratch, 0, 0, k0, k1)
                         _store_tile(c, scratch, i, cj, rows, width)
+
+
+@kernel
+def _prefetch_next_tile(c, i, i0, i1, cj, N, more_panels):
+    """Prefetch the rows of C the tile after (i, cj) starts from (the next rows, or
+    the next panel's first rows): a tile begins by loading them, and C (a time
+    step's input side) has often left the caches since it was written."""
+    if i + MR < i1:
+        i, i1 = i + MR, min(i1, i + 2 * MR)
+    elif more_panels:
+        i, i1, cj = i0, min(i1, i0 + MR), cj + NR
+    else:
+        return
+    for r in range(i, i1):
+        for j in range(cj, min(N, cj + NR), LINE):
+            prefetch(c, r, j)
 
 
 @kernel

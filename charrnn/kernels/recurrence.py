@@ -4,7 +4,9 @@ The input side of every step (x @ w_ih.T + biases) is computed before the loop, 
 one matrix product over all T*B rows; these kernels run what cannot be batched over
 time. Each of the nthreads threads computes a share of the recurrent product (by
 panels of columns) and a share of the cell (by units), and the threads meet at a
-barrier after each, so one parallel region runs the whole loop.
+barrier after each, so one parallel region runs the whole loop. When the hidden
+size is a whole number of panels per thread (unit_panels), a thread's share of the
+product is the columns of its own units, and one barrier per step does.
 
 The three cells share that scaffolding and differ in where the recurrent product
 goes and in the cell itself (lstm.py, gru.py, rnn.py): the cell is a runtime code,
@@ -58,6 +60,16 @@ BackwardArrays = namedtuple("BackwardArrays", ["acts", "dxg", "dhg", "dh", "dc",
 # (numba issues 7135 and 10338), while a called function writes them as usual.
 
 
+@kernel
+def unit_panels(H, nthreads):
+    """Whether each thread can own whole panels of every gate block: H a multiple
+    of NR, split evenly. The threads then split the recurrent product by units, as
+    they split the cell, so that a thread's cell reads only gates it computed
+    itself (forward) and its product writes only the state gradient its own cell
+    reads next (backward): one barrier per step instead of two."""
+    return H % NR == 0 and (H // NR) % nthreads == 0
+
+
 @parallel_kernel
 def recurrence_forward(cell, a, w_hh_t, nthreads):
     """The time loop of one layer.  a: ForwardArrays; w_hh_t: w_hh.T packed
@@ -69,11 +81,20 @@ def recurrence_forward(cell, a, w_hh_t, nthreads):
 
 @kernel
 def _forward_worker(worker, nthreads, sync, cell, a, w_hh_t):
-    """One worker's share of recurrence_forward: panels p0..p1 of every step's
-    recurrent product and units u0..u1 of every step's cell."""
+    """One worker's share of recurrence_forward: units u0..u1 of every step's cell,
+    and of its recurrent product the columns of those units in every gate block
+    (unit_panels), else panels p0..p1 of it."""
     T, B, H = a.hs.shape
-    p0, p1 = split(w_hh_t.shape[0], nthreads, worker, 1)
-    u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
+    by_units = unit_panels(H, nthreads)
+    if by_units:
+        u0, u1 = split(H, nthreads, worker, NR)
+        p0, p1 = u0 // NR, u1 // NR  # in the first gate block; gate g's are g * H / NR further
+        gates = w_hh_t.shape[0] * NR // H
+    else:
+        u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
+        p0, p1 = split(w_hh_t.shape[0], nthreads, worker, 1)
+        gates = 1
+    gate_panels = H // NR if by_units else 0
     scratch = tile_scratch(a.hs)
     for t in range(T):
         h_prev = a.h0 if t == 0 else a.hs[t - 1]
@@ -81,13 +102,17 @@ def _forward_worker(worker, nthreads, sync, cell, a, w_hh_t):
         # whose n gate needs it apart (r multiplies it).
         if cell == GRU:
             product = a.hg
-            product[:, p0 * NR:min(product.shape[1], p1 * NR)] = 0.0
         elif cell == LSTM:
             product = a.acts[t]
         else:
             product = a.hs[t]
-        gemm_block_n(h_prev, w_hh_t, product, 0, B, p0, p1, scratch)
-        barrier(sync, nthreads)
+        for g in range(gates):
+            q0, q1 = p0 + g * gate_panels, p1 + g * gate_panels
+            if cell == GRU:
+                product[:, q0 * NR:min(product.shape[1], q1 * NR)] = 0.0
+            gemm_block_n(h_prev, w_hh_t, product, 0, B, q0, q1, scratch)
+        if not by_units:
+            barrier(sync, nthreads)
         if cell == LSTM:
             lstm_cell_forward(a.hs[t], a.cs[t], a.acts[t], a.c0 if t == 0 else a.cs[t - 1], u0, u1)
         elif cell == GRU:
@@ -108,10 +133,15 @@ def recurrence_backward(cell, g, w_hh, nthreads):
 
 @kernel
 def _backward_worker(worker, nthreads, sync, cell, g, w_hh):
-    """One worker's share of recurrence_backward, split as in _forward_worker."""
+    """One worker's share of recurrence_backward: units u0..u1 of the cell and
+    panels p0..p1 of the product, the same columns when unit_panels."""
     T, B, H = g.dhs.shape
+    by_units = unit_panels(H, nthreads)
     p0, p1 = split(w_hh.shape[0], nthreads, worker, 1)
-    u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
+    if by_units:
+        u0, u1 = p0 * NR, p1 * NR
+    else:
+        u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
     scratch = tile_scratch(g.dh)
     tc, dct = np.empty(H, g.dh.dtype), np.empty(H, g.dh.dtype)
     for t in range(T - 1, -1, -1):
@@ -129,8 +159,9 @@ def _backward_worker(worker, nthreads, sync, cell, g, w_hh):
         else:
             rnn_cell_backward(g.dxg[t], g.dh, g.dhs[t], g.hs[t], u0, u1)
             recurrent = g.dxg[t]
-        barrier(sync, nthreads)
+        barrier(sync, nthreads)  # every thread's gradients of step t are in `recurrent`
         if cell != GRU:
             g.dh[:, p0 * NR:min(H, p1 * NR)] = 0.0
         gemm_block_n(recurrent, w_hh, g.dh, 0, B, p0, p1, scratch)
-        barrier(sync, nthreads)
+        if not by_units:  # by units, the next step's cell reads only dh's columns this thread wrote
+            barrier(sync, nthreads)
