@@ -181,8 +181,9 @@ def test_a_model_overfits_a_short_string(cell):
 # (NR + NARROW[0]) // 4: for the LSTM a whole panel and a last one as wide as a narrow
 # tile, which a group of MR rows takes in that tile and a row alone in scratch, which
 # must not change its sums; ROW_SPAN panels and more: a row alone also takes a tile
-# ROW_SPAN panels wide.
-@pytest.mark.parametrize("hidden", [H, (NR + NARROW[0]) // 4, (ROW_SPAN * NR + NR // 2) // 3 + 1])
+# ROW_SPAN panels wide; 2 * NR: gate blocks of whole panels, a row alone in wide
+# tiles only.
+@pytest.mark.parametrize("hidden", [H, (NR + NARROW[0]) // 4, (ROW_SPAN * NR + NR // 2) // 3 + 1, 2 * NR])
 @pytest.mark.parametrize("cell", CELLS)
 def test_step_matches_forward_and_each_row_is_independent_of_the_batch(rng, cell, hidden):
     cfg, params, net = make_network(cell, rng, layers=2, dtype=np.float32, hidden=hidden)
@@ -204,11 +205,12 @@ def test_step_matches_forward_and_each_row_is_independent_of_the_batch(rng, cell
             np.testing.assert_array_equal(a[:, 0], s[:, b])
 
 
+@pytest.mark.parametrize("hidden", [H, 2 * NR])  # partial panels, or whole ones only
 @pytest.mark.parametrize("cell", CELLS)
-def test_generate_equals_stepping_and_sampling_and_each_row_alone(rng, cell):
+def test_generate_equals_stepping_and_sampling_and_each_row_alone(rng, cell, hidden):
     from charrnn.kernels.sampling import sample_rows
 
-    cfg, params, net = make_network(cell, rng, dtype=np.float32)
+    cfg, params, net = make_network(cell, rng, dtype=np.float32, hidden=hidden)
     state = RecurrentState.zeros(cfg, 3)
     state.h[:] = rng.standard_normal(state.h.shape)
     if state.c is not None:
@@ -221,7 +223,13 @@ def test_generate_equals_stepping_and_sampling_and_each_row_alone(rng, cell):
         current = np.empty(3, np.int64)
         sample_rows(current, logits, 0.9, uniforms[k], 4, 0.95)
         np.testing.assert_array_equal(current, out[k])
+        if k == 4:
+            after_five = s
     for a, b in zip(end.arrays(), s.arrays()):
+        np.testing.assert_array_equal(a, b)
+    five, end_five = net.generate(ids, state, uniforms[:5], temperature=0.9, top_k=4, top_p=0.95)  # an odd count
+    np.testing.assert_array_equal(five, out[:5])
+    for a, b in zip(end_five.arrays(), after_five.arrays()):
         np.testing.assert_array_equal(a, b)
     for b in range(3):
         alone, _ = net.generate(ids[b:b + 1], state.rows([b]), uniforms[:, b:b + 1], 0.9, 4, 0.95)
