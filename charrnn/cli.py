@@ -204,11 +204,9 @@ def train(corpus, out, vocab, resume, overwrite, quiet, **settings):
     Example:
       charrnn train corpus.txt --out runs/mine --max-time 10m
     """
-    from charrnn.train import Trainer
+    from charrnn.api import trainer as make_trainer
 
-    model = {name: settings.pop(name) for name in settings_of(ModelConfig) if name in settings}
-    trainer = Trainer(corpus, out, given(model), given(settings), vocab_path=vocab, resume=resume,
-                      overwrite=overwrite, progress=not quiet)
+    trainer = make_trainer(corpus, out, vocab, resume, overwrite, not quiet, **given(settings))
     try:
         summary = trainer.run()
     except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: stopped at once, mid-step or mid-write
@@ -226,14 +224,6 @@ def train(corpus, out, vocab, resume, overwrite, quiet, **settings):
         sys.exit(_signal_status(summary["signal"]))
     err(f"done: {summary['step']} steps in {summary['elapsed']:.0f}s; best validation loss {best_text}; "
         f"saved {summary['last']} and {summary['best']}")
-
-
-def _load_network(path):
-    from charrnn.checkpoint import load_checkpoint
-    from charrnn.network import Network
-
-    ckpt = load_checkpoint(path, with_training_state=False)
-    return ckpt, Network(ckpt.config, ckpt.params)
 
 
 @cli.command()
@@ -255,17 +245,14 @@ def sample(checkpoint, stream, as_json, **settings):
       charrnn sample runs/shakespeare/best.safetensors --temperature 0.8 --prime "ROMEO:"
       charrnn sample CKPT --top-p 0.9 --num-samples 5 --stop "\\n\\n" --seed 7
     """
-    import secrets
+    from charrnn.api import load
+    from charrnn.sample import write_samples
 
-    from charrnn.sample import BatchSampler, write_samples
-
-    ckpt, net = _load_network(checkpoint)
-    cfg = SampleConfig(**given(settings))
-    chosen = cfg.seed is None
-    if chosen:
-        cfg = cfg.replace(seed=secrets.randbelow(2**31))
-    sampler = BatchSampler(net, ckpt.vocab, cfg)  # refuses bad input
-    if chosen and sampler.uses_randomness:
+    values = given(settings)
+    model = load(checkpoint)
+    cfg = model.settings(**values)
+    sampler = model.sampler(cfg)  # refuses bad input
+    if "seed" not in values and sampler.uses_randomness:
         err(f"seed: {cfg.seed}")
     record = None
     if as_json:
@@ -308,7 +295,10 @@ def evaluate(checkpoint, texts, as_json, skip_unknown, novelty, train_corpus):
         raise click.UsageError("--train is only used with --novelty")
     if texts.count(STDIN) > 1:
         raise CharrnnError("standard input ('-') can be read only once")
-    ckpt, net = _load_network(checkpoint)
+    from charrnn.api import load
+
+    model = load(checkpoint)
+    vocab = model.checkpoint.vocab
     if novelty:
         try:
             check_text_file(train_corpus)
@@ -317,7 +307,7 @@ def evaluate(checkpoint, texts, as_json, skip_unknown, novelty, train_corpus):
     loaded = []
     for source in texts:
         try:
-            text = load_text(source, ckpt.vocab, skip_unknown, with_code_points=novelty)
+            text = load_text(source, vocab, skip_unknown, with_code_points=novelty)
         except UnknownCharactersError as e:
             raise CharrnnError(f"{e}; pass --skip-unknown to score the rest") from None
         if text.ids.size < 2:
@@ -329,7 +319,7 @@ def evaluate(checkpoint, texts, as_json, skip_unknown, novelty, train_corpus):
         if text.skipped:
             err(f"{text.name + ': ' if several else ''}skipped {text.skipped:,} characters not in the "
                 f"vocabulary: {describe_chars(text.unknown)}")
-    result = evaluate_texts(net, loaded, train_corpus if novelty else None)
+    result = evaluate_texts(model.network, loaded, train_corpus if novelty else None)
     if skip_unknown:
         for report, text in zip(result["files"], loaded):
             report["skipped"] = text.skipped

@@ -70,3 +70,11 @@ class UnknownSettingError(CharrnnError):
     def __init__(self, message: str, names):
         super().__init__(message)
         self.names = sorted(names)
+
+
+class UnknownCharactersError(CharrnnError):
+    """Text has characters that are not in the vocabulary; .chars names them."""
+
+    def __init__(self, message: str, chars):
+        super().__init__(message)
+        self.chars = sorted(set(chars))

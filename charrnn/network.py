@@ -9,10 +9,11 @@ from charrnn.config import ModelConfig
 from charrnn.engine import (PackedWeights, Workspace, layer_backward, layer_forward, product,
                             recurrent_weight_gradients, step_buffers, threads)
 from charrnn.kernels.dropout import apply_mask, dropout_mask
-from charrnn.kernels.inference import Decoding, generate, step_logits
+from charrnn.kernels.inference import generate, step_logits
 from charrnn.kernels.linear import gather_rows, scatter_add_rows, set_rows
 from charrnn.kernels.loss import softmax_xent, softmax_xent_backward
 from charrnn.kernels.recurrence import CELL_CODES
+from charrnn.kernels.sampling import Decoding
 from charrnn.model import ParamBuffer, Parameters, RecurrentState, layer_dropout_keys
 
 
@@ -147,22 +148,25 @@ class Network:
         step_logits(buffers, current, h, c, CELL_CODES[self.cfg.cell], self.packed(nthreads).inference(), nthreads)
         return buffers.logits, RecurrentState(h, c if state.c is not None else None)
 
-    def generate(self, ids: np.ndarray, state: RecurrentState, uniforms: np.ndarray, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, argmax: bool = False):
+    def generate(self, ids: np.ndarray, state: RecurrentState, uniforms: np.ndarray, temperature=1.0,
+                 top_k=0, top_p=1.0, argmax=False):
         """K characters for each of B streams, each drawn from the model and fed back.
 
         ids: (B,) the last character of each stream; uniforms: (K, B) one number in
-        [0, 1) per draw (see kernels.sampling.sample_rows: temperature, then top_k
-        (0: all), then top_p (1: all); or the most likely character with argmax).
+        [0, 1) per draw. How a row chooses (see kernels.sampling): temperature, then
+        top_k (0: all), then top_p (1: all), or the most likely character with
+        argmax; each a scalar for every row or a (B,) array, one value per row.
         Returns (K, B) characters and the state after them; row b depends only on row
         b's inputs, bit for bit."""
         nthreads = threads()
         current, h, c = self._inference_state(ids, state)
+        B = current.shape[0]
         out = np.empty(uniforms.shape, np.int64)
-        decoding = Decoding(float(temperature), int(top_k), float(top_p), bool(argmax))
+        rows = lambda v, dtype: np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype), (B,)))  # noqa: E731
+        decoding = Decoding(rows(temperature, np.float64), rows(top_k, np.int64), rows(top_p, np.float64),
+                            rows(argmax, np.bool_))
         generate(out, current, h, c, CELL_CODES[self.cfg.cell], self.packed(nthreads).inference(),
-                 step_buffers(self.cfg, current.shape[0], self.params.dtype), np.ascontiguousarray(uniforms), decoding,
-                 nthreads)
+                 step_buffers(self.cfg, B, self.params.dtype), np.ascontiguousarray(uniforms), decoding, nthreads)
         return out, RecurrentState(h, c if state.c is not None else None)
 
     def loss_and_grad(self, ids, targets, state, grads: ParamBuffer, dropout_key: int | None = None):

@@ -17,7 +17,7 @@ from typing import TextIO
 import numpy as np
 
 from charrnn.config import SampleConfig
-from charrnn.errors import CharrnnError, SettingError, named
+from charrnn.errors import CharrnnError, SettingError, UnknownCharactersError, named
 from charrnn.model import RecurrentState
 from charrnn.network import Network
 from charrnn.vocab import Vocab, describe_chars
@@ -45,8 +45,8 @@ def sample_seed(seed: int, k: int) -> int:
 def encode_prime(vocab: Vocab, prime: str) -> np.ndarray:
     missing = vocab.missing(prime)
     if missing:
-        raise CharrnnError(f"the prime text has characters not in the model's vocabulary: "
-                           f"{describe_chars(missing)}")
+        raise UnknownCharactersError(f"the prime text has characters not in the model's vocabulary: "
+                                     f"{describe_chars(missing)}", missing)
     return vocab.encode(prime).astype(np.int64)
 
 
@@ -58,8 +58,8 @@ def encode_stops(vocab: Vocab, stops: Sequence[str]) -> list[np.ndarray]:
             raise CharrnnError(f"{named('stop')} must not be empty")
         missing = vocab.missing(s)
         if missing:
-            raise CharrnnError(f"{named('stop', repr(s))} can never occur: {describe_chars(missing)} "
-                               f"not in the model's vocabulary")
+            raise UnknownCharactersError(f"{named('stop', repr(s))} can never occur: {describe_chars(missing)} "
+                                         f"not in the model's vocabulary", missing)
         out.append(vocab.encode(s).astype(np.int64))
     return out
 

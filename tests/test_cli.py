@@ -324,7 +324,7 @@ def test_ctrl_c_during_training_saves_last_and_exits_130(runner, corpus, tmp_pat
     import os
     import signal
 
-    from charrnn.train import Trainer
+    from charrnn.training import Trainer
 
     original = Trainer.train_step
 
@@ -345,8 +345,8 @@ def test_ctrl_c_during_training_saves_last_and_exits_130(runner, corpus, tmp_pat
 
 
 @pytest.mark.parametrize("where,args,message", [
-    ("charrnn.train.Trainer.__init__", ["train", "CORPUS", "--out", "OUT"], "interrupted"),
-    ("charrnn.train.Trainer.run", ["train", "CORPUS", "--out", "OUT"], "files in OUT are complete"),
+    ("charrnn.training.Trainer.__init__", ["train", "CORPUS", "--out", "OUT"], "interrupted"),
+    ("charrnn.training.Trainer.run", ["train", "CORPUS", "--out", "OUT"], "files in OUT are complete"),
     ("charrnn.sample.write_samples", ["sample", "CKPT"], "interrupted"),
     ("charrnn.evaluate.score_ids", ["evaluate", "CKPT", "CORPUS"], "interrupted"),
 ])

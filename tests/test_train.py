@@ -9,7 +9,7 @@ from conftest import SHAKESPEARE, raises_as_cli
 from charrnn.checkpoint import load_checkpoint
 from charrnn.errors import CharrnnError
 from charrnn.schedule import lr_factor
-from charrnn.train import Trainer
+from charrnn.training import Trainer
 
 TINY_MODEL = dict(cell="lstm", layers=2, hidden=16, embed=8, dropout=0.2)
 TINY_TRAIN = dict(batch_size=4, seq_len=16, eval_every=10, seed=3, warmup_steps=10)
@@ -345,7 +345,7 @@ def test_schedule_flags_are_saved_and_may_change_on_resume(corpus, tmp_path):
 # ----- evaluation on a time schedule -------------------------------------------------
 
 class FakeClock:
-    """time.perf_counter for charrnn.train that advances `tick` seconds per call."""
+    """time.perf_counter for charrnn.training that advances `tick` seconds per call."""
 
     def __init__(self, tick):
         self.now, self.tick = 1000.0, tick
@@ -356,7 +356,7 @@ class FakeClock:
 
 
 def test_time_based_evaluation_lands_at_each_multiple_of_the_interval(corpus, tmp_path, monkeypatch):
-    import charrnn.train as train
+    import charrnn.training as train
 
     monkeypatch.setattr(train.time, "perf_counter", FakeClock(0.5))
     summary = run(corpus, tmp_path, 30, eval_every="10s")
