@@ -64,132 +64,189 @@ def encode_stops(vocab: Vocab, stops: Sequence[str]) -> list[np.ndarray]:
     return out
 
 
+def random_start(vocab: Vocab, settings: SampleConfig) -> bool:
+    """Without a prime or a newline to start from, the first character is random."""
+    return not settings.prime and "\n" not in vocab
+
+
 @dataclass
 class Block:
-    """What one call into the engine generated: the sample rows[i] produced
-    ids[i, :counts[i]], and ended[i] says whether that was its last character."""
+    """What one call into the engine generated: streams[i] (the sample rows[i])
+    produced ids[i, :counts[i]], and ended[i] says whether that was its last character."""
 
-    rows: np.ndarray  # (n,) samples, 0-based, ascending
+    streams: list  # [Stream]
+    rows: np.ndarray  # (n,) each stream's index (for BatchSampler: its sample, 0-based, ascending)
     ids: np.ndarray  # (n, k)
     counts: np.ndarray  # (n,)
     ended: np.ndarray  # (n,) bool
 
 
-class BatchSampler:
-    """Generates settings.num_samples samples side by side, a block of characters at a
-    time for all rows that are still going; a row that ends (by a stop string) leaves
-    the batch and costs nothing more. Every sample has at most settings.length
-    generated characters. settings.seed must be given (not None)."""
+class Stream:
+    """One sample as it is generated: its settings, its own random numbers (numpy's
+    default_rng(seed): the same seed, the same draws, whatever else runs beside it),
+    how many characters it has made, and the end of its text, for stop strings that
+    span engine calls (or begin in the prime). index: the caller's name for it."""
 
-    def __init__(self, net: Network, vocab: Vocab, settings: SampleConfig, block: int | None = None):
-        if settings.seed is None:
-            raise SettingError("seed", None, "a non-negative integer")
-        self.net, self.vocab, self.settings = net, vocab, settings
-        self.length, self.prime, self.stops = settings.length, settings.prime, list(settings.stop)
-        self.block = BLOCK if block is None else block  # characters per engine call; 1 streams each
-        self.prime_ids = encode_prime(vocab, self.prime)
+    def __init__(self, vocab: Vocab, settings: SampleConfig, seed: int, index: int = 0):
+        self.settings, self.seed, self.index = settings, seed, index
+        self.prime_ids = encode_prime(vocab, settings.prime)
+        self.stops = list(settings.stop)
         encode_stops(vocab, self.stops)  # refuse stops the model can never produce
         # A stop may begin this many characters before a block (or in the prime).
         self.tail_width = max((len(s) for s in self.stops), default=1) - 1
-        self.seeds = [sample_seed(settings.seed, k) for k in range(1, settings.num_samples + 1)]
-        # Which stop string ended each sample (index into stops), or -1.
-        self.stopped_by = np.full(settings.num_samples, -1, np.int64)
+        self.tail = self._tail(settings.prime)
+        self.rng = np.random.default_rng(seed)
+        self.count = 0  # characters generated
+        self.stopped_by = -1  # the index of the stop string that ended it, or -1
 
     @property
-    def random_start(self) -> bool:
-        """Without a prime or a newline to start from, the first character is random."""
-        return not self.prime and "\n" not in self.vocab
+    def remaining(self) -> int:
+        return self.settings.length - self.count
 
-    @property
-    def uses_randomness(self) -> bool:
-        return self.length > 0 and (not self.settings.argmax or self.random_start)
+    def uniforms(self, k: int) -> np.ndarray:
+        """The k numbers in [0, 1) of its next k draws (none drawn for argmax)."""
+        return np.zeros(k) if self.settings.argmax else self.rng.random(k)
 
-    def _start_state(self, n: int) -> RecurrentState:
-        """The state after all but the last prime character, computed once (batch 1)
-        and copied to n rows."""
-        state = RecurrentState.zeros(self.net.cfg, 1, self.net.params.dtype)
-        if self.prime_ids.size > 1:
-            _, state = self.net.forward(self.prime_ids[:-1].reshape(-1, 1), state)
-        return RecurrentState(*(np.repeat(a, n, axis=1) for a in state.arrays()))
-
-    def blocks(self) -> Iterator[Block]:
-        """The samples' characters, block by block, until every sample has ended."""
-        n, length, d = len(self.seeds), self.length, self.settings
-        self.stopped_by[:] = -1
-        if length == 0:
-            return
-        rngs = [np.random.default_rng(s) for s in self.seeds]
-        state = self._start_state(n)
-        rows = np.arange(n)
-        tails = [self._tail(self.prime)] * n
-        if self.prime:
-            current = np.full(n, self.prime_ids[-1], np.int64)
-        elif not self.random_start:
-            current = np.full(n, self.vocab.chars.index("\n"), np.int64)
-        else:
-            current = np.array([rng.integers(len(self.vocab)) for rng in rngs], np.int64)
-        t = 0
-        if self.random_start:
-            block = self._block(rows, current.reshape(-1, 1), tails, t + 1)
-            yield block
-            t = 1
-            rows, current, state, tails = self._drop(block.ended, rows, current, state, tails)
-        top_k = 0 if d.top_k is None else d.top_k
-        top_p = 1.0 if d.top_p is None else d.top_p
-        while t < length and rows.size:
-            k = min(self.block, length - t)
-            if d.argmax:
-                uniforms = np.zeros((k, rows.size))
-            else:
-                uniforms = np.stack([rngs[i].random(k) for i in rows], axis=1)
-            ids, state = self.net.generate(current, state, uniforms, d.temperature, top_k, top_p, d.argmax)
-            t += k
-            block = self._block(rows, ids.T, tails, t)
-            yield block
-            current = ids[-1]
-            rows, current, state, tails = self._drop(block.ended, rows, current, state, tails)
-
-    def _block(self, rows, ids, tails, t) -> Block:
-        """A Block of the ids (n, k) just generated, each row cut after the first stop
-        string that ends in it; tails are the last characters of every row's text
-        (prime included), updated here, so that a stop may span blocks or begin in
-        the prime."""
-        n, k = ids.shape
-        counts = np.full(n, k, np.int64)
-        ended = np.full(n, t >= self.length)
-        if not self.stops:
-            return Block(rows, ids, counts, ended)
-        chars = self.vocab.chars
-        for i in range(n):
-            text = tails[i] + "".join(chars[j] for j in ids[i])
-            first_end, which = None, -1
+    def take(self, ids: np.ndarray, chars: list[str]) -> tuple[int, bool]:
+        """Accept up to `remaining` of the ids just generated, cut after the first stop
+        string that ends in them: (how many, whether the stream has ended)."""
+        n = min(ids.size, self.remaining)
+        if self.stops:
+            text = self.tail + "".join(chars[j] for j in ids[:n])
+            first_end = None
             for index, stop in enumerate(self.stops):
-                at = text.find(stop, max(0, len(tails[i]) - len(stop) + 1))
+                at = text.find(stop, max(0, len(self.tail) - len(stop) + 1))
                 if at >= 0 and (first_end is None or at + len(stop) < first_end):
-                    first_end, which = at + len(stop), index
+                    first_end, self.stopped_by = at + len(stop), index
             if first_end is not None:
-                counts[i] = first_end - len(tails[i])
-                ended[i] = True
-                self.stopped_by[rows[i]] = which
-            tails[i] = self._tail(text)
-        return Block(rows, ids, counts, ended)
+                n = first_end - len(self.tail)
+            self.tail = self._tail(text[:len(self.tail) + n])
+        self.count += n
+        return n, self.stopped_by >= 0 or self.remaining <= 0
 
     def _tail(self, text: str) -> str:
         """The last tail_width characters of text (all of a shorter one)."""
         return text[-self.tail_width:] if self.tail_width else ""
 
-    @staticmethod
-    def _drop(ended, rows, current, state, tails):
-        """Remove the rows that ended from the batch."""
-        if not ended.any():
-            return rows, current, state, tails
-        keep = ~ended
-        return rows[keep], current[keep], state.rows(keep), [tail for tail, k in zip(tails, keep) if k]
+
+class Batch:
+    """Streams generated side by side: each engine call makes a block of characters
+    for every stream in the batch, each row by its own settings. Streams join (add)
+    and leave (when they end, or drop) between calls; a row's characters do not
+    depend on what else is in the batch (the engine computes each row bit for bit as
+    it would alone, and each stream draws its own random numbers)."""
+
+    def __init__(self, net: Network, vocab: Vocab):
+        self.net, self.vocab = net, vocab
+        self.streams: list[Stream] = []
+        self.state = RecurrentState.zeros(net.cfg, 0, net.params.dtype)
+        self.current = np.zeros(0, np.int64)
+
+    def __len__(self) -> int:
+        return len(self.streams)
+
+    def add(self, streams: list[Stream]) -> Block | None:
+        """Start streams: run each distinct prime (all but its last character) once,
+        batch 1. A stream without a prime starts after a newline when the vocabulary
+        has one, else from a random character, which is then its first generated
+        character: the Block of those, if any (streams of length 0 never join)."""
+        streams = [s for s in streams if s.remaining > 0]
+        if not streams:
+            return None
+        primed: dict[str, RecurrentState] = {}
+        for s in streams:
+            if s.settings.prime not in primed:
+                primed[s.settings.prime] = self._prime_state(s.prime_ids)
+        newline = self.vocab.chars.index("\n") if "\n" in self.vocab else -1
+        current = [int(s.prime_ids[-1]) if s.prime_ids.size else newline for s in streams]
+        randoms = [i for i, s in enumerate(streams) if random_start(self.vocab, s.settings)]
+        for i in randoms:
+            current[i] = int(streams[i].rng.integers(len(self.vocab)))
+        self._join(streams, [primed[s.settings.prime] for s in streams], current)
+        if not randoms:
+            return None
+        chosen = [streams[i] for i in randoms]
+        return self._collect(chosen, np.array([[current[i]] for i in randoms], np.int64))
+
+    def _prime_state(self, prime_ids: np.ndarray) -> RecurrentState:
+        state = RecurrentState.zeros(self.net.cfg, 1, self.net.params.dtype)
+        if prime_ids.size > 1:
+            _, state = self.net.forward(prime_ids[:-1].reshape(-1, 1), state)
+        return state
+
+    def _join(self, streams, states, current) -> None:
+        self.streams += streams
+        self.state = RecurrentState(*(np.concatenate([a] + [s.arrays()[i] for s in states], axis=1)
+                                      for i, a in enumerate(self.state.arrays())))
+        self.current = np.concatenate([self.current, np.asarray(current, np.int64)])
+
+    def advance(self, k: int) -> Block:
+        """Up to k more characters for every stream (no more than the longest still
+        needs); the streams that end leave the batch."""
+        k = min(k, max(s.remaining for s in self.streams))
+        uniforms = np.stack([s.uniforms(k) for s in self.streams], axis=1)
+        st = [s.settings for s in self.streams]
+        ids, self.state = self.net.generate(
+            self.current, self.state, uniforms, [x.temperature for x in st],
+            [0 if x.top_k is None else x.top_k for x in st], [1.0 if x.top_p is None else x.top_p for x in st],
+            [x.argmax for x in st])
+        self.current = ids[-1]
+        return self._collect(list(self.streams), ids.T)
+
+    def _collect(self, streams, ids) -> Block:
+        """The Block of what streams made (ids: (n, k)), their ends applied; the ended
+        streams leave."""
+        counts, ended = np.zeros(len(streams), np.int64), np.zeros(len(streams), bool)
+        for i, s in enumerate(streams):
+            counts[i], ended[i] = s.take(ids[i], self.vocab.chars)
+        self.drop([s for s, e in zip(streams, ended) if e])
+        return Block(streams, np.array([s.index for s in streams], np.int64), ids, counts, ended)
+
+    def drop(self, streams) -> None:
+        """Take streams out of the batch (ended, or no longer wanted)."""
+        leaving = {id(s) for s in streams}
+        keep = np.array([id(s) not in leaving for s in self.streams], bool)
+        if keep.all():
+            return
+        self.streams = [s for s, kept in zip(self.streams, keep) if kept]
+        self.state, self.current = self.state.rows(keep), self.current[keep]
+
+
+class BatchSampler:
+    """Generates settings.num_samples samples side by side (a Batch), a block of
+    characters at a time; a row that ends (by a stop string) leaves the batch and
+    costs nothing more. Every sample has at most settings.length generated
+    characters. settings.seed must be given (not None); sample k (from 1) uses
+    sample_seed(settings.seed, k)."""
+
+    def __init__(self, net: Network, vocab: Vocab, settings: SampleConfig, block: int | None = None):
+        if settings.seed is None:
+            raise SettingError("seed", None, "a non-negative integer")
+        self.net, self.vocab, self.settings = net, vocab, settings
+        self.length, self.prime = settings.length, settings.prime
+        self.block = BLOCK if block is None else block  # characters per engine call; 1 streams each
+        self.seeds = [sample_seed(settings.seed, k) for k in range(1, settings.num_samples + 1)]
+        Stream(vocab, settings, settings.seed)  # refuses a prime or stops the model cannot read or make
+        self.streams: list[Stream] = []
+
+    @property
+    def uses_randomness(self) -> bool:
+        return self.length > 0 and (not self.settings.argmax or random_start(self.vocab, self.settings))
+
+    def blocks(self) -> Iterator[Block]:
+        """The samples' characters, block by block, until every sample has ended."""
+        self.streams = [Stream(self.vocab, self.settings, seed, i) for i, seed in enumerate(self.seeds)]
+        batch = Batch(self.net, self.vocab)
+        first = batch.add(self.streams)
+        if first is not None:
+            yield first
+        while len(batch):
+            yield batch.advance(self.block)
 
     def stop_of(self, index: int) -> str | None:
         """The stop string that ended sample `index` (0-based), or None."""
-        k = int(self.stopped_by[index])
-        return None if k < 0 else self.stops[k]
+        s = self.streams[index] if self.streams else None
+        return None if s is None or s.stopped_by < 0 else s.stops[s.stopped_by]
 
 
 class _IdBuffer:

@@ -204,3 +204,32 @@ def test_a_stop_may_span_a_whole_prime_shorter_than_the_stop(model):
     net, vocab = model
     full = generate(net, vocab, 50, 1.0, "abcd", seed=4)
     assert generate(net, vocab, 50, 1.0, "abcd", seed=4, stops=["abcd" + full[:2]]) == full[:2]
+
+
+def test_streams_that_join_a_running_batch_with_their_own_settings_give_what_they_give_alone(model):
+    """What a server does: streams with different settings join and leave between
+    engine calls; each gives exactly its text alone (from generate, block 64)."""
+    from charrnn.sample import Batch, Stream
+
+    net, vocab = model
+    configs = [SampleConfig(temperature=1.0, length=40, prime="ab", seed=1),
+               SampleConfig(temperature=0.5, top_k=3, length=25, seed=2),
+               SampleConfig(argmax=True, length=30, prime="c", seed=3),
+               SampleConfig(temperature=1.3, top_p=0.8, length=50, prime="a b", stop=["hh", "e "], seed=4)]
+    batch, texts = Batch(net, vocab), {i: [] for i in range(len(configs))}
+
+    def record(block):
+        for s, ids, n in zip(block.streams, block.ids, block.counts):
+            texts[s.index].extend(ids[:n].tolist())
+
+    for step in range(30):
+        if step < len(configs):  # one more joins before each of the first calls
+            first = batch.add([Stream(vocab, configs[step], configs[step].seed, step)])
+            if first is not None:
+                record(first)
+        if len(batch):
+            record(batch.advance(3 + step % 4))
+    for i, cfg in enumerate(configs):
+        alone = generate(net, vocab, cfg.length, cfg.temperature, cfg.prime, cfg.seed, cfg.argmax, top_k=cfg.top_k,
+                         top_p=cfg.top_p, stops=cfg.stop)
+        assert vocab.decode(texts[i]) == alone, i
