@@ -63,7 +63,7 @@ class Model:
     def settings(self, prime: str = "", **settings) -> SampleConfig:
         """The sampling settings of a call: these (checked, by name), the others their
         defaults; a seed is chosen at random when none is given."""
-        cfg = SampleConfig(prime=prime, **SampleConfig.check_values(settings))
+        cfg = SampleConfig.from_given({**settings, "prime": prime})
         return cfg if cfg.seed is not None else cfg.replace(seed=secrets.randbelow(2**31))
 
     def sampler(self, settings: SampleConfig, block: int | None = None) -> BatchSampler:
@@ -73,10 +73,12 @@ class Model:
     def generate(self, prime: str = "", **settings) -> str:
         """prime and up to `length` characters that follow it: str.
 
-        settings: length (500), temperature (0.8), top_k, top_p, seed (random if not
-        given), argmax, stop (strings that end the text where one first occurs; it is
-        kept), as `charrnn sample` takes them. The text is what `charrnn sample` prints
-        for the same settings (without its final newline)."""
+        settings: length (500), temperature (0.8), top_k, top_p, min_p, seed (random
+        if not given), argmax, ban, dry_multiplier (with dry_base, dry_allowed_length,
+        dry_last_n), beam, stop (strings that end the text where one first occurs; it
+        is kept): every setting of `charrnn sample` (see charrnn.config.SampleConfig).
+        The text is what `charrnn sample` prints for the same settings (without its
+        final newline)."""
         return "".join(self._pieces(self._single(prime, settings), block=None))
 
     def stream(self, prime: str = "", **settings) -> Iterator[str]:

@@ -52,7 +52,8 @@ def _unescape(text: str) -> str:
 
 
 _CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "duration": Duration(),
-                "steps-or-duration": StepsOrDuration(), "text": click.STRING, "texts": click.STRING}
+                "steps-or-duration": StepsOrDuration(), "text": click.STRING, "chars": click.STRING,
+                "texts": click.STRING, "path": click.Path()}
 
 
 def flag(name: str) -> str:
@@ -92,6 +93,8 @@ def _option(s: Setting, check_early: bool):
     def convert(ctx, param, value):
         if s.kind == "texts":
             value = tuple(_unescape(v) for v in value)
+        elif s.kind == "chars" and value is not None:
+            value = _unescape(value)
         if check_early and value is not None:
             try:
                 s.check(value)
@@ -254,11 +257,7 @@ def sample(checkpoint, stream, as_json, **settings):
     sampler = model.sampler(cfg)  # refuses bad input
     if "seed" not in values and sampler.uses_randomness:
         err(f"seed: {cfg.seed}")
-    record = None
-    if as_json:
-        record = {"checkpoint": checkpoint, "length": cfg.length, "temperature": cfg.temperature,
-                  "top_k": cfg.top_k, "top_p": cfg.top_p, "argmax": cfg.argmax, "prime": cfg.prime,
-                  "stop": list(cfg.stop), "num_samples": cfg.num_samples, "seed": cfg.seed}
+    record = {"checkpoint": checkpoint, **cfg.to_dict()} if as_json else None
     write_samples(sampler, sys.stdout, record, stream=stream or sys.stdout.isatty())
 
 

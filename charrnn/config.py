@@ -56,6 +56,7 @@ FRACTION = Rule(lambda v: is_real(v) and 0 <= v < 1, "in [0, 1)")
 UNIT_INTERVAL = Rule(lambda v: is_real(v) and 0 <= v <= 1, "in [0, 1]")
 PROBABILITY = Rule(lambda v: is_real(v) and 0 < v <= 1, "a number in (0, 1]")
 TEXT = Rule(lambda v: isinstance(v, str), "a string")
+BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false")
 
 
 def one_of(choices) -> Rule:
@@ -129,7 +130,9 @@ STEPS_OR_DURATION = Rule(lambda v: (is_int(v) and v >= 1) or duration_seconds(v)
 # ----- settings ----------------------------------------------------------------------
 
 # What a kind of setting is given as on the command line: a Click type name (see cli.py).
-KINDS = ("int", "float", "choice", "duration", "steps-or-duration", "flag", "text", "texts")
+# "chars": a string whose escapes (\\n, \\t) the command line understands; "texts": several
+# strings so (a repeatable flag); "path": a file name.
+KINDS = ("int", "float", "choice", "duration", "steps-or-duration", "flag", "text", "chars", "texts", "path")
 
 
 @dataclass(frozen=True)
@@ -258,6 +261,8 @@ class ModelConfig(Settings):
     hidden: int = setting(256, "Hidden units per layer.", "int", POSITIVE_INT)
     embed: int = setting(64, "Character embedding size.", "int", POSITIVE_INT)
     dropout: float = setting(0.0, "Dropout between layers and before the output.", "float", FRACTION)
+    lines: bool = setting(False, "One sample per line: each non-empty line is learnt on its own, from a fresh "
+                          "state, and ends at its newline; sample and evaluate follow it.", "flag", BOOLEAN)
 
     @property
     def gates(self) -> int:
@@ -305,6 +310,9 @@ class TrainConfig(Settings):
     seed: int = setting(0, "Seed for initialisation and dropout.", "int", NON_NEGATIVE_INT)
     forget_bias: float = setting(0.0, "Added to the LSTM's forget-gate biases at initialisation (new runs only).",
                                  "float", FINITE)
+    init: str | None = setting(None, "Start from this checkpoint's weights (fine-tuning): a new run with a fresh "
+                               "optimiser, schedule and budget; the model's shape comes from it.", "path", TEXT,
+                               optional=True)
 
     @property
     def has_budget(self) -> bool:
@@ -379,11 +387,27 @@ class SampleConfig(Settings):
     top_p: float | None = setting(None, "Draw only from the fewest most likely characters whose probability "
                                   "reaches P (nucleus sampling; applied after temperature and {top_k}).", "float",
                                   PROBABILITY, optional=True)
+    min_p: float | None = setting(None, "Draw only from the characters at least P times as likely as the most "
+                                  "likely one (applied after {top_p}).", "float", UNIT_INTERVAL, optional=True)
     prime: str = setting("", "Text to start from; printed before the sample.", "text", TEXT, short="-p")
     seed: int | None = setting(None, "Seed for reproducible samples (default: random, shown on stderr).", "int",
                                NON_NEGATIVE_INT, optional=True)
     argmax: bool = setting(False, "Always take the most likely character (no randomness; ignores {temperature}, "
-                           "{top_k}, {top_p}).", "flag", Rule(lambda v: isinstance(v, bool), "true or false"))
+                           "{top_k}, {top_p}, {min_p}).", "flag", BOOLEAN)
+    ban: str = setting("", "Characters that are never drawn, e.g. \"0123456789\"; \\n, \\t, \\\\ are "
+                       "understood.", "chars", TEXT)
+    dry_multiplier: float = setting(0.0, "Repetition control (llama.cpp's DRY): how strongly to push down a "
+                                    "character that would extend a repetition of earlier text (0: off; try 0.8).",
+                                    "float", Rule(lambda v: is_real(v) and v >= 0, "a non-negative number"))
+    dry_base: float = setting(1.75, "DRY: the penalty grows by this factor with each character a repetition "
+                              "already has beyond {dry_allowed_length}.", "float",
+                              Rule(lambda v: is_real(v) and v >= 1, "a number of at least 1"))
+    dry_allowed_length: int = setting(2, "DRY: a repetition shorter than this may be extended without penalty.",
+                                      "int", POSITIVE_INT)
+    dry_last_n: int = setting(1024, "DRY: how many of the last characters (prime included) a repetition is "
+                              "looked for in.", "int", POSITIVE_INT)
+    beam: int | None = setting(None, "Beam search with N beams: the most likely continuation of {length} "
+                               "characters (deterministic; N = 1 is {argmax}).", "int", POSITIVE_INT, optional=True)
     num_samples: int = setting(1, "Generate N samples together, printed one after another, each headed by its "
                                "own seed.", "int", POSITIVE_INT)
     stop: tuple = setting((), "End a sample where it produces this text (kept). Repeatable; \\n, \\t, \\\\ are "
@@ -391,3 +415,22 @@ class SampleConfig(Settings):
                           # (an empty one is refused with the stops a vocabulary cannot produce: sample.py)
                           Rule(lambda v: isinstance(v, tuple) and all(isinstance(s, str) for s in v),
                                "a list of strings"))
+
+    # What beam search decides itself: given with beam, these are refused.
+    NOT_WITH_BEAM = ("temperature", "top_k", "top_p", "min_p", "argmax", "dry_multiplier", "num_samples")
+
+    @classmethod
+    def from_given(cls, values: dict) -> "SampleConfig":
+        """The settings of a call from the ones a user gave (the others take their
+        defaults), refusing combinations that make no sense."""
+        values = cls.check_values(values)
+        if values.get("beam") is not None:
+            clash = [name for name in cls.NOT_WITH_BEAM if name in values]
+            if clash:
+                raise CharrnnError(f"{named(clash[0])} does not apply to beam search ({named('beam')}), which "
+                                   "finds the most likely text itself; leave it out")
+        return cls(**values)
+
+    @property
+    def dry(self) -> bool:
+        return self.dry_multiplier > 0

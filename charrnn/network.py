@@ -13,7 +13,7 @@ from charrnn.kernels.inference import generate, step_logits
 from charrnn.kernels.linear import gather_rows, scatter_add_rows, set_rows
 from charrnn.kernels.loss import softmax_xent, softmax_xent_backward
 from charrnn.kernels.recurrence import CELL_CODES
-from charrnn.kernels.sampling import Decoding
+from charrnn.kernels.sampling import Decoding, History
 from charrnn.model import ParamBuffer, Parameters, RecurrentState, layer_dropout_keys
 
 
@@ -149,24 +149,29 @@ class Network:
         return buffers.logits, RecurrentState(h, c if state.c is not None else None)
 
     def generate(self, ids: np.ndarray, state: RecurrentState, uniforms: np.ndarray, temperature=1.0,
-                 top_k=0, top_p=1.0, argmax=False):
+                 top_k=0, top_p=1.0, argmax=False, *, decoding: Decoding | None = None,
+                 history: History | None = None):
         """K characters for each of B streams, each drawn from the model and fed back.
 
         ids: (B,) the last character of each stream; uniforms: (K, B) one number in
         [0, 1) per draw. How a row chooses (see kernels.sampling): temperature, then
         top_k (0: all), then top_p (1: all), or the most likely character with
-        argmax; each a scalar for every row or a (B,) array, one value per row.
+        argmax; each a scalar for every row or a (B,) array, one value per row; or
+        every setting at once as a Decoding (see make_decoding), with the rows'
+        History for repetition control (updated in place).
         Returns (K, B) characters and the state after them; row b depends only on row
         b's inputs, bit for bit."""
         nthreads = threads()
         current, h, c = self._inference_state(ids, state)
         B = current.shape[0]
         out = np.empty(uniforms.shape, np.int64)
-        rows = lambda v, dtype: np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype), (B,)))  # noqa: E731
-        decoding = Decoding(rows(temperature, np.float64), rows(top_k, np.int64), rows(top_p, np.float64),
-                            rows(argmax, np.bool_))
+        if decoding is None:
+            decoding = make_decoding(B, temperature, top_k, top_p, argmax)
+        if history is None:
+            history = History(np.zeros((B, 0), np.int64), np.zeros(B, np.int64))
         generate(out, current, h, c, CELL_CODES[self.cfg.cell], self.packed(nthreads).inference(),
-                 step_buffers(self.cfg, B, self.params.dtype), np.ascontiguousarray(uniforms), decoding, nthreads)
+                 step_buffers(self.cfg, B, self.params.dtype), np.ascontiguousarray(uniforms), decoding, history,
+                 nthreads)
         return out, RecurrentState(h, c if state.c is not None else None)
 
     def loss_and_grad(self, ids, targets, state, grads: ParamBuffer, dropout_key: int | None = None):
@@ -183,3 +188,16 @@ class Network:
         logits, new_state = self.forward(ids, state)
         flat_targets = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
         return softmax_xent(logits, flat_targets, threads()), new_state
+
+
+def make_decoding(B: int, temperature=1.0, top_k=0, top_p=1.0, argmax=False, min_p=0.0, ban=None,
+                  dry_multiplier=0.0, dry_base=1.75, dry_allowed=2, dry_last_n=1) -> Decoding:
+    """A Decoding for B rows: each setting a scalar for every row or a (B,) sequence;
+    ban: None, or (B, V) bool."""
+    def rows(v, dtype):
+        return np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype), (B,)))
+
+    ban = np.zeros((B, 0), np.bool_) if ban is None else np.ascontiguousarray(ban, np.bool_)
+    return Decoding(rows(temperature, np.float64), rows(top_k, np.int64), rows(top_p, np.float64),
+                    rows(min_p, np.float64), rows(argmax, np.bool_), ban, rows(dry_multiplier, np.float64),
+                    rows(dry_base, np.float64), rows(dry_allowed, np.int64), rows(dry_last_n, np.int64))

@@ -19,7 +19,8 @@ import numpy as np
 from charrnn.config import SampleConfig
 from charrnn.errors import CharrnnError, SettingError, UnknownCharactersError, named
 from charrnn.model import RecurrentState
-from charrnn.network import Network
+from charrnn.kernels.sampling import Decoding, History
+from charrnn.network import Network, make_decoding
 from charrnn.vocab import Vocab, describe_chars
 
 # Characters generated per call into the engine: one compiled loop runs this many
@@ -69,6 +70,20 @@ def random_start(vocab: Vocab, settings: SampleConfig) -> bool:
     return not settings.prime and "\n" not in vocab
 
 
+def encode_ban(vocab: Vocab, ban: str) -> np.ndarray:
+    """(V,) bool: True for each character of ban. Characters the model does not know
+    are refused (a typo would otherwise ban nothing), as is banning all of them."""
+    missing = vocab.missing(ban)
+    if missing:
+        raise UnknownCharactersError(f"{named('ban')} has characters not in the model's vocabulary: "
+                                     f"{describe_chars(missing)}", missing)
+    mask = np.zeros(len(vocab), bool)
+    mask[vocab.encode(ban).astype(np.int64)] = True
+    if mask.all():
+        raise CharrnnError(f"{named('ban')} bans every character of the model's vocabulary: nothing is left to draw")
+    return mask
+
+
 @dataclass
 class Block:
     """What one call into the engine generated: streams[i] (the sample rows[i])
@@ -95,6 +110,7 @@ class Stream:
         # A stop may begin this many characters before a block (or in the prime).
         self.tail_width = max((len(s) for s in self.stops), default=1) - 1
         self.tail = self._tail(settings.prime)
+        self.ban = encode_ban(vocab, settings.ban)
         self.rng = np.random.default_rng(seed)
         self.count = 0  # characters generated
         self.stopped_by = -1  # the index of the stop string that ended it, or -1
@@ -141,6 +157,9 @@ class Batch:
         self.streams: list[Stream] = []
         self.state = RecurrentState.zeros(net.cfg, 0, net.params.dtype)
         self.current = np.zeros(0, np.int64)
+        # Each row's characters so far, for repetition control (no columns while no
+        # stream uses it): see kernels.sampling.History.
+        self.history = History(np.zeros((0, 0), np.int64), np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return len(self.streams)
@@ -162,7 +181,7 @@ class Batch:
         randoms = [i for i, s in enumerate(streams) if random_start(self.vocab, s.settings)]
         for i in randoms:
             current[i] = int(streams[i].rng.integers(len(self.vocab)))
-        self._join(streams, [primed[s.settings.prime] for s in streams], current)
+        self._join(streams, [primed[s.settings.prime] for s in streams], current, randoms)
         if not randoms:
             return None
         chosen = [streams[i] for i in randoms]
@@ -174,24 +193,44 @@ class Batch:
             _, state = self.net.forward(prime_ids[:-1].reshape(-1, 1), state)
         return state
 
-    def _join(self, streams, states, current) -> None:
+    def _join(self, streams, states, current, randoms) -> None:
         self.streams += streams
         self.state = RecurrentState(*(np.concatenate([a] + [s.arrays()[i] for s in states], axis=1)
                                       for i, a in enumerate(self.state.arrays())))
         self.current = np.concatenate([self.current, np.asarray(current, np.int64)])
+        # Repetition control reads what each row has read: its prime (and a random first character).
+        contexts = [np.append(s.prime_ids, current[i]) if i in randoms else s.prime_ids
+                    for i, s in enumerate(streams)]
+        cap = max([self.history.ids.shape[1]] + [2 * s.settings.dry_last_n for s in streams if s.settings.dry])
+        ids = np.zeros((len(self.streams), cap), np.int64)
+        old = self.history.ids.shape[0]
+        ids[:old, :self.history.ids.shape[1]] = self.history.ids
+        length = np.concatenate([self.history.length, np.zeros(len(streams), np.int64)])
+        for i, (s, context) in enumerate(zip(streams, contexts)):
+            if s.settings.dry:
+                context = context[-s.settings.dry_last_n:]
+                ids[old + i, :context.size] = context
+                length[old + i] = context.size
+        self.history = History(ids, length)
 
     def advance(self, k: int) -> Block:
         """Up to k more characters for every stream (no more than the longest still
         needs); the streams that end leave the batch."""
         k = min(k, max(s.remaining for s in self.streams))
         uniforms = np.stack([s.uniforms(k) for s in self.streams], axis=1)
-        st = [s.settings for s in self.streams]
-        ids, self.state = self.net.generate(
-            self.current, self.state, uniforms, [x.temperature for x in st],
-            [0 if x.top_k is None else x.top_k for x in st], [1.0 if x.top_p is None else x.top_p for x in st],
-            [x.argmax for x in st])
+        ids, self.state = self.net.generate(self.current, self.state, uniforms, decoding=self._decoding(),
+                                            history=self.history)
         self.current = ids[-1]
         return self._collect(list(self.streams), ids.T)
+
+    def _decoding(self) -> Decoding:
+        st = [s.settings for s in self.streams]
+        banning = any(x.ban for x in st)
+        return make_decoding(
+            len(st), [x.temperature for x in st], [x.top_k or 0 for x in st],
+            [1.0 if x.top_p is None else x.top_p for x in st], [x.argmax for x in st], [x.min_p or 0.0 for x in st],
+            np.stack([s.ban for s in self.streams]) if banning else None, [x.dry_multiplier for x in st],
+            [x.dry_base for x in st], [x.dry_allowed_length for x in st], [x.dry_last_n for x in st])
 
     def _collect(self, streams, ids) -> Block:
         """The Block of what streams made (ids: (n, k)), their ends applied; the ended
@@ -210,6 +249,7 @@ class Batch:
             return
         self.streams = [s for s, kept in zip(self.streams, keep) if kept]
         self.state, self.current = self.state.rows(keep), self.current[keep]
+        self.history = History(np.ascontiguousarray(self.history.ids[keep]), self.history.length[keep])
 
 
 class BatchSampler:
@@ -231,11 +271,19 @@ class BatchSampler:
 
     @property
     def uses_randomness(self) -> bool:
-        return self.length > 0 and (not self.settings.argmax or random_start(self.vocab, self.settings))
+        deterministic = self.settings.argmax or self.settings.beam is not None
+        return self.length > 0 and (not deterministic or random_start(self.vocab, self.settings))
 
     def blocks(self) -> Iterator[Block]:
         """The samples' characters, block by block, until every sample has ended."""
         self.streams = [Stream(self.vocab, self.settings, seed, i) for i, seed in enumerate(self.seeds)]
+        if self.settings.beam is not None:
+            if self.length > 0:
+                stream = self.streams[0]
+                ids = beam_search(self.net, self.vocab, self.settings)
+                n, ended = stream.take(ids, self.vocab.chars)
+                yield Block([stream], np.zeros(1, np.int64), ids[None, :], np.array([n]), np.array([True]))
+            return
         batch = Batch(self.net, self.vocab)
         first = batch.add(self.streams)
         if first is not None:
@@ -409,3 +457,55 @@ def generate(net: Network, vocab: Vocab, length: int, temperature: float = 1.0, 
             for char in text:
                 on_char(char)
     return "".join(out)
+
+
+def beam_search(net: Network, vocab: Vocab, settings: SampleConfig) -> np.ndarray:
+    """The most likely continuation of the prime under the model (the highest sum of
+    log-probabilities) among those that end at a stop string or reach settings.length
+    characters, found by beam search with settings.beam beams; banned characters are
+    never chosen. Deterministic: ties go to the earlier beam, then the lower id.
+    Returns the ids of the continuation."""
+    prime_ids = encode_prime(vocab, settings.prime)
+    if not settings.prime and "\n" not in vocab:
+        raise CharrnnError(f"beam search ({named('beam')}) needs a {named('prime')}: the vocabulary has no newline "
+                           "to start after")
+    start = prime_ids[-1] if prime_ids.size else vocab.chars.index("\n")
+    stops, ban = list(settings.stop), encode_ban(vocab, settings.ban)
+    state = Batch(net, vocab)._prime_state(prime_ids)
+    current, scores = np.array([start], np.int64), np.zeros(1)
+    seqs: list[list[int]] = [[]]
+    best_done, best_score = None, -np.inf
+    tail = settings.prime[-max((len(x) for x in stops), default=1):]
+    for _ in range(settings.length):
+        logits, state = net.step(current, state)
+        logp = _log_softmax(logits.astype(np.float64))
+        logp[:, ban] = -np.inf
+        total = (scores[:, None] + logp).ravel()
+        order = np.lexsort((np.arange(total.size), -total))[:settings.beam]  # by score, then beam, then id
+        order = order[np.isfinite(total[order])]
+        keep, new_seqs, new_scores = [], [], []
+        for flat in order:
+            b, c = divmod(int(flat), logp.shape[1])
+            seq = seqs[b] + [c]
+            text = tail + vocab.decode(seq[-max((len(x) for x in stops), default=1):]) if stops else ""
+            if stops and any(text.endswith(x) for x in stops):
+                if total[flat] > best_score:
+                    best_done, best_score = seq, total[flat]
+                continue
+            keep.append(b)
+            new_seqs.append(seq)
+            new_scores.append(total[flat])
+        if not keep or (best_done is not None and best_score >= max(new_scores)):
+            break  # no open beam can beat the best finished one: log-probabilities only fall
+        state = state.rows(np.array(keep))
+        current = np.array([x[-1] for x in new_seqs], np.int64)
+        seqs, scores = new_seqs, np.array(new_scores)
+    else:
+        if seqs and scores.size and scores.max() > best_score:
+            best_done = seqs[int(np.argmax(scores))]
+    return np.array(best_done if best_done is not None else [], np.int64)
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    m = x.max(axis=1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=1, keepdims=True))

@@ -125,9 +125,11 @@ def test_sample_k_of_a_batch_is_reproduced_alone_by_its_own_seed(runner, trained
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["sample"] for r in rows] == [1, 2, 3] and rows[0]["seed"] == 5
-    assert rows[0]["settings"] == {"checkpoint": str(trained), "length": 60, "temperature": 0.8, "top_k": 8,
-                                   "top_p": 0.95, "argmax": False, "prime": "TH", "stop": ["e\n"],
-                                   "num_samples": 3, "seed": 5}
+    from charrnn.config import SampleConfig
+
+    given = {"checkpoint": str(trained), "length": 60, "temperature": 0.8, "top_k": 8, "top_p": 0.95,
+             "argmax": False, "prime": "TH", "stop": ["e\n"], "num_samples": 3, "seed": 5}
+    assert rows[0]["settings"] == {**SampleConfig().to_dict(), **given}  # every setting, the others at defaults
     for row in rows:
         assert row["text"].startswith("TH") and len(row["text"]) == 2 + row["generated"]
         assert (row["stop"] == "e\n") == row["text"].endswith("e\n") and (row["stop"] or row["generated"] == 60)
@@ -386,3 +388,27 @@ def test_a_closed_pipe_ends_sample_quietly(trained):
     proc.stdout.close()  # as `| head -c 10` does
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=30) == 141 and stderr == ""
+
+
+@pytest.mark.parametrize("flags,settings", [
+    (["--min-p", "0.2", "-t", "1.3"], dict(min_p=0.2, temperature=1.3)),
+    (["--ban", "e\\n", "--seed", "4"], dict(ban="e\n", seed=4)),
+    (["--dry-multiplier", "0.8", "--dry-allowed-length", "3", "--dry-last-n", "64", "-t", "0.3"],
+     dict(dry_multiplier=0.8, dry_allowed_length=3, dry_last_n=64, temperature=0.3)),
+    (["--beam", "3", "--stop", "\\n"], dict(beam=3, stop=["\n"])),
+])
+def test_samplers_from_the_command_line_are_the_apis(runner, trained, flags, settings):
+    import charrnn
+
+    seed = [] if "--seed" in flags else ["--seed", "1"]
+    result = runner.invoke(cli, ["sample", str(trained), "-n", "150", "--prime", "ROMEO:", *flags, *seed, "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    expected = charrnn.load(trained).generate("ROMEO:", length=150, **{"seed": 1, **settings})
+    assert row["text"] == expected and all(row["settings"][k] == v for k, v in settings.items())
+
+
+def test_beam_with_a_setting_it_decides_itself_is_refused(runner, trained):
+    result = runner.invoke(cli, ["sample", str(trained), "--beam", "2", "--top-k", "3"])
+    assert result.exit_code == 1 and result.stderr.strip() == (
+        "Error: --top-k does not apply to beam search (--beam), which finds the most likely text itself; leave it out")

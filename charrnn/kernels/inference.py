@@ -20,7 +20,7 @@ from charrnn.kernels.gemm import gemm_block_n, split, tile_scratch
 from charrnn.kernels.gru import gru_cell_forward
 from charrnn.kernels.lstm import lstm_cell_forward
 from charrnn.kernels.recurrence import GRU, LSTM, UNIT_ALIGN
-from charrnn.kernels.sampling import choose_rows
+from charrnn.kernels.sampling import choose_rows, history_append
 from charrnn.kernels.simd import NR, barrier
 
 # Every layer's weights, stacked into one array per kind (fixed types, so nothing is
@@ -88,20 +88,21 @@ def step_logits(s, current, h, c, cell, w, nthreads):
 
 
 @parallel_kernel
-def generate(out, current, h, c, cell, w, s, uniforms, d, nthreads):
+def generate(out, current, h, c, cell, w, s, uniforms, d, hist, nthreads):
     """K characters for each of B streams, each fed back as the next input.
 
     out: (K, B) the characters; current: (B,) in, the last character of each stream,
     out, the last one generated; h, c: (L, B, H) advanced in place; w:
     InferenceWeights; s: StepBuffers; uniforms: (K, B) one number in [0, 1) per draw;
-    d: sampling.Decoding, how each row chooses."""
+    d: sampling.Decoding, how each row chooses; hist: sampling.History, each row's
+    characters so far (for DRY), each new one added."""
     choice = np.empty(out.shape[1], np.int64)
     for worker in prange(nthreads):
-        _generate_worker(worker, nthreads, out, current, h, c, cell, w, uniforms, d, s, choice)
+        _generate_worker(worker, nthreads, out, current, h, c, cell, w, uniforms, d, hist, s, choice)
 
 
 @kernel
-def _generate_worker(worker, nthreads, out, current, h, c, cell, w, uniforms, d, s, choice):
+def _generate_worker(worker, nthreads, out, current, h, c, cell, w, uniforms, d, hist, s, choice):
     """One worker's share of generate: its panels of every product and its rows'
     draws. (A prange body must not write through a namedtuple: see recurrence.py.)"""
     K, B = out.shape
@@ -110,8 +111,10 @@ def _generate_worker(worker, nthreads, out, current, h, c, cell, w, uniforms, d,
     for k in range(K):
         _advance(worker, nthreads, cell, current, h, c, w, s, scratch)
         if r1 > r0:
-            choose_rows(choice, s.logits, uniforms[k], d, r0, r1)
+            choose_rows(choice, s.logits, uniforms[k], d, hist, r0, r1)
             for b in range(r0, r1):
                 out[k, b] = choice[b]
                 current[b] = choice[b]
+                if d.dry_multiplier[b] > 0.0:
+                    history_append(hist, choice[b], b, d.dry_last_n[b])
         barrier(s.sync, nthreads)
