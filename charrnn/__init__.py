@@ -11,10 +11,10 @@ load, train, Model and the other names of charrnn.api.
 from charrnn.errors import CharrnnError, SettingError, UnknownCharactersError, UnknownSettingError
 
 __version__ = "0.1.0"
-__all__ = ["CharrnnError", "Model", "Score", "SettingError", "TrainingRun", "UnknownCharactersError",
+__all__ = ["CharrnnError", "LineScore", "Model", "Score", "SettingError", "TrainingRun", "UnknownCharactersError",
            "UnknownSettingError", "load", "train"]
 
-_API = {"load", "train", "Model", "Score", "TrainingRun"}
+_API = {"load", "train", "Model", "Score", "LineScore", "TrainingRun"}
 
 
 def __getattr__(name):

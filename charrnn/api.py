@@ -17,13 +17,15 @@ import secrets
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+
+import numpy as np
 
 from charrnn.checkpoint import Checkpoint, load_checkpoint
 from charrnn.config import ModelConfig, SampleConfig, TrainConfig, settings_of, unknown_names
-from charrnn.evaluate import perplexity_report, score_ids
+from charrnn.evaluate import score_text
+from charrnn.lines import line_hash
 from charrnn.network import Network
-from charrnn.sample import BatchSampler
+from charrnn.sample import BatchSampler, UniqueSampler
 from charrnn.training import Trainer
 from charrnn.errors import CharrnnError, UnknownCharactersError, named
 from charrnn.vocab import describe_chars
@@ -32,12 +34,27 @@ from charrnn.vocab import describe_chars
 @dataclass(frozen=True)
 class Score:
     """How well a model predicts a text: the mean cross-entropy of each character given
-    all before it (one stream from a zero state), as `charrnn evaluate` reports it."""
+    all before it (one stream from a zero state; a line-mode model scores each line on
+    its own, its end included), as `charrnn evaluate` reports it, with the standard
+    error of the mean over lines (line mode) or blocks of 1,000 characters (None when
+    there is only one)."""
 
     nats_per_char: float
     bits_per_char: float
     perplexity: float
-    chars: int  # characters predicted: the text's length less one
+    chars: int  # characters predicted
+    nats_per_char_stderr: float | None = None
+
+
+@dataclass(frozen=True)
+class LineScore:
+    """One line of a scored text (see Model.score_lines): its number (from 1), text,
+    nats and nats per predicted character (its end included)."""
+
+    line: int
+    text: str
+    nats: float
+    nats_per_char: float | None
 
 
 class Model:
@@ -66,8 +83,30 @@ class Model:
         cfg = SampleConfig.from_given({**settings, "prime": prime})
         return cfg if cfg.seed is not None else cfg.replace(seed=secrets.randbelow(2**31))
 
+    @property
+    def lines(self) -> bool:
+        """Whether the model was trained in line mode: a sample is one line."""
+        return self.config.lines
+
+    def source(self, line: str) -> str:
+        """Line mode: where a line is found: "train" (a training line), "val" (a
+        validation line) or "new"."""
+        if self.checkpoint.lines is None:
+            raise CharrnnError(f"{self.path} is not a line-mode model, so it keeps no lines to compare with")
+        h = np.uint64(line_hash(line))
+        for name, hashes in zip(("train", "val"), self.checkpoint.lines):
+            i = np.searchsorted(hashes, h)
+            if i < hashes.size and hashes[i] == h:
+                return name
+        return "new"
+
     def sampler(self, settings: SampleConfig, block: int | None = None) -> BatchSampler:
         """The sampler behind generate and stream (see charrnn.sample.BatchSampler)."""
+        if settings.unique:
+            if not self.lines:
+                raise CharrnnError(f"{named('unique')} applies to line-mode models (trained with "
+                                   f"{named('lines')}), whose samples are lines")
+            return UniqueSampler(self.network, self.checkpoint.vocab, settings, self.source, block)
         return BatchSampler(self.network, self.checkpoint.vocab, settings, block)
 
     def generate(self, prime: str = "", **settings) -> str:
@@ -104,30 +143,53 @@ class Model:
         """n samples generated together as one batch: list of n str, each the prime and
         its own characters. Sample k (from 1) uses the seed `charrnn sample
         --num-samples n` gives it (sample 1 the seed itself), so each equals generating
-        it alone with that seed."""
+        it alone with that seed. With unique=True (line mode): n distinct new lines,
+        fewer if the model cannot find them in 50 draws per line."""
         cfg = self.settings(prime, num_samples=n, **settings)
-        texts: list[list[int]] = [[] for _ in range(n)]
+        texts: dict[int, list[int]] = {}
         with self._lock:
-            for block in self.sampler(cfg).blocks():
+            sampler = self.sampler(cfg)
+            for block in sampler.blocks():
                 for i, row in enumerate(block.rows):
-                    texts[row].extend(block.ids[i, :block.counts[i]].tolist())
-        return [prime + self.checkpoint.vocab.decode(ids) for ids in texts]
+                    texts.setdefault(int(row), []).extend(block.ids[i, :block.counts[i]].tolist())
+        return [prime + self.checkpoint.vocab.decode(texts.get(i, [])) for i in range(len(sampler.seeds))]
 
     def score(self, text: str, skip_unknown: bool = False) -> Score:
         """How well the model predicts text (see Score). Characters the model does not
         know are an UnknownCharactersError naming them, or dropped with skip_unknown."""
+        ids = self._known_ids(text, skip_unknown)
+        with self._lock:
+            scored = score_text(self.network, ids, self._end, self.lines)
+        return Score(**scored.report())
+
+    def score_lines(self, text: str, skip_unknown: bool = False) -> list[LineScore]:
+        """Every line of text scored, as `charrnn evaluate --per-line` does: for ranking
+        candidates (names by likelihood) or finding odd lines."""
+        ids = self._known_ids(text, skip_unknown)
+        with self._lock:
+            scored = score_text(self.network, ids, self._end, self.lines)
+        decode = self.checkpoint.vocab.decode
+        return [LineScore(i, decode(ids[a:b]), nats, nats / count if count else None)
+                for i, (a, b, nats, count) in enumerate(scored.lines, start=1)]
+
+    @property
+    def _end(self) -> int:
+        chars = self.checkpoint.vocab.chars
+        return chars.index("\n") if "\n" in chars else -1
+
+    def _known_ids(self, text: str, skip_unknown: bool) -> np.ndarray:
         vocab = self.checkpoint.vocab
         missing = vocab.missing(text)
         if missing and not skip_unknown:
             raise UnknownCharactersError(f"the text has characters not in the model's vocabulary: "
                                          f"{describe_chars(missing)}", missing)
-        ids = vocab.encode("".join(c for c in text if c not in set(missing)))
-        if ids.size < 2:
+        ids = vocab.encode("".join(c for c in text if c not in set(missing))).astype(np.int64)
+        if self.lines and not (ids != self._end).any():
+            raise CharrnnError("the text has no line with known characters: nothing to score")
+        if not self.lines and ids.size < 2:
             raise CharrnnError(f"the text has {ids.size} known character{'s' if ids.size != 1 else ''}: at least "
                                "2 are needed to predict one from the other")
-        with self._lock:
-            nats, count = score_ids(self.network, ids)
-        return Score(**perplexity_report(nats, count))
+        return ids
 
 
 def load(path) -> Model:

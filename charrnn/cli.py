@@ -258,13 +258,26 @@ def sample(checkpoint, stream, as_json, **settings):
     if "seed" not in values and sampler.uses_randomness:
         err(f"seed: {cfg.seed}")
     record = {"checkpoint": checkpoint, **cfg.to_dict()} if as_json else None
-    write_samples(sampler, sys.stdout, record, stream=stream or sys.stdout.isatty())
+    if cfg.unique:
+        sampler.prepare()
+    sources = write_samples(sampler, sys.stdout, record, stream=stream or sys.stdout.isatty(),
+                            source=model.source if model.lines else None)
+    if sources and len(sources) > 1:
+        counts = {where: sources.count(where) for where in ("train", "val", "new")}
+        err(f"{len(sources)} samples: {counts['train']} training lines, {counts['val']} validation lines, "
+            f"{counts['new']} new")
+    if cfg.unique and sampler.shortfall:
+        err(f"note: only {len(sampler.seeds)} distinct new lines in {sampler.drawn:,} draws: the model mostly "
+            f"repeats lines it has seen; a higher --temperature may find more")
 
 
 @cli.command()
 @click.argument("checkpoint", type=click.Path())
 @click.argument("texts", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of sentences.")
+@click.option("--per-line", is_flag=True,
+              help="Score each line of the text: its line number, nats, nats per character and text, tab-separated "
+                   "(with --json, one object per line: line, text, nats, nats_per_char).")
 @click.option("--skip-unknown", is_flag=True,
               help="Drop characters that are not in the model's vocabulary (counted on stderr) "
                    "instead of refusing the file.")
@@ -273,25 +286,29 @@ def sample(checkpoint, stream, as_json, **settings):
                    "verbatim in --train.")
 @click.option("--train", "train_corpus", type=click.Path(), help="The training corpus that --novelty compares with.")
 @user_errors
-def evaluate(checkpoint, texts, as_json, skip_unknown, novelty, train_corpus):
+def evaluate(checkpoint, texts, as_json, per_line, skip_unknown, novelty, train_corpus):
     """Score text files: mean cross-entropy of each character given all before it.
 
-    Prints nats/char, bits/char and perplexity for each file (one stream from a zero
-    state), and their total when there are several. '-' reads standard input.
+    Prints nats/char (with its standard error), bits/char and perplexity for each file
+    (one stream from a zero state; for a line-mode model, each line on its own), and
+    their total when there are several. '-' reads standard input.
 
     \b
     Example:
       charrnn evaluate runs/shakespeare/best.safetensors held_out.txt --json
+      charrnn evaluate runs/names/best.safetensors candidates.txt --per-line | sort -t$'\\t' -k3 -g
       charrnn sample CKPT -n 5000 | charrnn evaluate CKPT - --novelty --train corpus.txt
     """
     from charrnn.data import check_text_file
-    from charrnn.evaluate import STDIN, evaluate_texts, load_text
-    from charrnn.vocab import UnknownCharactersError, describe_chars
+    from charrnn.evaluate import STDIN, evaluate_texts
+    from charrnn.vocab import describe_chars
 
     if novelty and train_corpus is None:
         raise click.UsageError("--novelty needs --train CORPUS, the text to compare with")
     if train_corpus is not None and not novelty:
         raise click.UsageError("--train is only used with --novelty")
+    if per_line and novelty:
+        raise click.UsageError("--novelty reports on whole files, not with --per-line")
     if texts.count(STDIN) > 1:
         raise CharrnnError("standard input ('-') can be read only once")
     from charrnn.api import load
@@ -303,22 +320,18 @@ def evaluate(checkpoint, texts, as_json, skip_unknown, novelty, train_corpus):
             check_text_file(train_corpus)
         except CharrnnError as e:
             raise CharrnnError(f"--train {e}") from None
-    loaded = []
-    for source in texts:
-        try:
-            text = load_text(source, vocab, skip_unknown, with_code_points=novelty)
-        except UnknownCharactersError as e:
-            raise CharrnnError(f"{e}; pass --skip-unknown to score the rest") from None
-        if text.ids.size < 2:
-            left = f" once {text.skipped:,} unknown ones are skipped" if text.skipped else ""
-            raise CharrnnError(f"{text.name} has fewer than 2 characters{left}: nothing to predict")
-        loaded.append(text)
+    loaded = [_text_to_score(source, vocab, skip_unknown, novelty, model.lines) for source in texts]
     several = len(loaded) > 1
     for text in loaded:
         if text.skipped:
             err(f"{text.name + ': ' if several else ''}skipped {text.skipped:,} characters not in the "
                 f"vocabulary: {describe_chars(text.unknown)}")
-    result = evaluate_texts(model.network, loaded, train_corpus if novelty else None)
+    end = vocab.chars.index("\n") if "\n" in vocab else -1
+    result = evaluate_texts(model.network, loaded, train_corpus if novelty else None, end, model.lines)
+    if per_line:
+        _print_lines(loaded, result["scored"], vocab, as_json, several)
+        return
+    del result["scored"]
     if skip_unknown:
         for report, text in zip(result["files"], loaded):
             report["skipped"] = text.skipped
@@ -334,8 +347,42 @@ def evaluate(checkpoint, texts, as_json, skip_unknown, novelty, train_corpus):
         click.echo(f"total: {_score_line(result['total'], train_corpus, f' in {len(loaded)} files')}")
 
 
+def _text_to_score(source, vocab, skip_unknown: bool, novelty: bool, lines: bool):
+    from charrnn.evaluate import load_text
+    from charrnn.vocab import UnknownCharactersError
+
+    try:
+        text = load_text(source, vocab, skip_unknown, with_code_points=novelty)
+    except UnknownCharactersError as e:
+        raise CharrnnError(f"{e}; pass --skip-unknown to score the rest") from None
+    left = f" once {text.skipped:,} unknown ones are skipped" if text.skipped else ""
+    if lines and not (text.ids != vocab.chars.index("\n")).any():
+        raise CharrnnError(f"{text.name} has no line with characters{left}: nothing to score")
+    if not lines and text.ids.size < 2:
+        raise CharrnnError(f"{text.name} has fewer than 2 characters{left}: nothing to predict")
+    return text
+
+
+def _print_lines(texts, scored, vocab, as_json: bool, several: bool) -> None:
+    """--per-line: one record per line of every text."""
+    for text, s in zip(texts, scored):
+        for number, (a, b, nats, count) in enumerate(s.lines, start=1):
+            line = vocab.decode(text.ids[a:b])
+            per_char = nats / count if count else None
+            if as_json:
+                record = {"line": number, "text": line, "nats": nats, "nats_per_char": per_char}
+                click.echo(json.dumps({"file": text.name, **record} if several else record, ensure_ascii=False))
+            else:
+                shown = line.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r")
+                cells = ([text.name] if several else []) + [str(number), f"{nats:.6f}",
+                                                             "" if per_char is None else f"{per_char:.6f}", shown]
+                click.echo("\t".join(cells))
+
+
 def _score_line(report: dict, train_corpus, where: str = "") -> str:
-    line = (f"{report['nats_per_char']:.4f} nats/char, {report['bits_per_char']:.4f} bits/char, "
+    stderr = report.get("nats_per_char_stderr")
+    line = (f"{report['nats_per_char']:.4f}{'' if stderr is None else f' ± {stderr:.4f}'} nats/char, "
+            f"{report['bits_per_char']:.4f} bits/char, "
             f"perplexity {report['perplexity']:.3f} over {report['chars']:,} characters{where}")
     if "novelty" in report:
         parts = [f"no {n}-grams (shorter than {n} characters)" if f is None else f"{100 * f:.1f}% of {n}-grams"

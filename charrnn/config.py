@@ -410,6 +410,8 @@ class SampleConfig(Settings):
                                "characters (deterministic; N = 1 is {argmax}).", "int", POSITIVE_INT, optional=True)
     num_samples: int = setting(1, "Generate N samples together, printed one after another, each headed by its "
                                "own seed.", "int", POSITIVE_INT)
+    unique: bool = setting(False, "Line mode: keep drawing until {num_samples} distinct new lines (neither "
+                           "training nor validation lines) exist.", "flag", BOOLEAN)
     stop: tuple = setting((), "End a sample where it produces this text (kept). Repeatable; \\n, \\t, \\\\ are "
                           "understood.", "texts",
                           # (an empty one is refused with the stops a vocabulary cannot produce: sample.py)
@@ -417,7 +419,7 @@ class SampleConfig(Settings):
                                "a list of strings"))
 
     # What beam search decides itself: given with beam, these are refused.
-    NOT_WITH_BEAM = ("temperature", "top_k", "top_p", "min_p", "argmax", "dry_multiplier", "num_samples")
+    NOT_WITH_BEAM = ("temperature", "top_k", "top_p", "min_p", "argmax", "dry_multiplier", "num_samples", "unique")
 
     @classmethod
     def from_given(cls, values: dict) -> "SampleConfig":

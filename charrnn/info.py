@@ -89,7 +89,10 @@ def settings_flags(config: dict, train: dict) -> str:
     names = [name for cls in (ModelConfig, TrainConfig) for name, s in settings_of(cls).items() if s.cli]
     for name in names:
         value = config.get(name, train.get(name))
-        if value is None:
+        if value is None or value is False:
+            continue
+        if value is True:  # a flag
+            flags.append(as_flag(name, None))
             continue
         if name == "max_time" and _number(value) is not None:
             value = f"{value:g}s"
@@ -149,7 +152,7 @@ def format_text(info: dict) -> str:
     fields = [
         ("checkpoint", info["checkpoint"] + (" (resumable)" if info["resumable"] else " (weights only)")),
         ("model", f"{c['cell']}, {c['layers']} layer{'s' if c['layers'] != 1 else ''} of {c['hidden']} units, "
-                  f"embedding {c['embed']}, dropout {c['dropout']:g}"),
+                  f"embedding {c['embed']}, dropout {c['dropout']:g}{', line mode' if c.get('lines') else ''}"),
         ("parameters", f"{info['parameters']:,}"),
         ("vocabulary", f"{len(info['vocab']):,} characters: {vocab_preview(info['vocab'])}"),
         ("trained", ", ".join(trained)),

@@ -11,7 +11,7 @@ from charrnn.engine import (PackedWeights, Workspace, layer_backward, layer_forw
 from charrnn.kernels.dropout import apply_mask, dropout_mask
 from charrnn.kernels.inference import generate, step_logits
 from charrnn.kernels.linear import gather_rows, scatter_add_rows, set_rows
-from charrnn.kernels.loss import softmax_xent, softmax_xent_backward
+from charrnn.kernels.loss import softmax_xent, softmax_xent_backward, softmax_xent_rows
 from charrnn.kernels.recurrence import CELL_CODES
 from charrnn.kernels.sampling import Decoding, History
 from charrnn.model import ParamBuffer, Parameters, RecurrentState, layer_dropout_keys
@@ -176,19 +176,30 @@ class Network:
 
     def loss_and_grad(self, ids, targets, state, grads: ParamBuffer, dropout_key: int | None = None):
         """Mean cross-entropy (nats/char) of a (T, B) batch; adds its gradient to grads.
+        A negative target is padding: it counts neither in the mean nor in the gradient.
         Returns (loss, state after the batch)."""
         logits, new_state = self.forward(ids, state, dropout_key)
         flat_targets = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
-        total = softmax_xent_backward(logits, logits, flat_targets, 1.0 / flat_targets.size, threads())
+        count = max(1, int((flat_targets >= 0).sum()))
+        total = softmax_xent_backward(logits, logits, flat_targets, 1.0 / count, threads())
         self.backward(logits, grads)
-        return total / flat_targets.size, new_state
+        return total / count, new_state
 
     def loss_sum(self, ids, targets, state):
-        """Summed cross-entropy (nats) of a (T, B) batch without dropout, and the new state."""
+        """Summed cross-entropy (nats) of a (T, B) batch without dropout (negative
+        targets left out), and the new state."""
         logits, new_state = self.forward(ids, state)
         flat_targets = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
         return softmax_xent(logits, flat_targets, threads()), new_state
 
+    def loss_rows(self, ids, targets, state):
+        """The cross-entropy (nats, float64) of every position of a (T, B) batch, (T, B),
+        0 where the target is negative; and the new state."""
+        logits, new_state = self.forward(ids, state)
+        targets = np.ascontiguousarray(targets, dtype=np.int64)
+        out = np.empty(targets.size)
+        softmax_xent_rows(out, logits, targets.reshape(-1), threads())
+        return out.reshape(targets.shape), new_state
 
 def make_decoding(B: int, temperature=1.0, top_k=0, top_p=1.0, argmax=False, min_p=0.0, ban=None,
                   dry_multiplier=0.0, dry_base=1.75, dry_allowed=2, dry_last_n=1) -> Decoding:

@@ -20,6 +20,7 @@ from charrnn.config import SampleConfig
 from charrnn.errors import CharrnnError, SettingError, UnknownCharactersError, named
 from charrnn.model import RecurrentState
 from charrnn.kernels.sampling import Decoding, History
+from charrnn.lines import END
 from charrnn.network import Network, make_decoding
 from charrnn.vocab import Vocab, describe_chars
 
@@ -100,11 +101,19 @@ class Stream:
     """One sample as it is generated: its settings, its own random numbers (numpy's
     default_rng(seed): the same seed, the same draws, whatever else runs beside it),
     how many characters it has made, and the end of its text, for stop strings that
-    span engine calls (or begin in the prime). index: the caller's name for it."""
+    span engine calls (or begin in the prime). index: the caller's name for it.
 
-    def __init__(self, vocab: Vocab, settings: SampleConfig, seed: int, index: int = 0):
+    lines (a line-mode model): the sample is one line, read after the start marker
+    (the prime is the line's beginning) and ended by the end token, which is not part
+    of its text."""
+
+    def __init__(self, vocab: Vocab, settings: SampleConfig, seed: int, index: int = 0, lines: bool = False):
         self.settings, self.seed, self.index = settings, seed, index
         self.prime_ids = encode_prime(vocab, settings.prime)
+        self.end = vocab.chars.index(END) if lines else None
+        if lines:
+            self.prime_ids = np.concatenate([[self.end], self.prime_ids]).astype(np.int64)
+        self.ended_line = False  # line mode: the end token came
         self.stops = list(settings.stop)
         encode_stops(vocab, self.stops)  # refuse stops the model can never produce
         # A stop may begin this many characters before a block (or in the prime).
@@ -124,9 +133,14 @@ class Stream:
         return np.zeros(k) if self.settings.argmax else self.rng.random(k)
 
     def take(self, ids: np.ndarray, chars: list[str]) -> tuple[int, bool]:
-        """Accept up to `remaining` of the ids just generated, cut after the first stop
-        string that ends in them: (how many, whether the stream has ended)."""
+        """Accept up to `remaining` of the ids just generated, cut before the end token
+        (line mode) and after the first stop string that ends in them: (how many,
+        whether the stream has ended)."""
         n = min(ids.size, self.remaining)
+        if self.end is not None:
+            hits = np.flatnonzero(ids[:n] == self.end)
+            if hits.size:
+                n, self.ended_line = int(hits[0]), True
         if self.stops:
             text = self.tail + "".join(chars[j] for j in ids[:n])
             first_end = None
@@ -138,7 +152,7 @@ class Stream:
                 n = first_end - len(self.tail)
             self.tail = self._tail(text[:len(self.tail) + n])
         self.count += n
-        return n, self.stopped_by >= 0 or self.remaining <= 0
+        return n, self.ended_line or self.stopped_by >= 0 or self.remaining <= 0
 
     def _tail(self, text: str) -> str:
         """The last tail_width characters of text (all of a shorter one)."""
@@ -266,7 +280,7 @@ class BatchSampler:
         self.length, self.prime = settings.length, settings.prime
         self.block = BLOCK if block is None else block  # characters per engine call; 1 streams each
         self.seeds = [sample_seed(settings.seed, k) for k in range(1, settings.num_samples + 1)]
-        Stream(vocab, settings, settings.seed)  # refuses a prime or stops the model cannot read or make
+        Stream(vocab, settings, settings.seed, lines=net.cfg.lines)  # refuses a prime or stops it cannot read or make
         self.streams: list[Stream] = []
 
     @property
@@ -276,11 +290,12 @@ class BatchSampler:
 
     def blocks(self) -> Iterator[Block]:
         """The samples' characters, block by block, until every sample has ended."""
-        self.streams = [Stream(self.vocab, self.settings, seed, i) for i, seed in enumerate(self.seeds)]
+        lines = self.net.cfg.lines
+        self.streams = [Stream(self.vocab, self.settings, seed, i, lines) for i, seed in enumerate(self.seeds)]
         if self.settings.beam is not None:
             if self.length > 0:
                 stream = self.streams[0]
-                ids = beam_search(self.net, self.vocab, self.settings)
+                ids = beam_search(self.net, self.vocab, stream)
                 n, ended = stream.take(ids, self.vocab.chars)
                 yield Block([stream], np.zeros(1, np.int64), ids[None, :], np.array([n]), np.array([True]))
             return
@@ -319,10 +334,13 @@ class SamplePrinter:
     As text, each sample is its prime and generated characters and a newline; with
     several samples each is preceded by a header line naming its number and seed,
     and followed by a blank line. As JSON (settings given), each sample is one line:
-    {"sample", "seed", "text", "generated", "stop", "settings"}."""
+    {"sample", "seed", "text", "generated", "stop", "settings"}, and "source" ("train",
+    "val" or "new") when source (line mode) is given."""
 
-    def __init__(self, out: TextIO, sampler: BatchSampler, settings: dict | None = None, stream: bool = False):
+    def __init__(self, out: TextIO, sampler: BatchSampler, settings: dict | None = None, stream: bool = False,
+                 source: Callable[[str], str] | None = None):
         self.out, self.sampler, self.settings, self.stream = out, sampler, settings, stream
+        self.source, self.sources = source, []  # line mode: where each sample is found (see Model.source)
         n = len(sampler.seeds)
         self.n, self.head = n, 0
         self.count = np.zeros(n, np.int64)  # characters generated so far
@@ -391,13 +409,17 @@ class SamplePrinter:
             self._begin()
 
     def _finish(self, i: int) -> None:
+        text = None if self.buffer is None else self.sampler.prime + self.text(self.buffer.data[i, :self.count[i]])
+        if self.source is not None and text is not None:
+            self.sources.append(self.source(text))
         if self.settings is None:
             self._write("\n")
             self.open = False
             return
-        ids = self.buffer.data[i, :self.count[i]]
-        record = {"sample": i + 1, "seed": self.sampler.seeds[i], "text": self.sampler.prime + self.text(ids),
-                  "generated": int(self.count[i]), "stop": self.sampler.stop_of(i), "settings": self.settings}
+        record = {"sample": i + 1, "seed": self.sampler.seeds[i], "text": text, "generated": int(self.count[i]),
+                  "stop": self.sampler.stop_of(i), "settings": self.settings}
+        if self.source is not None:
+            record["source"] = self.sources[-1]
         self._write(json.dumps(record) + "\n")
 
     def _write(self, text: str) -> None:
@@ -409,13 +431,15 @@ class SamplePrinter:
             self.out.flush()
 
 
-def write_samples(sampler: BatchSampler, out: TextIO, settings: dict | None = None, stream: bool = False) -> None:
+def write_samples(sampler: BatchSampler, out: TextIO, settings: dict | None = None, stream: bool = False,
+                  source: Callable[[str], str] | None = None) -> list[str]:
     """Generate and print every sample (see SamplePrinter); streaming, each character
     is generated, written and flushed on its own. On Ctrl-C end the line and keep
-    what was printed, then let the KeyboardInterrupt through."""
+    what was printed, then let the KeyboardInterrupt through. With source (line
+    mode), returns where each sample was found (see SamplePrinter)."""
     if stream:
         sampler.block = 1
-    printer = SamplePrinter(out, sampler, settings, stream)
+    printer = SamplePrinter(out, sampler, settings, stream, source)
     try:
         printer.begin()
         for block in sampler.blocks():
@@ -424,6 +448,59 @@ def write_samples(sampler: BatchSampler, out: TextIO, settings: dict | None = No
     except KeyboardInterrupt:
         printer.interrupt()
         raise
+    return printer.sources
+
+
+class UniqueSampler(BatchSampler):
+    """Line mode's unique samples: draws samples (sample k with sample_seed(seed, k),
+    as BatchSampler would) until settings.num_samples distinct lines that source()
+    calls "new" exist, or MAX_DRAWS per wanted line have been drawn; then gives those,
+    numbered 1.., each with the seed that reproduces it alone. shortfall: how many
+    are missing."""
+
+    MAX_DRAWS = 50
+
+    def __init__(self, net: Network, vocab: Vocab, settings: SampleConfig, source: Callable[[str], str],
+                 block: int | None = None):
+        super().__init__(net, vocab, settings, block)
+        self.source, self.wanted, self.drawn, self.shortfall = source, settings.num_samples, 0, 0
+
+    def prepare(self) -> None:
+        """Draw until the lines are found (or the draws run out); seeds and streams are
+        then those of the lines found, so that a printer knows how many there are."""
+        lines, seen, k = self.net.cfg.lines, set(), 1
+        accepted: list[tuple[Stream, np.ndarray]] = []
+        limit = self.MAX_DRAWS * self.wanted
+        while len(accepted) < self.wanted and k <= limit and self.length > 0:
+            n = min(2 * (self.wanted - len(accepted)) + 8, limit - k + 1)
+            streams = [Stream(self.vocab, self.settings, sample_seed(self.settings.seed, j), j, lines)
+                       for j in range(k, k + n)]
+            k += n
+            ids: dict[int, list[int]] = {s.index: [] for s in streams}
+            batch = Batch(self.net, self.vocab)
+            blocks = [batch.add(streams)]
+            while len(batch):
+                blocks.append(batch.advance(self.block))
+            for block in filter(None, blocks):
+                for i, s in enumerate(block.streams):
+                    ids[s.index] += block.ids[i, :block.counts[i]].tolist()
+            for s in streams:
+                text = self.prime + self.vocab.decode(ids[s.index])
+                if text not in seen and self.source(text) == "new" and len(accepted) < self.wanted:
+                    accepted.append((s, np.array(ids[s.index], np.int64)))
+                seen.add(text)
+        self.drawn, self.shortfall = k - 1, self.wanted - len(accepted)
+        self.seeds = [s.seed for s, _ in accepted]
+        self.streams = [s for s, _ in accepted]
+        self._found = [ids for _, ids in accepted]
+        for i, s in enumerate(self.streams):
+            s.index = i
+
+    def blocks(self) -> Iterator[Block]:
+        if not hasattr(self, "_found"):
+            self.prepare()
+        for i, (s, ids) in enumerate(zip(self.streams, self._found)):
+            yield Block([s], np.array([i]), ids[None, :], np.array([ids.size]), np.array([True]))
 
 
 def generate_many(net: Network, vocab: Vocab, settings: SampleConfig) -> list[str]:
@@ -459,36 +536,37 @@ def generate(net: Network, vocab: Vocab, length: int, temperature: float = 1.0, 
     return "".join(out)
 
 
-def beam_search(net: Network, vocab: Vocab, settings: SampleConfig) -> np.ndarray:
-    """The most likely continuation of the prime under the model (the highest sum of
-    log-probabilities) among those that end at a stop string or reach settings.length
-    characters, found by beam search with settings.beam beams; banned characters are
-    never chosen. Deterministic: ties go to the earlier beam, then the lower id.
-    Returns the ids of the continuation."""
-    prime_ids = encode_prime(vocab, settings.prime)
-    if not settings.prime and "\n" not in vocab:
+def beam_search(net: Network, vocab: Vocab, stream: Stream) -> np.ndarray:
+    """The most likely continuation of a stream's prime under the model (the highest sum
+    of log-probabilities) among those that end at a stop string, at the end token
+    (line mode) or at settings.length characters, found by beam search with
+    settings.beam beams; banned characters are never chosen. Deterministic: ties go to
+    the earlier beam, then the lower id. Returns the ids of the continuation (with the
+    stop string or the end token that ended it)."""
+    cfg = stream.settings
+    if stream.prime_ids.size == 0 and "\n" not in vocab:
         raise CharrnnError(f"beam search ({named('beam')}) needs a {named('prime')}: the vocabulary has no newline "
                            "to start after")
-    start = prime_ids[-1] if prime_ids.size else vocab.chars.index("\n")
-    stops, ban = list(settings.stop), encode_ban(vocab, settings.ban)
-    state = Batch(net, vocab)._prime_state(prime_ids)
+    start = stream.prime_ids[-1] if stream.prime_ids.size else vocab.chars.index("\n")
+    stops = stream.stops
+    width = max((len(x) for x in stops), default=1)
+    state = Batch(net, vocab)._prime_state(stream.prime_ids)
     current, scores = np.array([start], np.int64), np.zeros(1)
     seqs: list[list[int]] = [[]]
     best_done, best_score = None, -np.inf
-    tail = settings.prime[-max((len(x) for x in stops), default=1):]
-    for _ in range(settings.length):
+    for _ in range(cfg.length):
         logits, state = net.step(current, state)
         logp = _log_softmax(logits.astype(np.float64))
-        logp[:, ban] = -np.inf
+        logp[:, stream.ban] = -np.inf
         total = (scores[:, None] + logp).ravel()
-        order = np.lexsort((np.arange(total.size), -total))[:settings.beam]  # by score, then beam, then id
+        order = np.lexsort((np.arange(total.size), -total))[:cfg.beam]  # by score, then beam, then id
         order = order[np.isfinite(total[order])]
         keep, new_seqs, new_scores = [], [], []
         for flat in order:
             b, c = divmod(int(flat), logp.shape[1])
             seq = seqs[b] + [c]
-            text = tail + vocab.decode(seq[-max((len(x) for x in stops), default=1):]) if stops else ""
-            if stops and any(text.endswith(x) for x in stops):
+            text = (cfg.prime + vocab.decode(seq))[-width:] if stops else ""
+            if c == stream.end or any(text.endswith(x) for x in stops):
                 if total[flat] > best_score:
                     best_done, best_score = seq, total[flat]
                 continue
@@ -501,7 +579,7 @@ def beam_search(net: Network, vocab: Vocab, settings: SampleConfig) -> np.ndarra
         current = np.array([x[-1] for x in new_seqs], np.int64)
         seqs, scores = new_seqs, np.array(new_scores)
     else:
-        if seqs and scores.size and scores.max() > best_score:
+        if scores.max() > best_score:
             best_done = seqs[int(np.argmax(scores))]
     return np.array(best_done if best_done is not None else [], np.int64)
 

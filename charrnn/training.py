@@ -11,18 +11,19 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from charrnn.checkpoint import Checkpoint, TrainingState, load_checkpoint
-from charrnn.config import ModelConfig, TrainConfig, new_run_settings, resumed_run_settings
-from charrnn.data import Batches, check_text_file, file_sha256, load_ids, scan_vocab, split_train_val
-from charrnn.errors import CharrnnError, named
-from charrnn.evaluate import score_ids
+from charrnn.checkpoint import Checkpoint, TrainingState
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.corpus import load_corpus
+from charrnn.data import check_text_file, file_sha256
+from charrnn.errors import CharrnnError, UnknownCharactersError, named
 from charrnn.interrupts import handled
-from charrnn.model import Parameters, RecurrentState, init_params, memory_for, step_key
+from charrnn.model import RecurrentState, memory_for, step_key
 from charrnn.network import Network
-from charrnn.optim import Adam, global_norm
+from charrnn.optim import global_norm
 from charrnn.rundir import RunDirectory
+from charrnn.runstart import Start, fine_tuned_run, new_run, resumed_run
 from charrnn.schedule import Budget, next_eval_time
-from charrnn.vocab import UnknownCharactersError, Vocab, describe_chars
+from charrnn.vocab import describe_chars
 
 
 class Trainer:
@@ -42,19 +43,21 @@ class Trainer:
         self.progress, self.resumed = progress, resume is not None
         self.run_dir.check(resume, overwrite)
         if resume is not None:
-            self._setup_resume(resume, given_model, given_train, vocab_path, overwrite)
+            start = resumed_run(resume, given_model, given_train, vocab_path, self.run_dir, overwrite)
+        elif given_train.get("init") is not None:
+            start = fine_tuned_run(given_train["init"], self.corpus, given_model, given_train, vocab_path)
         else:
-            self._setup_fresh(given_model, given_train, vocab_path)
-        self.ids = self._load_corpus(resume, vocab_path)
-        self.train_ids, self.val_ids = split_train_val(self.ids, self.tcfg.val_frac)
-        self.batches = self._batches()
-        self.budget = Budget(self.tcfg, self.batches.steps_per_epoch)
-        self.state.steps_per_epoch = self.batches.steps_per_epoch
+            start = new_run(self.corpus, given_model, given_train, vocab_path)
+        self.cfg, self.tcfg, self.vocab, self.params = start.cfg, start.tcfg, start.vocab, start.params
+        self.optimizer, self.state, self.carry = start.optimizer, start.state, start.carry
+        self.data = self._load_corpus(start, resume, vocab_path)
+        self.budget = Budget(self.tcfg, self.data.steps_per_epoch)
+        self.state.steps_per_epoch = self.data.steps_per_epoch
         self.fingerprint = file_sha256(self.corpus)
         self.run_dir.create()
-        if self.resumed_fingerprint is not None and self.resumed_fingerprint != self.fingerprint:
-            self.log(f"note: {self.corpus} differs from the corpus the checkpoint was trained on; "
-                     "training continues on the new text")
+        for note in (start.note, self._corpus_note(start.fingerprint)):
+            if note:
+                self.log(note)
         self.net = Network(self.cfg, self.params)
         with memory_for(self.cfg):
             self.grads = self.params.zeros_like()
@@ -63,56 +66,24 @@ class Trainer:
         self.stop_signal = None  # the signal that interrupted the run: SIGINT (Ctrl-C) or SIGTERM
         self.noted_eval_cost = False  # the slow-validation note is said once a run
 
-    def _setup_fresh(self, given_model, given_train, vocab_path):
-        self.vocab = Vocab.load(vocab_path) if vocab_path is not None else scan_vocab([self.corpus])
-        self.cfg, self.tcfg = new_run_settings(given_model, given_train, len(self.vocab))
-        with memory_for(self.cfg):
-            self.params = Parameters(self.cfg, np.float32)
-            self.optimizer = Adam(self.params)
-        init_params(self.params, np.random.default_rng(self.tcfg.seed), forget_bias=self.tcfg.forget_bias)
-        self.state = TrainingState(step=0, elapsed=0.0)
-        self.carry = self.resumed_fingerprint = None
-
-    def _setup_resume(self, resume, given_model, given_train, vocab_path, overwrite):
-        ckpt = load_checkpoint(resume)
-        if ckpt.optimizer is None or ckpt.state.step is None:
-            raise CharrnnError(f"{resume} has no optimiser state, so training cannot resume from it")
-        if vocab_path is not None and Vocab.load(vocab_path) != ckpt.vocab:
-            raise CharrnnError(f"{named('vocab', vocab_path)} differs from the vocabulary of {resume}")
+    def _load_corpus(self, start: Start, resume, vocab_path):
         try:
-            saved = TrainConfig.from_dict(ckpt.train)
-        except CharrnnError as e:
-            raise CharrnnError(f"{resume}: bad training settings: {e}") from None
-        self.tcfg = resumed_run_settings(saved, ckpt.config, given_model, given_train)
-        self.vocab, self.cfg, self.params, self.carry = ckpt.vocab, ckpt.config, ckpt.params, ckpt.carry
-        self.optimizer = Adam(self.params, ckpt.optimizer)
-        self.state = ckpt.state
-        self.state.elapsed = self.state.elapsed or 0.0
-        self.resumed_fingerprint = self.state.corpus_sha256
-        if not overwrite:
-            self.run_dir.check_last(resume, self.step)
-            self.run_dir.adopt_best(self.state)
-
-    def _load_corpus(self, resume, vocab_path) -> np.ndarray:
-        try:
-            return load_ids(self.corpus, self.vocab)
+            return load_corpus(self.corpus, self.vocab, self.cfg, self.tcfg, start.val_hashes)
         except UnknownCharactersError as e:
             if resume is not None:
                 raise CharrnnError(
                     f"{self.corpus} has characters that are not in the vocabulary of {resume}: "
-                    f"{describe_chars(e.chars)}; a resumed model cannot learn new characters") from None
+                    f"{describe_chars(e.chars)}; a resumed model cannot learn new characters "
+                    f"(fine-tuning with {named('init')} can)") from None
             raise CharrnnError(
                 f"{self.corpus} has characters that are not in {named('vocab', vocab_path)}: "
                 f"{describe_chars(e.chars)}; rebuild it with charrnn vocab") from None
 
-    def _batches(self) -> Batches:
-        t = self.tcfg
-        try:
-            return Batches(self.train_ids, t.batch_size, t.seq_len)
-        except CharrnnError as e:
-            held_out = (f" ({named('val_frac', format(t.val_frac, 'g'))} holds out the last {len(self.val_ids):,} "
-                        f"of its {len(self.ids):,} characters for validation)") if len(self.val_ids) else ""
-            raise CharrnnError(f"{self.corpus}: {e.message}{held_out}") from None
+    def _corpus_note(self, trained_on) -> str | None:
+        if trained_on is not None and trained_on != self.fingerprint:
+            return (f"note: {self.corpus} differs from the corpus the checkpoint was trained on; "
+                    "training continues on the new text")
+        return None
 
     @property
     def step(self) -> int:
@@ -126,10 +97,11 @@ class Trainer:
 
     def train_step(self, state: RecurrentState, elapsed: float):
         """One optimiser step on the next batch. Returns (loss, state after the batch)."""
-        k = self.step % self.batches.steps_per_epoch
-        if k == 0:  # a new epoch starts the streams again from the beginning
+        if not self.data.carries_state or self.step % self.data.steps_per_epoch == 0:
+            # a line starts from zero; a new epoch starts the streams again from the beginning
             state = RecurrentState.zeros(self.cfg, self.tcfg.batch_size)
-        x, y = self.batches.batch(k)
+        x, y = self.data.batch_at(self.step)
+        self.batch_chars = int((y >= 0).sum())
         self.grads.flat[:] = 0.0
         loss, new_state = self.net.loss_and_grad(x, y, state, self.grads, step_key(self.tcfg.seed, self.step))
         norm = global_norm(self.grads)
@@ -144,11 +116,8 @@ class Trainer:
             f"(this run used {self.tcfg.lr:g}); the checkpoints already in {self.out_dir} are untouched")
 
     def validate(self) -> float | None:
-        """Mean loss (nats/char) over the whole validation split, state carried."""
-        if self.val_ids.size < 2:
-            return None
-        total, count = score_ids(self.net, self.val_ids, streams=self.tcfg.batch_size, chunk=self.tcfg.seq_len)
-        return total / count
+        """Mean loss (nats/char) over the whole validation split."""
+        return self.data.validate(self.net)
 
     def checkpoint(self, carry: RecurrentState | None) -> Checkpoint:
         state = TrainingState(**vars(self.state))
@@ -157,7 +126,7 @@ class Trainer:
             # so that resuming reproduces the uninterrupted run's checkpoint bit for bit.
             state.elapsed = None
         return Checkpoint(self.cfg, self.vocab, self.params, self.optimizer.moments, state, self.tcfg.to_dict(),
-                          carry)
+                          carry if self.data.carries_state else None, lines=self.data.hashes)
 
     def save(self, carry, improved: bool) -> None:
         self.state.corpus_sha256 = self.fingerprint
@@ -175,7 +144,7 @@ class Trainer:
         if improved and val is not None:  # no validation split: best is the newest
             self.state.best_val_loss, self.state.best_step = val, self.step
         self.state.val_loss = val
-        self.metrics.append({"step": self.step, "epoch": round(self.step / self.batches.steps_per_epoch, 4),
+        self.metrics.append({"step": self.step, "epoch": round(self.step / self.data.steps_per_epoch, 4),
                              "train_loss": train_loss, "val_loss": val,
                              "val_bits_per_char": None if val is None else val / math.log(2),
                              "lr": self.lr(elapsed), "elapsed": round(elapsed, 3),
@@ -236,7 +205,7 @@ class Trainer:
                 loss, state = self.train_step(state, t0 - start)
                 self.state.step += 1
                 timed_seconds += time.perf_counter() - t0
-                timed_chars += self.batches.chars_per_batch
+                timed_chars += self.batch_chars
                 losses.append(loss)
                 self.state.elapsed = time.perf_counter() - start
                 rate = timed_chars / timed_seconds
@@ -264,7 +233,7 @@ class Trainer:
         """Say once when validation takes a large share of the time (a big corpus)."""
         if seconds > 5 and seconds > 0.2 * train_seconds and not self.noted_eval_cost:
             self.noted_eval_cost = True
-            self.log(f"note: validating {len(self.val_ids):,} characters took {seconds:.0f}s, against "
+            self.log(f"note: validating {self.data.val_size:,} characters took {seconds:.0f}s, against "
                      f"{train_seconds:.0f}s of training since the last evaluation; a larger {named('eval_every')} "
                      f"or a smaller {named('val_frac')} leaves more of the budget to training")
 
@@ -274,12 +243,11 @@ class Trainer:
                 f"{rate / 1000:.1f}k chars/s")
 
     def describe(self) -> str:
-        c, t = self.cfg, self.tcfg
-        return (f"{c.cell} {c.layers}x{c.hidden}, embedding {c.embed}, dropout {c.dropout:g}, "
+        c = self.cfg
+        return (f"{c.cell} {c.layers}x{c.hidden}, embedding {c.embed}, dropout {c.dropout:g}"
+                f"{', line mode' if c.lines else ''}, "
                 f"{self.params.flat.size:,} parameters, vocabulary {len(self.vocab)}; "
-                f"{len(self.train_ids):,} training and {len(self.val_ids):,} validation characters, "
-                f"{self.batches.steps_per_epoch} steps per epoch of {t.batch_size}x{t.seq_len}; "
-                f"starting at step {self.step}")
+                f"{self.data.describe()}; starting at step {self.step}")
 
     def summary(self) -> dict:
         """What run() did; "trained" is whether it took any step (so wrote last.safetensors)."""

@@ -78,7 +78,8 @@ def test_score_is_what_charrnn_evaluate_reports(model, run, tmp_path):
     report = json.loads(result.stdout)
     score = model.score(text)
     assert score == charrnn.Score(report["nats_per_char"], report["bits_per_char"], report["perplexity"],
-                                  report["chars"])
+                                  report["chars"], report["nats_per_char_stderr"])
+    assert 0 < score.nats_per_char_stderr < 0.2 * score.nats_per_char
 
 
 def test_errors_are_charrnn_classes_naming_the_setting_or_the_characters(model, run):

@@ -178,7 +178,7 @@ def test_evaluate_prints_all_three_measures(runner, trained, corpus):
 def test_evaluate_json(runner, trained, corpus):
     result = runner.invoke(cli, ["evaluate", str(trained), str(corpus), "--json"])
     report = json.loads(result.stdout)
-    assert set(report) == {"nats_per_char", "bits_per_char", "perplexity", "chars"}
+    assert set(report) == {"nats_per_char", "bits_per_char", "perplexity", "chars", "nats_per_char_stderr"}
     assert report["chars"] == len(corpus.read_text()) - 1
 
 
@@ -233,7 +233,7 @@ def test_sample_piped_into_evaluate_with_novelty(runner, trained, corpus):
                            input=sample.stdout)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert set(report) == {"nats_per_char", "bits_per_char", "perplexity", "chars", "novelty"}
+    assert set(report) == {"nats_per_char", "bits_per_char", "perplexity", "chars", "nats_per_char_stderr", "novelty"}
     assert report["chars"] == 300 and 0.0 <= report["novelty"]["20"] <= 1.0
 
 
@@ -350,7 +350,7 @@ def test_ctrl_c_during_training_saves_last_and_exits_130(runner, corpus, tmp_pat
     ("charrnn.training.Trainer.__init__", ["train", "CORPUS", "--out", "OUT"], "interrupted"),
     ("charrnn.training.Trainer.run", ["train", "CORPUS", "--out", "OUT"], "files in OUT are complete"),
     ("charrnn.sample.write_samples", ["sample", "CKPT"], "interrupted"),
-    ("charrnn.evaluate.score_ids", ["evaluate", "CKPT", "CORPUS"], "interrupted"),
+    ("charrnn.evaluate.char_losses", ["evaluate", "CKPT", "CORPUS"], "interrupted"),
 ])
 def test_ctrl_c_anywhere_exits_130_with_a_short_note(runner, corpus, trained, tmp_path, monkeypatch,
                                                       where, args, message):

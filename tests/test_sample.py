@@ -239,7 +239,7 @@ def test_streams_that_join_a_running_batch_with_their_own_settings_give_what_the
 
 import itertools  # noqa: E402
 
-from charrnn.sample import beam_search  # noqa: E402
+from charrnn.sample import Stream, beam_search  # noqa: E402
 
 
 def repeats(text: str, n: int = 8) -> int:
@@ -334,10 +334,10 @@ def test_a_beam_wide_enough_to_keep_every_prefix_finds_the_exhaustive_optimum():
         init_params(params, np.random.default_rng(seed))
         net = Network(cfg, params)
         best = max(("".join(t) for t in itertools.product("abc", repeat=4)), key=lambda t: log_prob(net, vocab, "b", t))
-        found = vocab.decode(beam_search(net, vocab, SampleConfig(length=4, prime="b", beam=27)))
+        found = vocab.decode(beam_search(net, vocab, Stream(vocab, SampleConfig(length=4, prime="b", beam=27), 0)))
         assert found == best
         assert log_prob(net, vocab, "b", found) >= log_prob(net, vocab, "b", vocab.decode(
-            beam_search(net, vocab, SampleConfig(length=4, prime="b", beam=1))))
+            beam_search(net, vocab, Stream(vocab, SampleConfig(length=4, prime="b", beam=1), 0))))
 
 
 def test_beam_refuses_the_settings_it_decides_itself(model):

@@ -83,7 +83,7 @@ def test_resume_refuses_conflicting_model_flags(corpus, tmp_path):
 def test_max_epochs_counts_passes_over_the_text(corpus, tmp_path):
     trainer = Trainer(corpus, tmp_path, TINY_MODEL, dict(TINY_TRAIN, max_epochs=0.5), progress=False)
     summary = trainer.run()
-    assert summary["step"] == int(np.ceil(0.5 * trainer.batches.steps_per_epoch))
+    assert summary["step"] == int(np.ceil(0.5 * trainer.data.steps_per_epoch))
 
 
 def files_of(out):
@@ -297,14 +297,14 @@ def test_the_budget_spent_is_the_largest_fraction_of_the_budgets_given(corpus, t
     assert t.budget.spent(t.step, 1e6) == 0.25  # elapsed time is no budget here
     assert t.lr(0.0) == pytest.approx(0.01 * 0.5 * (1 + np.cos(np.pi / 4)))
     t = schedule_trainer(corpus, tmp_path, max_epochs=2.0)
-    t.state.step = t.batches.steps_per_epoch
+    t.state.step = t.data.steps_per_epoch
     assert t.budget.spent(t.step, 0.0) == 0.5
     t = schedule_trainer(corpus, tmp_path, max_time=60.0)
     assert t.budget.spent(t.step, 15.0) == 0.25 and t.budget.spent(t.step, 90.0) == 1.0
     assert t.lr(60.0) == pytest.approx(0.0, abs=1e-15)
     t = schedule_trainer(corpus, tmp_path, max_steps=100, max_epochs=1.0, max_time=60.0, lr_schedule="linear")
     t.state.step = 10
-    spe = t.batches.steps_per_epoch
+    spe = t.data.steps_per_epoch
     assert t.budget.spent(t.step, 3.0) == pytest.approx(max(0.1, 10 / spe, 0.05))
     assert t.budget.spent(t.step, 45.0) == 0.75
     assert t.lr(45.0) == pytest.approx(0.01 * 0.25)
