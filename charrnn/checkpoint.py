@@ -4,6 +4,9 @@ Tensors:
   embedding.weight, rnn.weight_ih_l{k}, rnn.weight_hh_l{k}, rnn.bias_ih_l{k},
   rnn.bias_hh_l{k}, decoder.weight, decoder.bias  -- the model, as PyTorch names it
   optimizer.exp_avg.<name>, optimizer.exp_avg_sq.<name>  -- Adam's moments
+  train.raw.<name>  -- with a weight average (ema), the weights themselves (the model's
+                       names then hold the average, what is evaluated and sampled)
+  lines.train, lines.val  -- line mode: hashes of the training and validation lines
   train.state.h, train.state.c  -- hidden state carried into the next batch
 Header metadata key "charrnn": JSON with format_version, config, vocab, state, train.
 
@@ -33,6 +36,7 @@ from charrnn.vocab import Vocab
 FORMAT_VERSION = 2
 METADATA_KEY = "charrnn"
 OPTIMIZER_SLOTS = ("exp_avg", "exp_avg_sq")
+RAW = "train.raw."  # with a weight average, the model's names hold the average and these the weights
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -47,6 +51,8 @@ class TrainingState:
     best_val_loss: float | None = None
     best_step: int | None = None
     val_loss: float | None = None  # of the last evaluation; None after an interrupted one
+    since_best: int | None = None  # evaluations since the best one (for patience)
+    chosen: str | None = None  # the settings charrnn chose for the budget, and why (autoconfig)
     steps_per_epoch: int | None = None
     corpus_sha256: str | None = None
 
@@ -85,6 +91,7 @@ class Checkpoint:
     charrnn_version: str | None = None  # that wrote it
     resumable: bool = False  # the file holds optimiser moments (read only with the training state)
     lines: tuple[np.ndarray, np.ndarray] | None = None  # line mode: hashes of the training and validation lines
+    raw: Parameters | None = None  # with a weight average (ema): the weights themselves; params is the average
 
 
 def save_checkpoint(path, ckpt: Checkpoint) -> None:
@@ -96,6 +103,9 @@ def save_checkpoint(path, ckpt: Checkpoint) -> None:
         for slot in OPTIMIZER_SLOTS:
             for name, view in ckpt.optimizer[slot].views.items():
                 tensors[f"optimizer.{slot}.{name}"] = np.ascontiguousarray(view, dtype=np.float32)
+    if ckpt.raw is not None:
+        for name, view in ckpt.raw.views.items():
+            tensors[f"{RAW}{name}"] = np.ascontiguousarray(view, dtype=np.float32)
     if ckpt.lines is not None:
         tensors["lines.train"], tensors["lines.val"] = (np.ascontiguousarray(h, np.uint64) for h in ckpt.lines)
     if ckpt.carry is not None:
@@ -229,6 +239,11 @@ def load_checkpoint(path, with_training_state: bool = True) -> Checkpoint:
         for slot in OPTIMIZER_SLOTS:
             ckpt.optimizer[slot] = params.zeros_like()
             tensors.fill(ckpt.optimizer[slot], f"optimizer.{slot}.")
+    if f"{RAW}embedding.weight" in header:
+        tensors.check([(RAW + name, shape) for name, shape in shapes])
+        ckpt.raw = Parameters(cfg, np.float32)
+        with ckpt.raw.write() as w:
+            tensors.fill(w, RAW)
     if "train.state.h" in header:
         shape = header["train.state.h"].get("shape") if isinstance(header["train.state.h"], dict) else None
         if not (isinstance(shape, list) and len(shape) == 3 and shape[0] == cfg.layers
@@ -319,4 +334,6 @@ _STATE_RULES = {
     "elapsed": (lambda v: _is_finite(v) and v >= 0, "a non-negative number of seconds"),
     "corpus_sha256": (lambda v: v is None or isinstance(v, str), "null or a string"),
     "steps_per_epoch": (lambda v: v is None or (_is_count(v) and v > 0), "null or a positive integer"),
+    "since_best": (lambda v: v is None or _is_count(v), "null or a non-negative integer"),
+    "chosen": (lambda v: v is None or isinstance(v, str), "null or a string"),
 }

@@ -225,8 +225,12 @@ def train(corpus, out, vocab, resume, overwrite, quiet, **settings):
         else:
             err(f"{how} at step {summary['step']} before any training step; nothing was written")
         sys.exit(_signal_status(summary["signal"]))
-    err(f"done: {summary['step']} steps in {summary['elapsed']:.0f}s; best validation loss {best_text}; "
+    early = f"stopped early by {render(summary['stopped_by'], as_flag)}; " if summary["patience_stop"] else ""
+    err(f"done: {summary['step']} steps in {summary['elapsed']:.0f}s; {early}best validation loss {best_text}; "
         f"saved {summary['last']} and {summary['best']}")
+    if summary["overfitting"]:
+        err(f"note: {summary['overfitting']}: best.safetensors holds the best model; more --dropout or a smaller "
+            f"model would suit this budget better")
 
 
 @cli.command()

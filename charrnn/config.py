@@ -297,6 +297,8 @@ class TrainConfig(Settings):
     min_lr_frac: float = setting(0.0, "The fraction of {lr} the decay reaches at the end of the budget.", "float",
                                  UNIT_INTERVAL)
     grad_clip: float = setting(5.0, "Clip the gradient's global norm to this.", "float", POSITIVE_NUMBER)
+    ema: float = setting(0.0, "Validate and save a moving average of the weights, with this decay per step (0: "
+                         "off; 0.999 averages about the last 1,000 steps).", "float", FRACTION)
     val_frac: float = setting(0.1, "Last fraction of the corpus held out for validation.", "float", FRACTION)
     eval_every: int | str = setting("60s", "Validate and checkpoint every N steps (500) or every so much training "
                                     "time (1m, 90s).", "steps-or-duration", STEPS_OR_DURATION)
@@ -307,6 +309,8 @@ class TrainConfig(Settings):
     # seconds of training, counted across resumes
     max_time: float | None = setting(None, "Stop after this much training time, e.g. 90s, 5m, 1h.", "duration",
                                      POSITIVE_NUMBER, optional=True)
+    patience: int | None = setting(None, "Stop after N evaluations in a row without a new best validation loss.",
+                                   "int", POSITIVE_INT, optional=True)
     seed: int = setting(0, "Seed for initialisation and dropout.", "int", NON_NEGATIVE_INT)
     forget_bias: float = setting(0.0, "Added to the LSTM's forget-gate biases at initialisation (new runs only).",
                                  "float", FINITE)

@@ -9,7 +9,7 @@ from pathlib import Path
 from charrnn.checkpoint import load_checkpoint
 from charrnn.config import ModelConfig, TrainConfig, settings_of
 from charrnn.errors import CharrnnError, as_flag
-from charrnn.rundir import BEST, LAST, METRICS, read_metrics
+from charrnn.rundir import BEST, LAST, METRICS, overfitting, read_metrics
 
 
 def _number(v) -> float | None:
@@ -67,7 +67,9 @@ def describe(path) -> dict:
         "best_epoch": _epoch(best_step, state.steps_per_epoch),
         "best_elapsed": _number(_row_at(best_step, rows).get("elapsed")),
         "corpus_sha256": state.corpus_sha256,
+        "chosen": state.chosen,
         "train": train,
+        "overfitting": overfitting(rows) if run_dir is not None else None,
         "history": None if run_dir is None else [
             {"step": row["step"], **{k: _number(row.get(k)) for k in ("epoch", "train_loss", "val_loss")}}
             for row in rows],
@@ -159,6 +161,7 @@ def format_text(info: dict) -> str:
         ("val loss", f"last {loss(info['val_loss'])}"),
         ("best val", best),
         ("settings", settings_flags(c, info["train"]) or "n/a"),
+        *([("chosen", info["chosen"])] if info["chosen"] else []),
         ("corpus", f"sha256 {info['corpus_sha256']}" if info["corpus_sha256"] else "n/a"),
         ("version", f"written by charrnn {info['charrnn_version']}, format {info['format_version']}"),
     ]
@@ -169,6 +172,8 @@ def format_text(info: dict) -> str:
         if points:
             lines.append(f"validation loss (nats/char) at {len(points)} evaluation{'s' if len(points) != 1 else ''}:")
             lines += loss_chart(points)
+            if info["overfitting"]:
+                lines.append(info["overfitting"])
         else:
             lines.append("no validation losses recorded in metrics.jsonl")
     return "\n".join(lines)

@@ -12,9 +12,10 @@ import numpy as np
 
 from charrnn.checkpoint import TrainingState, load_checkpoint
 from charrnn.config import ModelConfig, TrainConfig, new_run_settings, resumed_run_settings
-from charrnn.data import scan_vocab
+from charrnn import autoconfig, speed
+from charrnn.data import iter_text, scan_vocab
 from charrnn.errors import CharrnnError, named
-from charrnn.lines import END
+from charrnn.lines import END, read_lines
 from charrnn.model import Parameters, RecurrentState, init_params, memory_for
 from charrnn.optim import Adam
 from charrnn.rundir import RunDirectory
@@ -32,6 +33,7 @@ class Start:
     carry: RecurrentState | None = None  # the state carried into the next batch (streams)
     fingerprint: str | None = None  # the corpus a resumed run was trained on
     val_hashes: np.ndarray | None = None  # a resumed line-mode run's validation lines
+    average: Parameters | None = None  # a resumed run's moving average of the weights (ema)
     note: str | None = None  # what the start has to say (characters added by fine-tuning)
 
 
@@ -41,18 +43,42 @@ def corpus_vocab(corpus, lines: bool) -> Vocab:
     return vocab if not lines or END in vocab else Vocab.from_chars([*vocab.chars, END])
 
 
-def new_run(corpus, given_model: dict, given_train: dict, vocab_path) -> Start:
+def new_run(corpus, given_model: dict, given_train: dict, vocab_path, log=None) -> Start:
     lines = given_model.get("lines", False)
     vocab = Vocab.load(vocab_path) if vocab_path is not None else corpus_vocab(corpus, lines)
     if lines and END not in vocab:
         raise CharrnnError(f"{named('vocab', vocab_path)} has no newline, which line mode uses to start and end "
                            "each line")
     cfg, tcfg = new_run_settings(given_model, given_train, len(vocab))
+    chosen = None
+    if autoconfig.wanted(given_model, given_train):
+        chosen = _choose(corpus, cfg, tcfg, log)
+        cfg, tcfg = new_run_settings({**chosen.model, **given_model}, {**chosen.train, **given_train}, len(vocab))
     with memory_for(cfg):
         params = Parameters(cfg, np.float32)
         optimizer = Adam(params)
     init_params(params, np.random.default_rng(tcfg.seed), forget_bias=tcfg.forget_bias)
-    return Start(cfg, tcfg, vocab, params, optimizer, TrainingState(step=0, elapsed=0.0))
+    state = TrainingState(step=0, elapsed=0.0, chosen=None if chosen is None else chosen.reason)
+    note = None if chosen is None else f"settings chosen for this budget: {chosen.reason}"
+    return Start(cfg, tcfg, vocab, params, optimizer, state, note=note)
+
+
+def _choose(corpus, cfg: ModelConfig, tcfg: TrainConfig, log) -> autoconfig.Choice:
+    """The settings autoconfig chooses for this corpus and budget."""
+    text_chars = sum(len(t) for t in iter_text(corpus))
+    if cfg.lines:
+        text_chars += len(read_lines(corpus))  # each line's end is predicted too
+    n_chars = max(1, int(text_chars * (1 - tcfg.val_frac)))
+    told = []
+
+    def speed_of(candidate, batch, seq_len):
+        if not told and log is not None and not speed.known(candidate, batch, seq_len):
+            log("measuring this machine's training speed for the model sizes to choose from (once; remembered in "
+                f"{speed.cache_path()})")
+            told.append(True)
+        return speed.chars_per_second(candidate, batch, seq_len)[0]
+
+    return autoconfig.choose(n_chars, cfg.vocab_size, tcfg, speed_of)
 
 
 def resumed_run(resume, given_model: dict, given_train: dict, vocab_path, run_dir: RunDirectory,
@@ -74,8 +100,10 @@ def resumed_run(resume, given_model: dict, given_train: dict, vocab_path, run_di
     if not overwrite:
         run_dir.check_last(resume, state.step)
         run_dir.adopt_best(state)
-    return Start(ckpt.config, tcfg, ckpt.vocab, ckpt.params, Adam(ckpt.params, ckpt.optimizer), state, ckpt.carry,
-                 state.corpus_sha256, None if ckpt.lines is None else ckpt.lines[1])
+    # With a weight average the file's model is the average, and the weights train on from their own names.
+    params, average = (ckpt.raw, ckpt.params) if ckpt.raw is not None else (ckpt.params, None)
+    return Start(ckpt.config, tcfg, ckpt.vocab, params, Adam(params, ckpt.optimizer), state, ckpt.carry,
+                 state.corpus_sha256, None if ckpt.lines is None else ckpt.lines[1], average)
 
 
 def fine_tuned_run(init, corpus, given_model: dict, given_train: dict, vocab_path) -> Start:

@@ -16,11 +16,12 @@ from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import load_corpus
 from charrnn.data import check_text_file, file_sha256
 from charrnn.errors import CharrnnError, UnknownCharactersError, named
+from charrnn import speed
 from charrnn.interrupts import handled
 from charrnn.model import RecurrentState, memory_for, step_key
 from charrnn.network import Network
-from charrnn.optim import global_norm
-from charrnn.rundir import RunDirectory
+from charrnn.optim import WeightAverage, global_norm
+from charrnn.rundir import RunDirectory, overfitting
 from charrnn.runstart import Start, fine_tuned_run, new_run, resumed_run
 from charrnn.schedule import Budget, next_eval_time
 from charrnn.vocab import describe_chars
@@ -47,7 +48,7 @@ class Trainer:
         elif given_train.get("init") is not None:
             start = fine_tuned_run(given_train["init"], self.corpus, given_model, given_train, vocab_path)
         else:
-            start = new_run(self.corpus, given_model, given_train, vocab_path)
+            start = new_run(self.corpus, given_model, given_train, vocab_path, self.log)
         self.cfg, self.tcfg, self.vocab, self.params = start.cfg, start.tcfg, start.vocab, start.params
         self.optimizer, self.state, self.carry = start.optimizer, start.state, start.carry
         self.data = self._load_corpus(start, resume, vocab_path)
@@ -61,6 +62,10 @@ class Trainer:
         self.net = Network(self.cfg, self.params)
         with memory_for(self.cfg):
             self.grads = self.params.zeros_like()
+            self.average = WeightAverage(self.params, self.tcfg.ema, start.average) if self.tcfg.ema else None
+        # What is validated and saved under the model's names: the weights, or their average.
+        self.eval_params = self.average.avg if self.average else self.params
+        self.eval_net = Network(self.cfg, self.eval_params) if self.average else self.net
         self.metrics = self.run_dir.metrics(self.step) if self.resumed else []
         self.interrupted = False
         self.stop_signal = None  # the signal that interrupted the run: SIGINT (Ctrl-C) or SIGTERM
@@ -108,6 +113,8 @@ class Trainer:
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise self.diverged(self.step + 1, "training loss" if not math.isfinite(loss) else "gradient norm")
         self.optimizer.step(self.grads, self.lr(elapsed), self.step + 1, norm, self.tcfg.grad_clip)
+        if self.average:
+            self.average.update(self.step + 1)
         return loss, new_state
 
     def diverged(self, step: int, what: str) -> CharrnnError:
@@ -117,7 +124,7 @@ class Trainer:
 
     def validate(self) -> float | None:
         """Mean loss (nats/char) over the whole validation split."""
-        return self.data.validate(self.net)
+        return self.data.validate(self.eval_net)
 
     def checkpoint(self, carry: RecurrentState | None) -> Checkpoint:
         state = TrainingState(**vars(self.state))
@@ -125,8 +132,9 @@ class Trainer:
             # Wall-clock time differs from run to run; a step-budgeted run leaves it out
             # so that resuming reproduces the uninterrupted run's checkpoint bit for bit.
             state.elapsed = None
-        return Checkpoint(self.cfg, self.vocab, self.params, self.optimizer.moments, state, self.tcfg.to_dict(),
-                          carry if self.data.carries_state else None, lines=self.data.hashes)
+        return Checkpoint(self.cfg, self.vocab, self.eval_params, self.optimizer.moments, state, self.tcfg.to_dict(),
+                          carry if self.data.carries_state else None, lines=self.data.hashes,
+                          raw=self.params if self.average else None)
 
     def save(self, carry, improved: bool) -> None:
         self.state.corpus_sha256 = self.fingerprint
@@ -138,12 +146,15 @@ class Trainer:
         val = self.validate()
         if val is not None and not math.isfinite(val):
             raise self.diverged(self.step, "validation loss")
-        if not np.isfinite(self.params.flat).all():
+        if not (np.isfinite(self.params.flat).all() and np.isfinite(self.eval_params.flat).all()):
             raise self.diverged(self.step, "model's weights")
         improved = val is None or self.state.best_val_loss is None or val < self.state.best_val_loss
         if improved and val is not None:  # no validation split: best is the newest
             self.state.best_val_loss, self.state.best_step = val, self.step
+        self.state.since_best = 0 if improved else (self.state.since_best or 0) + 1
         self.state.val_loss = val
+        if self.state.chosen and self.data.carries_state and chars_per_sec > 0:
+            speed.remember(self.cfg, self.tcfg.batch_size, self.tcfg.seq_len, chars_per_sec)  # for the next choice
         self.metrics.append({"step": self.step, "epoch": round(self.step / self.data.steps_per_epoch, 4),
                              "train_loss": train_loss, "val_loss": val,
                              "val_bits_per_char": None if val is None else val / math.log(2),
@@ -151,8 +162,9 @@ class Trainer:
                              "chars_per_sec": round(chars_per_sec, 1)})
         self.save(carry, improved)
         shown = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+        rising = overfitting(self.metrics)
         self.log(f"step {self.step}: train loss {shown(train_loss)}, val loss {shown(val)}"
-                 + (" (best)" if improved and val is not None else ""))
+                 + (" (best)" if improved and val is not None else "") + (f"; {rising}" if rising else ""))
         return val
 
     def log(self, message: str) -> None:
@@ -176,7 +188,7 @@ class Trainer:
         if not self.tcfg.has_budget:
             raise CharrnnError(f"no training budget: give {named('max_steps')}, {named('max_epochs')} or "
                                f"{named('max_time')}")
-        spent = self.budget.reached(self.step, self.state.elapsed)
+        spent = self._spent(self.state.elapsed)
         if self.resumed and spent:
             raise CharrnnError(f"nothing to do: the checkpoint is at step {self.step}, which already meets "
                                f"{spent}; give a larger {named('max_steps')}, {named('max_epochs')} or "
@@ -200,7 +212,7 @@ class Trainer:
         saved_step = self.step if self.resumed else None  # the step last.safetensors holds
         next_eval = next_eval_time(self.state.elapsed, t.eval_seconds)
         try:
-            while not self.budget.reached(self.step, time.perf_counter() - start) and not self.interrupted:
+            while not self._spent(time.perf_counter() - start) and not self.interrupted:
                 t0 = time.perf_counter()
                 loss, state = self.train_step(state, t0 - start)
                 self.state.step += 1
@@ -229,6 +241,9 @@ class Trainer:
             bar.close()
         return self.summary()
 
+    def _spent(self, elapsed: float) -> str | None:
+        return self.budget.reached(self.step, elapsed, self.state.since_best)
+
     def _note_evaluation_cost(self, seconds: float, train_seconds: float) -> None:
         """Say once when validation takes a large share of the time (a big corpus)."""
         if seconds > 5 and seconds > 0.2 * train_seconds and not self.noted_eval_cost:
@@ -239,7 +254,8 @@ class Trainer:
 
     def _postfix(self, losses, rate) -> str:
         val = self.state.val_loss
-        return (f"loss {np.mean(losses[-50:]):.3f}, val {'-' if val is None else f'{val:.3f}'}, "
+        rising = " (overfitting)" if overfitting(self.metrics) else ""
+        return (f"loss {np.mean(losses[-50:]):.3f}, val {'-' if val is None else f'{val:.3f}'}{rising}, "
                 f"{rate / 1000:.1f}k chars/s")
 
     def describe(self) -> str:
@@ -254,5 +270,7 @@ class Trainer:
         return {"step": self.step, "val_loss": self.state.val_loss, "best_val_loss": self.state.best_val_loss,
                 "best_step": self.state.best_step, "elapsed": self.state.elapsed, "interrupted": self.interrupted,
                 "signal": self.stop_signal, "trained": self.step != self.start_step,
+                "stopped_by": self._spent(self.state.elapsed), "overfitting": overfitting(self.metrics),
+                "patience_stop": self.tcfg.patience is not None and (self.state.since_best or 0) >= self.tcfg.patience,
                 "last": str(self.run_dir.file("last.safetensors")), "best": str(self.run_dir.file("best.safetensors"))}
 

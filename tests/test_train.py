@@ -417,3 +417,44 @@ def test_a_second_trainer_on_a_busy_directory_is_refused_until_the_first_ends(co
         waiting.run()
     assert files_of(tmp_path) == before
     run(corpus, tmp_path, 30, resume=tmp_path / "last.safetensors")
+
+
+# ----- the weight average, patience, overfitting --------------------------------------
+
+def test_a_weight_average_is_what_is_validated_saved_and_resumed_exactly(corpus, tmp_path):
+    from charrnn.evaluate import score_ids
+
+    run(corpus, tmp_path / "whole", 40, ema=0.9, lr_schedule="constant")
+    run(corpus, tmp_path / "split", 20, ema=0.9, lr_schedule="constant")
+    run(corpus, tmp_path / "split", 40, resume=tmp_path / "split" / "last.safetensors")
+    for name in ("last.safetensors", "best.safetensors"):
+        assert (tmp_path / "split" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    last = load_checkpoint(tmp_path / "whole" / "last.safetensors")
+    assert last.raw is not None and not np.array_equal(last.raw.flat, last.params.flat)
+    trainer = Trainer(corpus, tmp_path / "other", TINY_MODEL, dict(TINY_TRAIN, max_steps=1), progress=False)
+    from charrnn.network import Network
+
+    total, count = score_ids(Network(last.config, last.params), trainer.data.val_ids, streams=4, chunk=16)
+    assert last.state.val_loss == pytest.approx(total / count, rel=1e-12)  # the average was validated
+
+
+def test_patience_stops_after_that_many_evaluations_without_a_new_best(corpus, tmp_path, monkeypatch):
+    losses = iter([3.0, 2.9, 2.95, 2.96, 2.97, 2.98])
+    monkeypatch.setattr(Trainer, "validate", lambda self: next(losses))
+    summary = run(corpus, tmp_path, 60, patience=2)
+    assert summary["step"] == 40 and summary["patience_stop"] and summary["best_step"] == 20
+    with raises_as_cli("already meets --patience 2"):
+        run(corpus, tmp_path, 60, resume=tmp_path / "last.safetensors")
+
+
+def test_overfitting_is_said_in_words():
+    from charrnn.rundir import overfitting
+
+    rows = [{"step": 10, "train_loss": 2.0, "val_loss": 2.1}, {"step": 20, "train_loss": 1.5, "val_loss": 1.6},
+            {"step": 30, "train_loss": 1.2, "val_loss": 1.603}]
+    assert overfitting(rows) is None  # within noise
+    rows.append({"step": 40, "train_loss": 1.0, "val_loss": 1.7})
+    assert overfitting(rows) == ("overfitting: the validation loss rose from 1.6000 (step 20) to 1.7000 (step 40) "
+                                 "while the training loss fell from 1.5000 to 1.0000")
+    rows.append({"step": 50, "train_loss": 1.6, "val_loss": 1.7})  # both rose: not overfitting
+    assert overfitting(rows) is None
