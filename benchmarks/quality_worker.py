@@ -57,6 +57,23 @@ def validate(model, val, vocab_size: int) -> float:
     return total / n_targets
 
 
+def one_stream(model, ids, vocab_size: int, chunk: int = 1024) -> float:
+    """charrnn evaluate's score: the text as one stream from a zero state, every
+    character predicted from all before it. Mean nats per character."""
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    total, state, n = 0.0, None, ids.numel() - 1
+    with torch.no_grad():
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            logits, state = model(ids[start:stop].view(-1, 1), state)
+            total += F.cross_entropy(logits.reshape(-1, vocab_size), ids[start + 1:stop + 1], reduction="sum").item()
+    model.train()
+    return total / n
+
+
 def learning_rate(schedule: str, progress: float) -> float:
     """LR at `progress` (0 to 1) of the budget: cosine to 0, or constant."""
     return LR * 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else LR
@@ -106,7 +123,8 @@ def reference(spec) -> dict:
             next_eval = (math.floor((perf() - start) / every) + 1) * every
     if not rows or rows[-1]["step"] != step:
         record(perf() - start)
-    return {"rows": rows, "steps": step, "epochs": step / batches.steps_per_epoch,
+    held_out = one_stream(model, val, len(chars)) if spec.get("held_out") else None
+    return {"rows": rows, "steps": step, "epochs": step / batches.steps_per_epoch, "held_out": held_out,
             "chars_per_s": step * BATCH * SEQ / train_s if train_s else None, "wall_s": perf() - start,
             "torch": torch.__version__, "threads": torch.get_num_threads(),
             "parameters": sum(p.numel() for p in params)}

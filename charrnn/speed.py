@@ -3,7 +3,7 @@ measured once (a few optimiser steps on random weights) and remembered in a cach
 keyed by everything the speed depends on -- the CPU, the compiled engine (its
 sources and instruction set, which name its kernel cache), the thread count and the
 shape -- so that choosing settings from a time budget (autoconfig.py) costs seconds
-the first time and nothing after. A run's own measured speed refreshes the entry."""
+the first time and nothing after. A run's own measured speed updates the entry."""
 
 from __future__ import annotations
 
@@ -56,9 +56,13 @@ def _load() -> dict:
 
 
 def remember(cfg: ModelConfig, batch: int, seq_len: int, chars_per_sec: float) -> None:
-    """Record a measured speed (best effort: a cache that cannot be written is skipped)."""
+    """Record a measured speed, keeping the fastest seen: other work on the machine
+    only ever slows a run, so the fastest measurement is the machine's own speed
+    (best effort: a cache that cannot be written is skipped)."""
     data = _load()
-    data[key(cfg, batch, seq_len)] = round(chars_per_sec, 1)
+    k = key(cfg, batch, seq_len)
+    old = data.get(k)
+    data[k] = round(max(chars_per_sec, old if isinstance(old, (int, float)) else 0.0), 1)
     try:
         cache_path().parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache_path(), json.dumps(data, indent=1, sort_keys=True) + "\n")
