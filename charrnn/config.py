@@ -299,7 +299,8 @@ class TrainConfig(Settings):
     grad_clip: float = setting(5.0, "Clip the gradient's global norm to this.", "float", POSITIVE_NUMBER)
     ema: float = setting(0.0, "Validate and save a moving average of the weights, with this decay per step (0: "
                          "off; 0.999 averages about the last 1,000 steps).", "float", FRACTION)
-    val_frac: float = setting(0.1, "Last fraction of the corpus held out for validation.", "float", FRACTION)
+    val_frac: float = setting(0.1, "Fraction of the corpus held out for validation: its end, or in line mode a "
+                              "random choice of its lines.", "float", FRACTION)
     eval_every: int | str = setting("60s", "Validate and checkpoint every N steps (500) or every so much training "
                                     "time (1m, 90s).", "steps-or-duration", STEPS_OR_DURATION)
     max_steps: int | None = setting(None, "Stop after this many optimiser steps in total.", "int", NON_NEGATIVE_INT,
