@@ -114,6 +114,13 @@ class Model:
     def score(self, text: str, skip_unknown: bool = False) -> Score:
         """How well the model predicts text (see Score). Characters the model does not
         know are an UnknownCharactersError naming them, or dropped with skip_unknown."""
+        ids = self.score_input(text, skip_unknown)
+        with self._lock:
+            nats, count = score_ids(self.network, ids)
+        return Score(**perplexity_report(nats, count))
+
+    def score_input(self, text: str, skip_unknown: bool = False):
+        """The ids score() runs on (an int array of at least 2), or the error it raises."""
         vocab = self.checkpoint.vocab
         missing = vocab.missing(text)
         if missing and not skip_unknown:
@@ -123,9 +130,7 @@ class Model:
         if ids.size < 2:
             raise CharrnnError(f"the text has {ids.size} known character{'s' if ids.size != 1 else ''}: at least "
                                "2 are needed to predict one from the other")
-        with self._lock:
-            nats, count = score_ids(self.network, ids)
-        return Score(**perplexity_report(nats, count))
+        return ids
 
 
 def load(path) -> Model:

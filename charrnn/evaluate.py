@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,9 +25,18 @@ def score_ids(net: Network, ids: np.ndarray, streams: int = 1, chunk: int = 1024
     does not divide evenly is scored last, continuing the state of the last piece.
     With streams=1 this is one stream over the whole text. Returns (nats, count).
     """
+    total = 0.0
+    for total in score_steps(net, ids, streams, chunk):
+        pass
+    return total, max(0, len(ids) - 1)
+
+
+def score_steps(net: Network, ids: np.ndarray, streams: int = 1, chunk: int = 1024) -> Iterator[float]:
+    """score_ids one chunk at a time: the nats summed so far after each engine call,
+    the last one being score_ids's (a server runs other work between them)."""
     n_targets = len(ids) - 1
     if n_targets < 1:
-        return 0.0, 0
+        return
     streams = max(1, min(streams, n_targets))
     per_stream = n_targets // streams
     used = streams * per_stream
@@ -38,6 +48,7 @@ def score_ids(net: Network, ids: np.ndarray, streams: int = 1, chunk: int = 1024
         cols = slice(start, min(per_stream, start + chunk))
         loss, state = net.loss_sum(x_all[:, cols].T, y_all[:, cols].T, state)
         total += loss
+        yield total
     if used < n_targets:
         state = state.rows([streams - 1])
         for start in range(used, n_targets, chunk):
@@ -46,7 +57,7 @@ def score_ids(net: Network, ids: np.ndarray, streams: int = 1, chunk: int = 1024
             y = ids[start + 1:stop + 1].reshape(-1, 1)
             loss, state = net.loss_sum(x, y, state)
             total += loss
-    return total, n_targets
+            yield total
 
 
 def perplexity_report(nats: float, count: int) -> dict:

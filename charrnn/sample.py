@@ -45,7 +45,7 @@ def sample_seed(seed: int, k: int) -> int:
 def encode_prime(vocab: Vocab, prime: str) -> np.ndarray:
     missing = vocab.missing(prime)
     if missing:
-        raise UnknownCharactersError(f"the prime text has characters not in the model's vocabulary: "
+        raise UnknownCharactersError(f"{named('prime')} has characters not in the model's vocabulary: "
                                      f"{describe_chars(missing)}", missing)
     return vocab.encode(prime).astype(np.int64)
 
