@@ -1,0 +1,316 @@
+"""The server's engine: one thread that owns the model and a charrnn.sample.Batch.
+
+Continuous batching: every active request's streams advance together, BLOCK
+characters per stream per engine call; between calls, requests whose client went
+away leave, and queued requests join while the batch has rows free (at most
+max_streams streams; a request with n choices takes n rows and joins whole, in the
+order requests came). A stream's text does not depend on what else runs beside it
+(see charrnn.sample.Batch). Scoring (/v1/score) runs here too, one chunk of the text
+between two generation calls, so a long text does not stall generation for long.
+
+The engine talks to the event loop through Jobs: the HTTP side submits a Job and
+reads its updates; the engine appends updates and wakes the loop (once per batch of
+updates, however many arrive before the loop reads them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+# Characters per stream per engine call. An engine call costs a fixed Python and
+# dispatch overhead (tens of microseconds, plus a few per stream) on top of the
+# compute; 16 characters make that overhead small next to even a batch-1 call of an
+# LSTM 2x256 (16 x ~50 us), while a request that arrives waits at most one call of
+# 16 steps to join and sees its first characters one call after that (a few
+# milliseconds even for 64 streams), and streamed text arrives in small pieces.
+BLOCK = 16
+RATE_WINDOW = 5.0  # seconds over which characters/s is measured
+
+
+def engine_threads(cores: int | None = None) -> int:
+    """Numba threads of the engine: one less than the cores, at least 1.
+
+    The kernels' threads spin at a barrier after every step; with as many engine
+    threads as cores, the event loop (HTTP, JSON, server-sent events) would have to
+    take its time from spinning threads, and every engine call would wait for the
+    thread it preempted. With one core left to it, the HTTP side keeps up and the
+    engine runs undisturbed (on 2 cores: a 1-thread engine)."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, cores - 1)
+
+
+@dataclass
+class Update:
+    """What one engine call made for one stream of a job: its new characters, whether
+    it ended, and the stop string that ended it (None: none, or its length ran out)."""
+
+    index: int
+    text: str
+    ended: bool
+    stop: str | None
+
+
+class Job:
+    """A request's work, shared by the event loop (which submits it and reads its
+    updates) and the engine thread (which appends them).
+
+    kind "generate": streams (charrnn.sample.Stream, index = the choice); kind
+    "score": ids to score (result: the summed nats)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, streams=(), ids=None):
+        self.loop = loop
+        self.streams = list(streams)
+        self.ids = ids
+        self.kind = "score" if ids is not None else "generate"
+        self.rows = len(self.streams)
+        self.result = None  # score: the summed nats
+        self.error: str | None = None  # why the engine gave up on it (the server stopping)
+        self.done = False
+        self.cancelled = False
+        self.queued_at = time.monotonic()
+        self._items: list[Update] = []
+        self._lock = threading.Lock()
+        self._woken = False
+        self._event = asyncio.Event()
+
+    # ----- the engine's side
+    def push(self, updates: list[Update], done: bool = False) -> None:
+        with self._lock:
+            self._items.extend(updates)
+            self.done = self.done or done
+            wake, self._woken = not self._woken, True
+        if wake:
+            try:
+                self.loop.call_soon_threadsafe(self._wake)
+            except RuntimeError:  # the loop is closed: nobody is reading
+                pass
+
+    def fail(self, message: str) -> None:
+        self.error = message
+        self.push([], done=True)
+
+    # ----- the event loop's side
+    def _wake(self) -> None:
+        with self._lock:
+            self._woken = False
+        self._event.set()
+
+    async def updates(self):
+        """Lists of Updates as the engine makes them, until the job is done. Whatever
+        arrived while the reader was busy comes as one list."""
+        while True:
+            await self._event.wait()
+            self._event.clear()
+            with self._lock:
+                items, self._items, done = self._items, [], self.done
+            if items:
+                yield items
+            if done:
+                return
+
+
+class Engine:
+    """The engine thread and its queue (see the module's doc)."""
+
+    def __init__(self, model, max_streams: int, threads: int | None = None, block: int = BLOCK):
+        from charrnn.sample import Batch
+
+        self.model, self.vocab = model, model.checkpoint.vocab
+        self.max_streams, self.block = max_streams, block
+        self.threads = threads or engine_threads()
+        self.batch = Batch(model.network, self.vocab)
+        self.owner: dict[int, Job] = {}  # id(stream) -> its job
+        self.active: list[Job] = []  # generate jobs in the batch
+        self.queue: collections.deque[Job] = collections.deque()  # generate jobs waiting for rows
+        self.scores: collections.deque[Job] = collections.deque()
+        self.cond = threading.Condition()
+        self.stopping = False
+        self.generated = 0  # characters generated, ever
+        self.calls = 0
+        self._recent: collections.deque[tuple[float, int]] = collections.deque()
+        self._score_steps = None
+        self.thread = threading.Thread(target=self._run, name="charrnn-engine", daemon=True)
+
+    # ----- the event loop's side
+    def start(self) -> None:
+        self.thread.start()
+
+    def submit(self, job: Job) -> None:
+        with self.cond:
+            if self.stopping:
+                job.fail("the server is shutting down")
+                return
+            (self.scores if job.kind == "score" else self.queue).append(job)
+            self.cond.notify()
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: the job's rows are freed at the next engine call."""
+        if job.done:
+            return
+        with self.cond:
+            job.cancelled = True
+            self.cond.notify()
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """End the thread; unfinished jobs fail."""
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join(timeout)
+
+    @property
+    def active_streams(self) -> int:
+        return len(self.batch)
+
+    @property
+    def queued(self) -> int:
+        return len(self.queue)
+
+    def chars_per_second(self) -> float:
+        """Characters generated per second over the last RATE_WINDOW seconds."""
+        now = time.monotonic()
+        recent = list(self._recent)
+        return sum(n for t, n in recent if t >= now - RATE_WINDOW) / RATE_WINDOW
+
+    # ----- the engine thread
+    def _run(self) -> None:
+        import numba
+
+        # Thread-local in Numba: the HTTP side's threads are not affected.
+        numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        try:
+            while self.step(wait=True):
+                pass
+        finally:
+            self._fail_all("the server is shutting down")
+
+    def step(self, wait: bool = False) -> bool:
+        """One round: the changes between calls (leave, join), one generation call
+        for the batch, one chunk of scoring. wait: block until there is work. Returns
+        False once the engine is stopping."""
+        with self.cond:
+            while wait and not self.stopping and not self._has_work():
+                self.cond.wait()
+            if self.stopping:
+                return False
+            self._leave_cancelled()
+            joining = self._admit()
+            score = self.scores[0] if self.scores else None
+        if joining:
+            self._join(joining)
+        if len(self.batch):
+            self._dispatch(self.batch.advance(self.block))
+        if score is not None:
+            self._score_chunk(score)
+        return True
+
+    def _has_work(self) -> bool:
+        return bool(len(self.batch) or self.queue or self.scores or any(j.cancelled for j in self.active))
+
+    def _leave_cancelled(self) -> None:
+        for job in [j for j in self.active if j.cancelled]:
+            self.batch.drop(job.streams)
+            self._forget(job)
+        for job in [j for j in self.queue if j.cancelled]:
+            self.queue.remove(job)
+            job.push([], done=True)
+        for job in [j for j in self.scores if j.cancelled]:
+            if job is self.scores[0]:
+                self._score_steps = None  # it was being scored
+            self.scores.remove(job)
+            job.push([], done=True)
+
+    def _admit(self) -> list[Job]:
+        """Queued jobs that fit in the batch now, in order (the first that does not fit
+        waits, and so do those behind it)."""
+        joining, rows = [], len(self.batch)
+        while self.queue and rows + self.queue[0].rows <= self.max_streams:
+            job = self.queue.popleft()
+            joining.append(job)
+            rows += job.rows
+        return joining
+
+    def _join(self, jobs: list[Job]) -> None:
+        streams = []
+        for job in jobs:
+            live = [s for s in job.streams if s.remaining > 0]
+            if not live:  # max_tokens 0: nothing to generate
+                job.push([Update(s.index, "", True, None) for s in job.streams], done=True)
+                continue
+            if len(live) < len(job.streams):
+                job.push([Update(s.index, "", True, None) for s in job.streams if s.remaining <= 0])
+            self.active.append(job)
+            for s in live:
+                self.owner[id(s)] = job
+            streams += live
+        first = self.batch.add(streams)  # runs each new prime
+        if first is not None:  # streams that start from a random character
+            self._dispatch(first)
+
+    def _dispatch(self, block) -> None:
+        """Hand each job its streams' new characters; jobs whose streams all ended are done."""
+        chars = self.vocab.chars
+        by_job: dict[int, list[Update]] = {}
+        made = 0
+        for s, ids, n, ended in zip(block.streams, block.ids, block.counts, block.ended):
+            n = int(n)
+            made += n
+            stop = s.stops[s.stopped_by] if ended and s.stopped_by >= 0 else None
+            by_job.setdefault(id(self.owner[id(s)]), []).append(
+                Update(s.index, "".join(chars[j] for j in ids[:n]), bool(ended), stop))
+        self.calls += 1
+        self.generated += made
+        now = time.monotonic()
+        self._recent.append((now, made))
+        while self._recent and self._recent[0][0] < now - RATE_WINDOW:
+            self._recent.popleft()
+        for job in list(self.active):
+            updates = by_job.get(id(job))
+            if updates is None:
+                continue
+            finished = all(s.stopped_by >= 0 or s.remaining <= 0 for s in job.streams)
+            if finished:
+                self._forget(job)
+            job.push(updates, done=finished)
+
+    def _forget(self, job: Job) -> None:
+        self.active.remove(job)
+        for s in job.streams:
+            self.owner.pop(id(s), None)
+        if job.cancelled:
+            job.push([], done=True)
+
+    def _score_chunk(self, job: Job) -> None:
+        import numba
+
+        from charrnn.evaluate import score_steps
+
+        if self._score_steps is None:
+            self._score_steps = score_steps(self.model.network, job.ids)
+        # On as many threads as `charrnn evaluate` (all cores): a score's last digits
+        # depend on how its sums are split between threads.
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        try:
+            total = next(self._score_steps, None)
+        finally:
+            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+        if total is None:  # the last chunk was the previous one
+            self._score_steps = None
+            with self.cond:
+                self.scores.popleft()
+            job.push([], done=True)
+            return
+        job.result = total
+
+    def _fail_all(self, message: str) -> None:
+        with self.cond:
+            jobs = [*self.active, *self.queue, *self.scores]
+            self.active, self.queue, self.scores = [], collections.deque(), collections.deque()
+        for job in jobs:
+            job.fail(message)
