@@ -295,11 +295,12 @@ class Engine:
             self._score_steps = score_steps(self.model.network, job.ids)
         # On as many threads as `charrnn evaluate` (all cores): a score's last digits
         # depend on how its sums are split between threads.
+        before = numba.get_num_threads()
         numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
         try:
             total = next(self._score_steps, None)
         finally:
-            numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
+            numba.set_num_threads(before)
         if total is None:  # the last chunk was the previous one
             self._score_steps = None
             with self.cond:

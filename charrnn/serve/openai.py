@@ -229,11 +229,11 @@ class ChoiceText:
         return out
 
     def _partial_stop(self, text: str, limit: int) -> int:
-        """The length (at most limit) of the longest end of text that begins a stop string."""
-        for n in range(min(limit, self.width), 0, -1):
-            end = text[-n:]
-            if any(s.startswith(end) for s in self.stops):
-                return n
+        """How much of the longest end of text that begins a stop string lies in its
+        last `limit` characters (the rest is in the prompt or already given out)."""
+        for n in range(min(len(text), self.width), 0, -1):
+            if any(s.startswith(text[-n:]) for s in self.stops):
+                return min(n, limit)
         return 0
 
 
