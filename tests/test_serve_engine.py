@@ -223,3 +223,21 @@ def test_an_idle_engine_blocks_and_stopping_fails_what_is_left(model, loop):
     late = job_of(model, loop, 1, 1, length=5)
     engine.submit(late)
     assert late.done and late.error == "the server is shutting down"
+
+
+def test_the_block_grows_while_calls_are_quick_and_never_falls_below_16(model):
+    from charrnn.serve.engine import BLOCK, CALL_TIME, MAX_BLOCK
+
+    engine = Engine(model, max_streams=64, threads=1)
+    assert engine.block_size() == BLOCK  # nothing measured yet
+    engine.batch.streams = [None]  # a batch of 1 (only its length is read)
+    engine._step_time = (CALL_TIME / 40, 1)
+    assert engine.block_size() == 40
+    engine._step_time = (CALL_TIME / 1000, 1)
+    assert engine.block_size() == MAX_BLOCK
+    engine.batch.streams = [None] * 16  # grew since: the step time is scaled up with it
+    engine._step_time = (CALL_TIME / 160, 1)
+    assert engine.block_size() == BLOCK
+    engine._step_time = (CALL_TIME / 4, 16)
+    assert engine.block_size() == BLOCK
+    assert Engine(model, max_streams=4, threads=1, block=3).block_size() == 3

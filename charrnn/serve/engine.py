@@ -1,10 +1,10 @@
 """The server's engine: one thread that owns the model and a charrnn.sample.Batch.
 
-Continuous batching: every active request's streams advance together, BLOCK
-characters per stream per engine call; between calls, requests whose client went
-away leave, and queued requests join while the batch has rows free (at most
-max_streams streams; a request with n choices takes n rows and joins whole, in the
-order requests came). A stream's text does not depend on what else runs beside it
+Continuous batching: every active request's streams advance together, a block of
+characters per stream per engine call (see BLOCK); between calls, requests whose
+client went away leave, and queued requests join while the batch has rows free (at
+most max_streams streams; a request with n choices takes n rows and joins whole, in
+the order requests came). A stream's text does not depend on what else runs beside it
 (see charrnn.sample.Batch). Scoring (/v1/score) runs here too, one chunk of the text
 between two generation calls, so a long text does not stall generation for long.
 
@@ -22,13 +22,19 @@ import threading
 import time
 from dataclasses import dataclass
 
-# Characters per stream per engine call. An engine call costs a fixed Python and
-# dispatch overhead (tens of microseconds, plus a few per stream) on top of the
-# compute; 16 characters make that overhead small next to even a batch-1 call of an
-# LSTM 2x256 (16 x ~50 us), while a request that arrives waits at most one call of
-# 16 steps to join and sees its first characters one call after that (a few
-# milliseconds even for 64 streams), and streamed text arrives in small pieces.
-BLOCK = 16
+# Characters per stream per engine call: BLOCK, or more (up to MAX_BLOCK) while the
+# batch is small enough that a call still takes under CALL_TIME.
+#
+# An engine call costs a fixed Python and dispatch overhead (about 0.1 ms, plus a few
+# microseconds per stream) on top of the compute, and a request that arrives waits
+# for the call under way to end before it joins, then one call more for its first
+# characters. For an LSTM 2x256 on one core a step takes ~45 us at batch 1 and ~0.3 ms
+# at batch 16, so 16 characters a call keep the overhead near 5% at batch 16 and
+# up, while a newcomer waits ~5 ms (~20 ms at batch 64) to join. At batch 1, 16 steps
+# are only ~0.7 ms and the overhead would be ~12%: the block then grows (64, as
+# `charrnn sample` uses, at ~3 ms a call), which a joining request hardly notices.
+BLOCK, MAX_BLOCK = 16, 64
+CALL_TIME = 0.004  # seconds: a call may take this long to use a block above BLOCK
 RATE_WINDOW = 5.0  # seconds over which characters/s is measured
 
 
@@ -117,11 +123,12 @@ class Job:
 class Engine:
     """The engine thread and its queue (see the module's doc)."""
 
-    def __init__(self, model, max_streams: int, threads: int | None = None, block: int = BLOCK):
+    def __init__(self, model, max_streams: int, threads: int | None = None, block: int | None = None):
         from charrnn.sample import Batch
 
         self.model, self.vocab = model, model.checkpoint.vocab
-        self.max_streams, self.block = max_streams, block
+        self.max_streams, self.block = max_streams, block  # block None: chosen per call (block_size)
+        self._step_time = None  # (seconds per step of the last call, its batch size)
         self.threads = threads or engine_threads()
         self.batch = Batch(model.network, self.vocab)
         self.owner: dict[int, Job] = {}  # id(stream) -> its job
@@ -205,10 +212,24 @@ class Engine:
         if joining:
             self._join(joining)
         if len(self.batch):
-            self._dispatch(self.batch.advance(self.block))
+            k, rows, start = self.block_size(), len(self.batch), time.perf_counter()
+            self._dispatch(self.batch.advance(k))
+            self._step_time = ((time.perf_counter() - start) / k, rows)
         if score is not None:
             self._score_chunk(score)
         return True
+
+    def block_size(self) -> int:
+        """Characters per stream for the next call: BLOCK, or up to MAX_BLOCK when the
+        last call's time per step says that the call still takes under CALL_TIME (the
+        step time scaled up with the batch, if it grew since)."""
+        if self.block is not None:
+            return self.block
+        if self._step_time is None:
+            return BLOCK
+        seconds, rows = self._step_time
+        step = seconds * max(1.0, len(self.batch) / max(1, rows))
+        return max(BLOCK, min(MAX_BLOCK, int(CALL_TIME / max(step, 1e-9))))
 
     def _has_work(self) -> bool:
         return bool(len(self.batch) or self.queue or self.scores or any(j.cancelled for j in self.active))
