@@ -214,6 +214,7 @@ def test_engine_threads_leave_a_core_to_the_http_side():
 def test_an_idle_engine_blocks_and_stopping_fails_what_is_left(model, loop):
     engine = Engine(model, max_streams=4, threads=1)
     engine.start()
+    assert engine.ready.wait(60)  # warmed up
     time.sleep(0.2)
     cpu, wall = time.process_time(), time.monotonic()
     time.sleep(0.5)

@@ -140,7 +140,10 @@ class Server:
 
     # ----- open routes
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "api_key_required": self.config.api_key is not None})
+        """200 {"status": "ok"} once the engine is ready; 503 {"status": "loading"} before."""
+        ready = self.engine.ready.is_set()
+        return JSONResponse({"status": "ok" if ready else "loading",
+                             "api_key_required": self.config.api_key is not None}, status_code=200 if ready else 503)
 
     async def playground(self, request: Request) -> Response:
         page = resources.files("charrnn.serve").joinpath("static/playground.html").read_text(encoding="utf-8")

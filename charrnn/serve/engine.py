@@ -137,6 +137,7 @@ class Engine:
         self.scores: collections.deque[Job] = collections.deque()
         self.cond = threading.Condition()
         self.stopping = False
+        self.ready = threading.Event()  # set once the kernels are loaded
         self.generated = 0  # characters generated, ever
         self.calls = 0
         self._recent: collections.deque[tuple[float, int]] = collections.deque()
@@ -192,10 +193,27 @@ class Engine:
         # Thread-local in Numba: the HTTP side's threads are not affected.
         numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         try:
+            self._warm_up()
+            self.ready.set()
             while self.step(wait=True):
                 pass
         finally:
             self._fail_all("the server is shutting down")
+
+    def _warm_up(self) -> None:
+        """Load the compiled kernels (from Numba's cache: about a second) before the
+        first request rather than during it: a prime, a few characters and a score.
+        Requests that come meanwhile wait in the queue."""
+        from charrnn.config import SampleConfig
+        from charrnn.evaluate import score_ids
+        from charrnn.sample import Batch, Stream
+
+        prime = self.vocab.chars[0] * 2
+        batch = Batch(self.model.network, self.vocab)
+        batch.add([Stream(self.vocab, SampleConfig(prime=prime, length=2), 0)])
+        while len(batch):
+            batch.advance(2)
+        score_ids(self.model.network, self.vocab.encode(prime))
 
     def step(self, wait: bool = False) -> bool:
         """One round: the changes between calls (leave, join), one generation call
