@@ -3,6 +3,7 @@ Ctrl-C or SIGTERM (the engine thread ended, exit status 128 + the signal)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ipaddress
 import signal
@@ -17,6 +18,7 @@ from charrnn.serve.app import Server, create_app, model_id_of
 from charrnn.serve.engine import Engine
 
 GRACE = 5.0  # seconds open connections get to finish once the server stops
+CLOSE_AFTER = 1.0  # seconds after which a response still under way is cut off (its client does not read)
 
 
 def is_loopback(host: str) -> bool:
@@ -72,7 +74,23 @@ class _Uvicorn(uvicorn.Server):
 
     async def shutdown(self, sockets=None) -> None:
         self.engine.stop(timeout=0)  # open streams end now; the lifespan joins the thread
+        # A stream whose client does not read cannot send its end: after a moment,
+        # close such connections, as a client that went away would be.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + CLOSE_AFTER
+        while any(_busy(c) for c in self.server_state.connections) and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for connection in list(self.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if _busy(connection) and transport is not None:
+                transport.close()
         await super().shutdown(sockets)
+
+
+def _busy(connection) -> bool:
+    """Whether a uvicorn connection is in the middle of a response."""
+    cycle = getattr(connection, "cycle", None)
+    return cycle is not None and not cycle.response_complete
 
 
 def url(host: str, port: int) -> str:
