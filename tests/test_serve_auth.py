@@ -1,7 +1,10 @@
 """`charrnn serve` with an API key (from CHARRNN_API_KEY), how it starts and stops
 (exit statuses, the warning beyond loopback), and its missing dependencies."""
 
+import json
 import signal
+import socket
+import time
 
 import pytest
 from click.testing import CliRunner
@@ -80,6 +83,19 @@ def test_ctrl_c_and_sigterm_stop_it_with_the_shells_status_even_mid_stream(check
     assert "stopped" in s.stderr and "Traceback" not in s.stderr
 
 
+def test_a_client_that_does_not_read_does_not_hold_up_the_stop(checkpoint):
+    s = ServerProcess(checkpoint, "--max-length", 50_000_000).start()
+    host, port = s.url[len("http://"):].rsplit(":", 1)
+    body = json.dumps({"max_tokens": 50_000_000, "stream": True}).encode()
+    with socket.create_connection((host, int(port))) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        time.sleep(1.0)  # its buffers fill up: the server cannot send more
+        start = time.monotonic()
+        assert s.stop(signal.SIGTERM, timeout=30) == 143
+        assert time.monotonic() - start < 4.0  # not the 5 s grace period, and no traceback
+    assert "Traceback" not in s.stderr and "Exception" not in s.stderr
+
+
 def test_beyond_loopback_without_a_key_it_warns(checkpoint):
     with ServerProcess(checkpoint, "--host", "0.0.0.0") as s:
         s.url = s.url.replace("0.0.0.0", "127.0.0.1")
@@ -104,7 +120,8 @@ def test_without_starlette_and_uvicorn_it_says_what_to_install(monkeypatch, chec
     import importlib.util
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else find_spec(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "uvicorn" else find_spec(name, *a))
     result = CliRunner().invoke(cli, ["serve", str(checkpoint)])
     assert result.exit_code == 1
     assert result.output.strip() == "Error: charrnn serve needs starlette and uvicorn: pip install 'charrnn[serve]'"
