@@ -242,3 +242,38 @@ def test_the_block_grows_while_calls_are_quick_and_never_falls_below_16(model):
     engine._step_time = (CALL_TIME / 4, 16)
     assert engine.block_size() == BLOCK
     assert Engine(model, max_streams=4, threads=1, block=3).block_size() == 3
+
+
+def test_a_fault_in_a_call_fails_the_requests_under_way_and_the_engine_goes_on(model, loop):
+    engine = Engine(model, max_streams=4, threads=1)
+    engine.start()
+    assert engine.ready.wait(60)
+    original, calls = model.network.generate, []
+
+    def faulty(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return original(*args, **kwargs)
+
+    model.network.generate = faulty
+    try:
+        hit = job_of(model, loop, 2, 1, length=50)
+        engine.submit(hit)
+        assert wait_until(lambda: hit.done)
+        assert hit.error_code == "internal_error" and "RuntimeError: boom" in hit.error
+        later = job_of(model, loop, 1, 2, length=30, temperature=1.0)
+        engine.submit(later)
+        assert wait_until(lambda: later.done) and later.error is None
+        assert texts_of(later) == [generate(model.network, model.checkpoint.vocab, 30, 1.0, "", 2)]
+        assert engine.active_streams == 0
+    finally:
+        model.network.generate = original
+        engine.stop()
+
+
+def wait_until(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()

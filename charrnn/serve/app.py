@@ -31,7 +31,7 @@ from charrnn.serve.openai import (ChoiceText, RequestError, completion_body, com
 MAX_BODY = 1 << 20  # bytes: a larger request body is refused (413)
 # The outcome (see metrics.OUTCOMES) of a request answered with an error status; any
 # other 4xx is "invalid". 499: the client went away before its answer was ready.
-OUTCOME_OF_STATUS = {499: "disconnected", 503: "unavailable"}
+OUTCOME_OF_STATUS = {499: "disconnected", 500: "error", 503: "unavailable"}
 
 
 def model_id_of(path) -> str:
@@ -130,6 +130,9 @@ class Server:
                     if e.status != 401:
                         self.counters.count(endpoint, OUTCOME_OF_STATUS.get(e.status, "invalid"))
                     return error_response(e)
+                except Exception:  # a fault of the server: answered 500 by server_error
+                    self.counters.count(endpoint, "error")
+                    raise
                 if not isinstance(response, EventStream):
                     self.counters.count(endpoint, "ok")
                 return response
@@ -202,11 +205,18 @@ class Server:
             async for _ in job.updates():
                 pass
         if job.error:
-            raise RequestError(503, job.error, None, "shutting_down", "server_error")
+            raise job_error(job)
         if job.cancelled:
             raise RequestError(499, "the client went away", None, "client_closed_request")
         return JSONResponse({"object": "score", "model": self.model_id,
                              **perplexity_report(job.result, len(ids) - 1)})
+
+
+def job_error(job: Job) -> RequestError:
+    """Why the engine gave up on a job, as an error: 503 when the server is stopping,
+    500 for a fault of the engine."""
+    status = 503 if job.error_code == "shutting_down" else 500
+    return RequestError(status, job.error, None, job.error_code, "server_error")
 
 
 @contextlib.asynccontextmanager
@@ -259,7 +269,7 @@ class Answer:
                     out[i] += text
                     finish[i] = reason or finish[i]
         if self.job.error:
-            raise RequestError(503, self.job.error, None, "shutting_down", "server_error")
+            raise job_error(self.job)
         if self.job.cancelled:
             raise RequestError(499, "the client went away", None, "client_closed_request")
         return completion_body(self.id, self.created, self.server.model_id, out, finish, self.usage(),
@@ -282,8 +292,8 @@ class Answer:
                 if pieces:
                     yield "".join(pieces)
             if self.job.error:
-                outcome = "unavailable"
-                yield sse(error_body(self.job.error, "server_error", None, "shutting_down"))
+                outcome = OUTCOME_OF_STATUS[job_error(self.job).status]
+                yield sse(job_error(self.job).body())
                 return
             if self.job.cancelled:
                 return
@@ -292,6 +302,9 @@ class Answer:
                            "model": server.model_id, "choices": [], "usage": self.usage(), "seed": seed})
             yield "data: [DONE]\n\n"
             outcome = "ok"
+        except Exception:
+            outcome = "error"
+            raise
         finally:
             server.engine.cancel(self.job)
             server.counters.count("completions", outcome)

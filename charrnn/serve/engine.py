@@ -20,6 +20,7 @@ import collections
 import os
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 
 # Characters per stream per engine call: BLOCK, or more (up to MAX_BLOCK) while the
@@ -75,7 +76,8 @@ class Job:
         self.kind = "score" if ids is not None else "generate"
         self.rows = len(self.streams)
         self.result = None  # score: the summed nats
-        self.error: str | None = None  # why the engine gave up on it (the server stopping)
+        self.error: str | None = None  # why the engine gave up on it
+        self.error_code = "shutting_down"  # ... "shutting_down" (the server stopping) or "internal_error"
         self.done = False
         self.cancelled = False
         self.queued_at = time.monotonic()
@@ -96,8 +98,8 @@ class Job:
             except RuntimeError:  # the loop is closed: nobody is reading
                 pass
 
-    def fail(self, message: str) -> None:
-        self.error = message
+    def fail(self, message: str, code: str = "shutting_down") -> None:
+        self.error, self.error_code = message, code
         self.push([], done=True)
 
     # ----- the event loop's side
@@ -195,10 +197,30 @@ class Engine:
         try:
             self._warm_up()
             self.ready.set()
-            while self.step(wait=True):
-                pass
+            while True:
+                try:
+                    if not self.step(wait=True):
+                        break
+                except Exception as e:  # a fault: the requests under way fail, the engine goes on
+                    traceback.print_exc()
+                    self._recover(f"internal error in the engine: {type(e).__name__}: {e}")
         finally:
             self._fail_all("the server is shutting down")
+
+    def _recover(self, message: str) -> None:
+        """After a fault in a call: fail the jobs in the batch (and the one being
+        scored) and start again with an empty batch; queued jobs wait as before."""
+        from charrnn.sample import Batch
+
+        with self.cond:
+            jobs, self.active = self.active, []
+            if self._score_steps is not None and self.scores:
+                jobs.append(self.scores.popleft())
+            self._score_steps = None
+        self.batch = Batch(self.model.network, self.vocab)
+        self.owner.clear()
+        for job in jobs:
+            job.fail(message, "internal_error")
 
     def _warm_up(self) -> None:
         """Load the compiled kernels (from Numba's cache: about a second) before the
