@@ -26,14 +26,15 @@ from dataclasses import dataclass
 # Characters per stream per engine call: BLOCK, or more (up to MAX_BLOCK) while the
 # batch is small enough that a call still takes under CALL_TIME.
 #
-# An engine call costs a fixed Python and dispatch overhead (about 0.1 ms, plus a few
-# microseconds per stream) on top of the compute, and a request that arrives waits
-# for the call under way to end before it joins, then one call more for its first
+# An engine call costs a fixed Python and dispatch overhead (measured: ~50 us plus
+# ~12 us per stream) on top of the compute, and a request that arrives waits for the
+# call under way to end before it joins, then one call more for its first
 # characters. For an LSTM 2x256 on one core a step takes ~45 us at batch 1 and ~0.3 ms
-# at batch 16, so 16 characters a call keep the overhead near 5% at batch 16 and
-# up, while a newcomer waits ~5 ms (~20 ms at batch 64) to join. At batch 1, 16 steps
-# are only ~0.7 ms and the overhead would be ~12%: the block then grows (64, as
-# `charrnn sample` uses, at ~3 ms a call), which a joining request hardly notices.
+# at batch 16, so 16 characters a call keep the overhead near 5% at batch 16 and up,
+# while a newcomer waits ~5 ms (~20 ms at batch 64) to join. At batch 1, 16 steps are
+# only ~0.7 ms (overhead ~7%, and an event for the client every 0.7 ms): the block
+# then grows, to 64 (as `charrnn sample` uses) at ~3 ms a call, which a joining
+# request hardly notices.
 BLOCK, MAX_BLOCK = 16, 64
 CALL_TIME = 0.004  # seconds: a call may take this long to use a block above BLOCK
 RATE_WINDOW = 5.0  # seconds over which characters/s is measured
