@@ -155,12 +155,9 @@ async def level(url: str, clients: int, chars: int, seed: int) -> tuple[float, l
     return total / elapsed, [f for _, f in results]
 
 
-def measure(url: str, clients: int, chars: int, rounds: int) -> dict:
-    rates, firsts = [], []
-    for r in range(rounds):
-        rate, first = asyncio.run(level(url, clients, chars, 1000 * r))
-        rates.append(rate)
-        firsts += first
+def summary(runs: list[tuple[float, list[float]]], clients: int) -> dict:
+    """The median rate of a level's runs; the median and slowest first character over all of them."""
+    rates, firsts = [r for r, _ in runs], [f for _, fs in runs for f in fs]
     return {"clients": clients, "rate": statistics.median(rates), "per_client": statistics.median(rates) / clients,
             "ttfc_median": statistics.median(firsts), "ttfc_max": max(firsts)}
 
@@ -183,24 +180,30 @@ def main(argv=None) -> int:
 
         cfg = charrnn.load(checkpoint).config
         flops = forward_flops_per_char(cfg.cell, cfg.layers, cfg.hidden, cfg.embed, cfg.vocab_size)
-        print("measuring the GEMM peak and batch-1 charrnn sample ...", file=sys.stderr, flush=True)
+        print("measuring the GEMM peak ...", file=sys.stderr, flush=True)
         peak = gemm_peak()
-        sample2 = sample_rate(checkpoint, max(5000, args.chars))
-        sample1 = sample_rate(checkpoint, max(5000, args.chars), threads=1)
-        results = {}
-        configs = [("1 engine thread (default)", ())]
+        configs = [("1 engine thread (default)", (), levels)]
         if not args.no_compare:
-            configs.append(("2 engine threads", ("--threads", "2")))
-        for name, extra in configs:
-            print(f"serving with {name} ...", file=sys.stderr, flush=True)
-            server = Server(checkpoint, "--max-length", str(args.chars), *extra)
-            try:
-                for clients in (levels if not extra else [c for c in levels if c in (1, 16)]):
-                    results[(name, clients)] = measure(server.url, clients, args.chars, args.rounds)
-                    r = results[(name, clients)]
-                    print(f"  {clients:>3} clients: {r['rate']:,.0f} chars/s", file=sys.stderr, flush=True)
-            finally:
+            configs.append(("2 engine threads", ("--threads", "2"), [c for c in levels if c in (1, 16)]))
+        servers = [Server(checkpoint, "--max-length", str(args.chars), *extra) for _, extra, _ in configs]
+        runs: dict = {}
+        try:
+            # Round by round, every setup in turn: a change in the machine's load
+            # during the run then touches every row alike.
+            for r in range(args.rounds):
+                print(f"round {r + 1} of {args.rounds}: charrnn sample ...", file=sys.stderr, flush=True)
+                runs.setdefault("sample2", []).append(sample_rate(checkpoint, max(5000, args.chars)))
+                runs.setdefault("sample1", []).append(sample_rate(checkpoint, max(5000, args.chars), threads=1))
+                for (name, _, config_levels), server in zip(configs, servers):
+                    for clients in config_levels:
+                        run = asyncio.run(level(server.url, clients, args.chars, 1000 * r))
+                        runs.setdefault((name, clients), []).append(run)
+                        print(f"  {name}, {clients:>3} clients: {run[0]:,.0f} chars/s", file=sys.stderr, flush=True)
+        finally:
+            for server in servers:
                 server.stop()
+        sample2, sample1 = statistics.median(runs.pop("sample2")), statistics.median(runs.pop("sample1"))
+        results = {key: summary(value, key[1]) for key, value in runs.items()}
 
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = re.search(r"Model name:\s*(.+)", lscpu)
