@@ -77,8 +77,9 @@ class EventStream(StreamingResponse):
 
     media_type = "text/event-stream"
 
-    def __init__(self, content):
+    def __init__(self, content, on_close=None):
         super().__init__(content, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.on_close = on_close  # called at the end, also when the stream never began
 
     async def __call__(self, scope, receive, send) -> None:
         try:
@@ -93,6 +94,8 @@ class EventStream(StreamingResponse):
                 group.cancel_scope.cancel()
         finally:
             await self.body_iterator.aclose()
+            if self.on_close is not None:
+                self.on_close()
 
 
 class Server:
@@ -189,7 +192,7 @@ class Server:
         self.engine.submit(job)
         answer = Answer(self, job, req)
         if req.stream:
-            return EventStream(answer.events())
+            return EventStream(answer.events(), on_close=lambda: self.engine.cancel(job))
         return JSONResponse(await answer.whole(request))
 
     @api("score")
