@@ -60,6 +60,8 @@ def test_health_models_and_the_playground(client, server):
     models = client.get("/v1/models").json()
     assert models["object"] == "list" and [m["id"] for m in models["data"]] == ["best.safetensors"]
     assert client.get("/v1/models/best.safetensors").json()["id"] == "best.safetensors"
+    other = client.get("/v1/models/gpt-4")
+    assert other.status_code == 404 and other.json()["error"]["code"] == "model_not_found"
     page = client.get("/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     # one self-contained page: nothing loaded from elsewhere
@@ -98,6 +100,15 @@ def test_streamed_text_equals_the_whole_answer(client):
     assert finish == [c["finish_reason"] for c in whole["choices"]]
     for c in chunks[:-1]:
         assert c["object"] == "text_completion" and c["id"] == chunks[0]["id"] and c["model"] == "best.safetensors"
+
+
+def test_a_stream_can_end_with_the_usage(client):
+    chunks = complete_streamed(client, prompt="AB", max_tokens=30, n=2, seed=1,
+                               stream_options={"include_usage": True})
+    last = chunks[-2]
+    assert last["choices"] == [] and last["usage"] == {"prompt_tokens": 2, "completion_tokens": 60,
+                                                       "total_tokens": 62}
+    assert all("usage" not in c for c in chunks[:-2])
 
 
 def test_n_choices_are_the_samples_of_num_samples(client, model):
