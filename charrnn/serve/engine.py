@@ -196,7 +196,10 @@ class Engine:
         # Thread-local in Numba: the HTTP side's threads are not affected.
         numba.set_num_threads(min(self.threads, numba.config.NUMBA_NUM_THREADS))
         try:
-            self._warm_up()
+            try:
+                self._warm_up()
+            except Exception:  # the first requests will load the kernels instead (and meet the fault)
+                traceback.print_exc()
             self.ready.set()
             while True:
                 try:
