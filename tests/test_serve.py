@@ -15,7 +15,7 @@ import charrnn
 from charrnn.cli import cli
 from charrnn.sample import sample_seed
 
-MAX_LENGTH = 200_000
+MAX_LENGTH = 5_000_000  # a request that long runs for many seconds: it can be stopped mid-way
 
 
 @pytest.fixture(scope="module")
@@ -258,7 +258,7 @@ def test_a_client_that_goes_away_frees_its_rows(server, client):
                 if line.startswith("data: "):
                     break
             assert metrics(client, server.url)[("charrnn_active_streams", "")] == 3
-    # the connection is closed: the rows leave at the next engine call, long before the 200,000 characters
+    # the connection is closed: the rows leave at the next engine call, long before the 5,000,000 characters
     assert wait_for(lambda: metrics(client, server.url)[("charrnn_active_streams", "")] == 0, timeout=10)
     key = ("charrnn_requests_total", 'endpoint="completions",outcome="disconnected"')
     assert wait_for(lambda: metrics(client, server.url).get(key, 0) == before.get(key, 0) + 1)
