@@ -254,9 +254,8 @@ def test_a_client_that_goes_away_frees_its_rows(server, client):
     before = metrics(client, server.url)
     with httpx.Client(base_url=server.url, timeout=60) as c:
         with c.stream("POST", "/v1/completions", json=dict(max_tokens=MAX_LENGTH, n=3, stream=True)) as response:
-            for line in response.iter_lines():
-                if line.startswith("data: "):
-                    break
+            lines = response.iter_lines()  # kept: a closed iterator would close the connection
+            assert next(line for line in lines if line.startswith("data: "))
             assert metrics(client, server.url)[("charrnn_active_streams", "")] == 3
     # the connection is closed: the rows leave at the next engine call, long before the 5,000,000 characters
     assert wait_for(lambda: metrics(client, server.url)[("charrnn_active_streams", "")] == 0, timeout=10)
