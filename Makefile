@@ -26,7 +26,7 @@ $(BIN)/python:
 
 # Reinstall when the project's metadata changes.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,serve]'
 	@# The PyTorch parity tests need torch 2.13.0. It is installed only when pip can
 	@# get it without the network (a local wheel, as on our CI machines); otherwise
 	@# those tests are skipped. `make test TORCH=1` installs it from the index.

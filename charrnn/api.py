@@ -157,34 +157,37 @@ class Model:
     def score(self, text: str, skip_unknown: bool = False) -> Score:
         """How well the model predicts text (see Score). Characters the model does not
         know are an UnknownCharactersError naming them, or dropped with skip_unknown."""
-        ids = self._known_ids(text, skip_unknown)
+        ids = self.score_input(text, skip_unknown)
         with self._lock:
-            scored = score_text(self.network, ids, self._end, self.lines)
+            scored = score_text(self.network, ids, self.end_id, self.lines)
         return Score(**scored.report())
 
     def score_lines(self, text: str, skip_unknown: bool = False) -> list[LineScore]:
         """Every line of text scored, as `charrnn evaluate --per-line` does: for ranking
         candidates (names by likelihood) or finding odd lines."""
-        ids = self._known_ids(text, skip_unknown)
+        ids = self.score_input(text, skip_unknown)
         with self._lock:
-            scored = score_text(self.network, ids, self._end, self.lines)
+            scored = score_text(self.network, ids, self.end_id, self.lines)
         decode = self.checkpoint.vocab.decode
         return [LineScore(i, decode(ids[a:b]), nats, nats / count if count else None)
                 for i, (a, b, nats, count) in enumerate(scored.lines, start=1)]
 
     @property
-    def _end(self) -> int:
+    def end_id(self) -> int:
+        """The id of the newline (line mode's start marker and end token), -1 if there is none."""
         chars = self.checkpoint.vocab.chars
         return chars.index("\n") if "\n" in chars else -1
 
-    def _known_ids(self, text: str, skip_unknown: bool) -> np.ndarray:
+    def score_input(self, text: str, skip_unknown: bool = False) -> np.ndarray:
+        """The ids score() runs on, or the error it raises (a server checks a request
+        before it queues it)."""
         vocab = self.checkpoint.vocab
         missing = vocab.missing(text)
         if missing and not skip_unknown:
             raise UnknownCharactersError(f"the text has characters not in the model's vocabulary: "
                                          f"{describe_chars(missing)}", missing)
         ids = vocab.encode("".join(c for c in text if c not in set(missing))).astype(np.int64)
-        if self.lines and not (ids != self._end).any():
+        if self.lines and not (ids != self.end_id).any():
             raise CharrnnError("the text has no line with known characters: nothing to score")
         if not self.lines and ids.size < 2:
             raise CharrnnError(f"the text has {ids.size} known character{'s' if ids.size != 1 else ''}: at least "

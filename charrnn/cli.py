@@ -14,8 +14,8 @@ import sys
 import click
 
 from charrnn import __version__
-from charrnn.config import (ModelConfig, SampleConfig, Setting, TrainConfig, parse_duration, parse_steps_or_duration,
-                            render_help, settings_of)
+from charrnn.config import (ModelConfig, SampleConfig, ServeConfig, Setting, TrainConfig, parse_duration,
+                            parse_steps_or_duration, render_help, settings_of)
 from charrnn.errors import CharrnnError, SettingError, as_flag, render
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -81,6 +81,8 @@ def _option(s: Setting, check_early: bool):
     if shown is not None:
         text += f"  [default: {shown}]"
     kwargs = dict(help=text, default=None)
+    if s.env:
+        kwargs.update(envvar=s.env, show_envvar=True)
     if s.kind == "flag":
         kwargs["is_flag"] = True
     elif s.kind == "choice":
@@ -418,6 +420,33 @@ def info(path, as_json):
 
     described = describe(path)
     click.echo(json.dumps(described) if as_json else format_text(described))
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path())
+@setting_options(ServeConfig, check_early=True)
+@user_errors
+def serve(checkpoint, **settings):
+    """Serve a checkpoint over HTTP: an OpenAI-compatible completions API, scoring,
+    health, Prometheus metrics and a web playground at /.
+
+    Requests are generated together (continuous batching); each gives the text it
+    gives alone, the same as `charrnn sample` with the same seed. Ctrl-C or SIGTERM
+    stops the server. Needs the extra: pip install 'charrnn[serve]'.
+
+    \b
+    Example:
+      charrnn serve runs/shakespeare/best.safetensors --port 8000
+      curl localhost:8000/v1/completions -d '{"prompt": "ROMEO:", "max_tokens": 200}'
+    """
+    from charrnn.serve import missing_dependencies
+
+    missing = missing_dependencies()
+    if missing:
+        raise click.ClickException(missing)
+    from charrnn.serve.main import main as serve_main
+
+    serve_main(checkpoint, ServeConfig(**given(settings)))
 
 
 def main():

@@ -139,7 +139,8 @@ KINDS = ("int", "float", "choice", "duration", "steps-or-duration", "flag", "tex
 class Setting:
     """One setting: name, default, help (other settings as {name}), kind (see KINDS),
     rule (None: any value of the kind), choices (kind "choice"), whether None means
-    "not set" (optional), a short flag, and whether the command line has it."""
+    "not set" (optional), a short flag, whether the command line has it, and the
+    environment variable it is also read from (the flag wins)."""
 
     name: str
     default: Any
@@ -150,6 +151,7 @@ class Setting:
     optional: bool = False
     short: str | None = None
     cli: bool = True
+    env: str | None = None
 
     def check(self, value) -> Any:
         """The value as the config keeps it (a duration given as text becomes seconds),
@@ -441,3 +443,30 @@ class SampleConfig(Settings):
     @property
     def dry(self) -> bool:
         return self.dry_multiplier > 0
+
+# ----- serving ---------------------------------------------------------------------
+
+PORT = Rule(lambda v: is_int(v) and 0 <= v <= 65535, "a port number in [0, 65535] (0: any free port)")
+
+
+@dataclass(frozen=True)
+class ServeConfig(Settings):
+    """How `charrnn serve` runs (see charrnn/serve)."""
+
+    WHAT = "server settings"
+
+    host: str = setting("127.0.0.1", "Address to listen on: 127.0.0.1 is this machine only, 0.0.0.0 every "
+                        "interface (then set {api_key}).", "text", Rule(lambda v: isinstance(v, str) and v != "",
+                                                                        "an address"))
+    port: int = setting(8000, "Port to listen on (0: any free one; the address is printed on stderr).", "int",
+                        PORT)
+    api_key: str | None = setting(None, "Require 'Authorization: Bearer KEY' on the API (/v1/..., /metrics); "
+                                  "/health and the playground page stay open.", "text",
+                                  Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+                                  optional=True, env="CHARRNN_API_KEY")
+    max_streams: int = setting(64, "Streams generated together at most (a request with n samples takes n); "
+                               "further requests wait in a queue.", "int", POSITIVE_INT)
+    max_length: int = setting(4096, "The most characters one request may generate (its max_tokens).", "int",
+                              POSITIVE_INT)
+    threads: int | None = setting(None, "Numba threads of the engine (default: one less than the cores, at "
+                                  "least 1, leaving a core to the HTTP side).", "int", POSITIVE_INT, optional=True)

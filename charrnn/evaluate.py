@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import sys
 from collections import Counter
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
@@ -54,12 +55,19 @@ def char_losses(net: Network, ids: np.ndarray, chunk: int = 1024) -> np.ndarray:
     """The cross-entropy (nats) of predicting each ids[i] from ids[:i], i >= 1: one
     stream from a zero state, as score_ids(streams=1) sums them. (len(ids) - 1,)."""
     out = np.zeros(max(0, len(ids) - 1))
+    for _ in _char_loss_chunks(net, ids, out, chunk):
+        pass
+    return out
+
+
+def _char_loss_chunks(net: Network, ids: np.ndarray, out: np.ndarray, chunk: int):
+    """char_losses into out, one chunk per step of the iteration."""
     state = RecurrentState.zeros(net.cfg, 1, net.params.dtype)
     for start in range(0, out.size, chunk):
         stop = min(out.size, start + chunk)
         rows, state = net.loss_rows(ids[start:stop].reshape(-1, 1), ids[start + 1:stop + 1].reshape(-1, 1), state)
         out[start:stop] = rows[:, 0]
-    return out
+        yield
 
 
 def line_losses(net: Network, lines: list[np.ndarray], end: int, batch: int = 64) -> np.ndarray:
@@ -67,13 +75,20 @@ def line_losses(net: Network, lines: list[np.ndarray], end: int, batch: int = 64
     predicting its characters and then its end (len(line) + 1 predictions). Lines of
     like length are scored together, padded."""
     out = np.zeros(len(lines))
+    for _ in _line_loss_batches(net, lines, end, batch, out):
+        pass
+    return out
+
+
+def _line_loss_batches(net: Network, lines: list[np.ndarray], end: int, batch: int, out: np.ndarray):
+    """line_losses into out, one batch of lines per step of the iteration."""
     order = sorted(range(len(lines)), key=lambda i: len(lines[i]))
     for i in range(0, len(order), batch):
         chosen = order[i:i + batch]
         x, y = pad([lines[j] for j in chosen], len(chosen), end)
         rows, _ = net.loss_rows(x, y, RecurrentState.zeros(net.cfg, len(chosen), net.params.dtype))
         out[chosen] = rows.sum(axis=0)
-    return out
+        yield
 
 
 def mean_and_stderr(nats: np.ndarray, counts: np.ndarray) -> tuple[float, float | None]:
@@ -190,14 +205,28 @@ def score_text(net: Network, ids: np.ndarray, end: int, lines: bool) -> Scored:
     """Score a text as `charrnn evaluate` does. Streams: one stream from a zero state,
     every character predicted from all before it. Line mode: every non-empty line on
     its own (see line_losses), its end predicted too; per input line, empty ones too."""
+    steps = score_text_steps(net, ids, end, lines)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def score_text_steps(net: Network, ids: np.ndarray, end: int, lines: bool) -> Generator[None, None, Scored]:
+    """score_text one engine call (a chunk of text, or a batch of lines) per step of the
+    iteration, the Scored being the generator's return value: for a server, which runs
+    other work between the steps."""
     bounds = _line_bounds(ids, end) if end >= 0 else [(0, ids.size)]
     if lines:
-        nats = line_losses(net, [ids[a:b].astype(np.int64) for a, b in bounds], end)
+        nats = np.zeros(len(bounds))
+        yield from _line_loss_batches(net, [ids[a:b].astype(np.int64) for a, b in bounds], end, 64, nats)
         counts = np.array([b - a + 1 for a, b in bounds])
         per_line = [(a, b, float(n), int(c)) for (a, b), n, c in zip(bounds, nats, counts)]
         used = counts > 1  # empty lines are no samples (training passes them over too)
         return Scored(nats[used], counts[used], per_line)
-    losses = char_losses(net, ids.astype(np.int64))
+    losses = np.zeros(max(0, ids.size - 1))
+    yield from _char_loss_chunks(net, ids.astype(np.int64), losses, 1024)
     per_line = []
     for a, b in bounds:  # line i's predictions: its characters and its end, the text's first one excepted
         lo, hi = max(a, 1), min(b + 1, ids.size)

@@ -10,7 +10,7 @@ Network.step computes every row bit for bit as it would alone.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -47,7 +47,7 @@ def sample_seed(seed: int, k: int) -> int:
 def encode_prime(vocab: Vocab, prime: str) -> np.ndarray:
     missing = vocab.missing(prime)
     if missing:
-        raise UnknownCharactersError(f"the prime text has characters not in the model's vocabulary: "
+        raise UnknownCharactersError(f"{named('prime')} has characters not in the model's vocabulary: "
                                      f"{describe_chars(missing)}", missing)
     return vocab.encode(prime).astype(np.int64)
 
@@ -128,6 +128,11 @@ class Stream:
     def remaining(self) -> int:
         return self.settings.length - self.count
 
+    @property
+    def ended(self) -> bool:
+        """Whether it has ended: its line, a stop string, or its length."""
+        return self.ended_line or self.stopped_by >= 0 or self.remaining <= 0
+
     def uniforms(self, k: int) -> np.ndarray:
         """The k numbers in [0, 1) of its next k draws (none drawn for argmax)."""
         return np.zeros(k) if self.settings.argmax else self.rng.random(k)
@@ -152,7 +157,7 @@ class Stream:
                 n = first_end - len(self.tail)
             self.tail = self._tail(text[:len(self.tail) + n])
         self.count += n
-        return n, self.ended_line or self.stopped_by >= 0 or self.remaining <= 0
+        return n, self.ended
 
     def _tail(self, text: str) -> str:
         """The last tail_width characters of text (all of a shorter one)."""
@@ -464,10 +469,16 @@ class UniqueSampler(BatchSampler):
                  block: int | None = None):
         super().__init__(net, vocab, settings, block)
         self.source, self.wanted, self.drawn, self.shortfall = source, settings.num_samples, 0, 0
+        self.found_ids: list[np.ndarray] | None = None  # the lines found, once prepared
 
     def prepare(self) -> None:
         """Draw until the lines are found (or the draws run out); seeds and streams are
         then those of the lines found, so that a printer knows how many there are."""
+        for _ in self.prepare_steps():
+            pass
+
+    def prepare_steps(self) -> Iterator[None]:
+        """prepare, one engine call per step (for a server to run other work between)."""
         lines, seen, k = self.net.cfg.lines, set(), 1
         accepted: list[tuple[Stream, np.ndarray]] = []
         limit = self.MAX_DRAWS * self.wanted
@@ -481,6 +492,7 @@ class UniqueSampler(BatchSampler):
             blocks = [batch.add(streams)]
             while len(batch):
                 blocks.append(batch.advance(self.block))
+                yield
             for block in filter(None, blocks):
                 for i, s in enumerate(block.streams):
                     ids[s.index] += block.ids[i, :block.counts[i]].tolist()
@@ -492,14 +504,14 @@ class UniqueSampler(BatchSampler):
         self.drawn, self.shortfall = k - 1, self.wanted - len(accepted)
         self.seeds = [s.seed for s, _ in accepted]
         self.streams = [s for s, _ in accepted]
-        self._found = [ids for _, ids in accepted]
+        self.found_ids = [ids for _, ids in accepted]
         for i, s in enumerate(self.streams):
             s.index = i
 
     def blocks(self) -> Iterator[Block]:
-        if not hasattr(self, "_found"):
+        if self.found_ids is None:
             self.prepare()
-        for i, (s, ids) in enumerate(zip(self.streams, self._found)):
+        for i, (s, ids) in enumerate(zip(self.streams, self.found_ids)):
             yield Block([s], np.array([i]), ids[None, :], np.array([ids.size]), np.array([True]))
 
 
@@ -537,12 +549,23 @@ def generate(net: Network, vocab: Vocab, length: int, temperature: float = 1.0, 
 
 
 def beam_search(net: Network, vocab: Vocab, stream: Stream) -> np.ndarray:
+    """beam_steps run to its end: the ids of the continuation."""
+    steps = beam_steps(net, vocab, stream)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def beam_steps(net: Network, vocab: Vocab, stream: Stream) -> Generator[None, None, np.ndarray]:
     """The most likely continuation of a stream's prime under the model (the highest sum
     of log-probabilities) among those that end at a stop string, at the end token
     (line mode) or at settings.length characters, found by beam search with
     settings.beam beams; banned characters are never chosen. Deterministic: ties go to
-    the earlier beam, then the lower id. Returns the ids of the continuation (with the
-    stop string or the end token that ended it)."""
+    the earlier beam, then the lower id. Returns (as the generator's value; it yields
+    after each character, for a server to run other work between) the ids of the
+    continuation, with the stop string or the end token that ended it."""
     cfg = stream.settings
     if stream.prime_ids.size == 0 and "\n" not in vocab:
         raise CharrnnError(f"beam search ({named('beam')}) needs a {named('prime')}: the vocabulary has no newline "
@@ -578,6 +601,7 @@ def beam_search(net: Network, vocab: Vocab, stream: Stream) -> np.ndarray:
         state = state.rows(np.array(keep))
         current = np.array([x[-1] for x in new_seqs], np.int64)
         seqs, scores = new_seqs, np.array(new_scores)
+        yield
     else:
         if scores.max() > best_score:
             best_done = seqs[int(np.argmax(scores))]

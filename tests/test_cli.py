@@ -350,7 +350,7 @@ def test_ctrl_c_during_training_saves_last_and_exits_130(runner, corpus, tmp_pat
     ("charrnn.training.Trainer.__init__", ["train", "CORPUS", "--out", "OUT"], "interrupted"),
     ("charrnn.training.Trainer.run", ["train", "CORPUS", "--out", "OUT"], "files in OUT are complete"),
     ("charrnn.sample.write_samples", ["sample", "CKPT"], "interrupted"),
-    ("charrnn.evaluate.char_losses", ["evaluate", "CKPT", "CORPUS"], "interrupted"),
+    ("charrnn.evaluate.score_text", ["evaluate", "CKPT", "CORPUS"], "interrupted"),
 ])
 def test_ctrl_c_anywhere_exits_130_with_a_short_note(runner, corpus, trained, tmp_path, monkeypatch,
                                                       where, args, message):
