@@ -6,10 +6,12 @@
 #             options go in BENCH, e.g. make bench BENCH="--quick" or
 #             make bench BENCH="--rows lstm-2x256 --only train,sample" (see python -m benchmarks -h)
 # make bench-quality
-#             set up .venv, train 5 minutes with the default flags, then the PyTorch reference
-#             for as long (11-12 minutes), and print the validation loss minute by minute;
-#             options go in BENCH, e.g. make bench-quality BENCH="--minutes 2"
-#             (see python -m benchmarks.quality -h)
+#             set up .venv and measure the held-out loss each budget buys (1, 5 and 20 minutes,
+#             settings chosen by charrnn), each beside the PyTorch reference trained as long,
+#             and on a second corpus (Python sources) chosen settings against the fixed
+#             defaults: about 75 minutes; options go in BENCH, e.g.
+#             make bench-quality BENCH="--budgets 1m,5m --no-second" (python -m benchmarks.curve -h);
+#             python -m benchmarks.quality times one budget minute by minute
 
 PYTHON ?= python3
 VENV   := .venv
@@ -24,7 +26,7 @@ $(BIN)/python:
 
 # Reinstall when the project's metadata changes.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,serve]'
 	@# The PyTorch parity tests need torch 2.13.0. It is installed only when pip can
 	@# get it without the network (a local wheel, as on our CI machines); otherwise
 	@# those tests are skipped. `make test TORCH=1` installs it from the index.
@@ -49,7 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(BENCH)
 
 bench-quality: $(STAMP)
-	$(BIN)/python -m benchmarks.quality $(BENCH)
+	$(BIN)/python -m benchmarks.curve $(BENCH)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

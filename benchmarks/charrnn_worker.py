@@ -1,18 +1,23 @@
 """One charrnn measurement per process: python -m benchmarks.charrnn_worker SPEC_JSON.
 
-Drives charrnn's public paths: charrnn.train.Trainer.train_step (the step `charrnn
+Drives charrnn's public paths: charrnn.training.Trainer.train_step (the step `charrnn
 train` runs, without its evaluation and checkpoint I/O), charrnn.sample.generate
 and charrnn.evaluate.load_text + score_ids (what `charrnn evaluate` runs). Never
-imports torch. The thread count comes from NUMBA_NUM_THREADS, set by run.py.
+imports torch. The thread count comes from NUMBA_NUM_THREADS, set by the
+orchestrator (and, with --isa, CHARRNN_ISA).
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import pkgutil
 import sys
 import tempfile
 import time
+from statistics import median
 
-from benchmarks.common import BATCH, CORPUS, EMBED, LR, GRAD_CLIP, SEED, SEQ, median, time_generation, worker_main
+from benchmarks.common import BATCH, CORPUS, EMBED, GRAD_CLIP, LR, SEED, SEQ, time_generation, worker_main
 
 perf = time.perf_counter
 
@@ -20,19 +25,18 @@ perf = time.perf_counter
 def _import_engine() -> float:
     """Import the engine and every kernel module; returns the seconds it took."""
     t0 = perf()
-    import charrnn.engine  # noqa: F401  (numba)
-    import charrnn.kernels.gru  # noqa: F401
-    import charrnn.kernels.loss  # noqa: F401
-    import charrnn.kernels.lstm  # noqa: F401
-    import charrnn.kernels.optim  # noqa: F401
-    import charrnn.kernels.rnn  # noqa: F401
-    import charrnn.kernels.sampling  # noqa: F401
+    import charrnn.kernels
+    import charrnn.network  # noqa: F401  (the engine, numba)
+    import charrnn.optim  # noqa: F401
+
+    for module in pkgutil.iter_modules(charrnn.kernels.__path__):
+        importlib.import_module(f"charrnn.kernels.{module.name}")
     return perf() - t0
 
 
 def _compile_stats() -> dict:
     """How many kernel signatures this process compiled (cache misses) and loaded
-    from Numba's cache (hits), over every dispatcher in charrnn.kernels."""
+    from Numba's cache (hits), over every dispatcher in charrnn's modules."""
     from numba.core.registry import CPUDispatcher
 
     hits = misses = 0
@@ -49,51 +53,59 @@ def _compile_stats() -> dict:
     return {"cache_hits": hits, "compiled": misses}
 
 
-def _threads() -> int:
+def _facts() -> dict:
+    """What the process ran with (threads, the --isa limit it was given) and what it
+    compiled."""
     from charrnn.engine import threads
 
-    return threads()
+    return {"threads": threads(), "charrnn_isa": os.environ.get("CHARRNN_ISA"), **_compile_stats()}
 
 
 def _network(spec):
     from charrnn.checkpoint import load_checkpoint
-    from charrnn.model import Network
+    from charrnn.network import Network
 
     ckpt = load_checkpoint(spec["checkpoint"], with_training_state=False)
     return ckpt, Network(ckpt.config, ckpt.params)
 
 
+def _trainer(spec, prefix: str, **flags):
+    """A Trainer on the corpus with the row's model and the benchmark's shapes."""
+    from charrnn.training import Trainer
+
+    out = tempfile.mkdtemp(prefix=prefix, dir=spec["workdir"])
+    model = dict(cell=spec["cell"], layers=spec["layers"], hidden=spec["hidden"], embed=EMBED, dropout=0.0)
+    flags = dict(batch_size=BATCH, seq_len=SEQ, seed=SEED, max_steps=10**9, eval_every=10**9, **flags)
+    return Trainer(CORPUS, out, model, flags, progress=False)
+
+
 def train(spec) -> dict:
     """Time Trainer.train_step: zero the gradients, loss_and_grad on a (T, B) batch
-    with the carried state, clip, Adam, params.touch(). The first step (compile or
-    cache load, weight packing, workspace allocation) is reported on its own."""
+    with the carried state, the global norm, Adam (clipping inside it) writing the
+    weights. The first step (compile or cache load, weight packing, workspace
+    allocation) is reported on its own."""
     import_s = _import_engine()
     from charrnn.model import RecurrentState
-    from charrnn.train import Trainer
 
     t0 = perf()
-    out = tempfile.mkdtemp(prefix="train-", dir=spec["workdir"])
-    model = dict(cell=spec["cell"], layers=spec["layers"], hidden=spec["hidden"], embed=EMBED, dropout=0.0)
-    flags = dict(batch_size=BATCH, seq_len=SEQ, lr=LR, grad_clip=GRAD_CLIP, seed=SEED,
-                 max_steps=10**9, eval_every=10**9)
-    trainer = Trainer(CORPUS, out, model, flags, progress=False)
+    trainer = _trainer(spec, "train-", lr=LR, grad_clip=GRAD_CLIP)
     setup_s = perf() - t0
     state = RecurrentState.zeros(trainer.cfg, BATCH)
     total = spec["warmup"] + spec["steps"]
-    if total > trainer.batches.steps_per_epoch:
-        raise SystemExit(f"{total} steps exceed one epoch ({trainer.batches.steps_per_epoch})")
+    if total > trainer.state.steps_per_epoch:  # a new epoch would reset the carried state
+        raise SystemExit(f"{total} steps exceed one epoch ({trainer.state.steps_per_epoch})")
     times, losses = [], []
     for _ in range(total):
         t0 = perf()
         loss, state = trainer.train_step(state, 0.0)
-        trainer.state["step"] += 1  # as Trainer.run does after each step
+        trainer.state.step += 1  # as Trainer.run does after each step
         times.append(perf() - t0)
         losses.append(float(loss))
     timed = times[spec["warmup"]:]
     step_s = median(timed)
     return {"import_s": import_s, "setup_s": setup_s, "first_step_s": times[0], "step_times": timed,
             "median_step_s": step_s, "chars_per_s": BATCH * SEQ / step_s, "losses": losses,
-            "threads": _threads(), **_compile_stats()}
+            **_facts()}
 
 
 def sample(spec) -> dict:
@@ -103,9 +115,8 @@ def sample(spec) -> dict:
 
     ckpt, net = _network(spec)
     first_s, times = time_generation(lambda n, seed: generate(net, ckpt.vocab, n, temperature=1.0, seed=seed), spec)
-    t = median(times)
-    return {"import_s": import_s, "first_call_s": first_s, "times": times, "chars_per_s": spec["chars"] / t,
-            "threads": _threads(), **_compile_stats()}
+    return {"import_s": import_s, "first_call_s": first_s, "times": times,
+            "chars_per_s": spec["chars"] / median(times), **_facts()}
 
 
 def evaluate(spec) -> dict:
@@ -125,9 +136,8 @@ def evaluate(spec) -> dict:
         total, count = score_ids(net, ids, streams=1)
         times.append(perf() - t0)
         nats = total / count
-    t = median(times)
     return {"import_s": import_s, "first_call_s": first_s, "times": times, "chars": int(count),
-            "chars_per_s": count / t, "nats_per_char": nats, "threads": _threads(), **_compile_stats()}
+            "chars_per_s": count / median(times), "nats_per_char": nats, **_facts()}
 
 
 def compile_cold(spec) -> dict:
@@ -137,12 +147,8 @@ def compile_cold(spec) -> dict:
     from charrnn.evaluate import load_text, score_ids
     from charrnn.model import RecurrentState
     from charrnn.sample import generate
-    from charrnn.train import Trainer
 
-    out = tempfile.mkdtemp(prefix="compile-", dir=spec["workdir"])
-    model = dict(cell=spec["cell"], layers=spec["layers"], hidden=spec["hidden"], embed=EMBED, dropout=0.0)
-    flags = dict(batch_size=BATCH, seq_len=SEQ, seed=SEED, max_steps=10**9, eval_every=10**9)
-    trainer = Trainer(CORPUS, out, model, flags, progress=False)
+    trainer = _trainer(spec, "compile-")
     state = RecurrentState.zeros(trainer.cfg, BATCH)
     t0 = perf()
     trainer.train_step(state, 0.0)
@@ -156,10 +162,9 @@ def compile_cold(spec) -> dict:
     t0 = perf()
     score_ids(net, ids, streams=1)
     evaluate_s = perf() - t0
-    stats = _compile_stats()
     return {"import_s": import_s, "train_first_step_s": train_s, "sample_first_call_s": sample_s,
             "evaluate_first_call_s": evaluate_s, "compiled_by_train": after_train,
-            "threads": _threads(), **stats}
+            **_facts()}
 
 
 if __name__ == "__main__":

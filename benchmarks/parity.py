@@ -17,9 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import CORPUS, REPO, split_train, text_ids
-from benchmarks.run import charrnn_command
-from benchmarks.torch_worker import _setup
+from benchmarks.common import CORPUS, REPO, charrnn_command
+from benchmarks.torch_worker import load_model, split_train, text_ids
 
 CELLS = ("lstm", "gru", "rnn")
 
@@ -34,7 +33,7 @@ def charrnn_json(*args: str) -> dict:
 def torch_loss(checkpoint: Path, threads: int, chunk: int = 4096) -> tuple[float, int]:
     """Mean cross-entropy of the validation split under the checkpoint in PyTorch,
     one stream, state carried from chunk to chunk."""
-    torch, model, meta, _ = _setup({"threads": threads, "checkpoint": str(checkpoint)})
+    torch, model, meta, _ = load_model({"threads": threads, "checkpoint": str(checkpoint)})
     _, val = split_train(text_ids(CORPUS, meta["vocab"]))
     ids = torch.from_numpy(val.astype("int64"))
     total, state = 0.0, None

@@ -3,39 +3,80 @@
 The model is the README's: nn.Embedding(V, 64) -> nn.LSTM/GRU(64, H, L) ->
 nn.Linear(H, V), loaded from the same checkpoint the charrnn worker uses, so both
 start from the same weights and their losses can be compared. Never imports
-charrnn (nor Numba). Threads: the *_NUM_THREADS variables set by run.py, and
-torch.set_num_threads(spec["threads"]).
+charrnn (nor Numba). Threads: the *_NUM_THREADS variables the orchestrator sets,
+and torch.set_num_threads(spec["threads"]); with --isa, ATEN_CPU_CAPABILITY and
+ONEDNN_MAX_CPU_ISA limit the kernels (the capability in use is reported).
 """
 
 from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
+from statistics import median
 
 import numpy as np
 
-from benchmarks.common import (BATCH, CORPUS, GRAD_CLIP, LR, SEED, SEQ, Batches, median, split_train, text_ids,
-                               time_generation, worker_main)
+from benchmarks.common import BATCH, CORPUS, GRAD_CLIP, LR, SEED, SEQ, VAL_FRAC, time_generation, worker_main
 
 perf = time.perf_counter
 
 
-def _setup(spec):
-    """Import torch with the spec's settings; the model with the checkpoint's weights."""
-    t0 = perf()
-    import torch
-    from safetensors import safe_open
-    from safetensors.torch import load_file
+# ----- charrnn's data layout, rebuilt without charrnn --------------------------------
+
+def split_train(ids, val_frac: float = VAL_FRAC):
+    """charrnn.data.split_train_val: the first (1 - val_frac) for training, the rest
+    for validation."""
+    n_val = int(round(len(ids) * val_frac))
+    return ids[:len(ids) - n_val], ids[len(ids) - n_val:]
+
+
+class Batches:
+    """charrnn.data.Batches' layout (torch-rnn's): the text cut into B contiguous
+    streams read T characters at a time; batch k is x = streams[:, kT:(k+1)T].T and
+    y = x shifted by one, both (T, B) int64."""
+
+    def __init__(self, ids, batch_size: int, seq_len: int):
+        self.seq_len = seq_len
+        per_stream = (len(ids) - 1) // batch_size
+        self.steps_per_epoch = per_stream // seq_len
+        used = batch_size * per_stream
+        self._x = ids[:used].reshape(batch_size, per_stream)
+        self._y = ids[1:used + 1].reshape(batch_size, per_stream)
+
+    def batch(self, k: int):
+        cols = slice(k * self.seq_len, (k + 1) * self.seq_len)
+        return (np.ascontiguousarray(self._x[:, cols].T, dtype=np.int64),
+                np.ascontiguousarray(self._y[:, cols].T, dtype=np.int64))
+
+
+def text_ids(path, chars: list[str]):
+    """The ids (uint8/uint16) of a UTF-8 file's characters in a vocabulary."""
+    text = Path(path).read_text(encoding="utf-8")
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    cps = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    table = {ord(c): i for i, c in enumerate(chars)}
+    lut = np.full(max(max(table), int(cps.max(initial=0))) + 1, -1, np.int64)
+    for cp, i in table.items():
+        lut[cp] = i
+    ids = lut[cps]
+    if (ids < 0).any():
+        raise ValueError(f"{path} has characters outside the vocabulary")
+    return ids.astype(np.uint8 if len(chars) <= 256 else np.uint16)
+
+
+# ----- the model ------------------------------------------------------------------------
+
+
+def char_rnn(config: dict):
+    """The README's model for a charrnn config: nn.Embedding(V, E) ->
+    nn.LSTM/GRU/RNN(E, H, L) -> nn.Linear(H, V), initialised by PyTorch (from its
+    global generator)."""
     from torch import nn
 
-    import_s = perf() - t0
-    torch.set_num_threads(spec["threads"])
-    if not spec.get("mkldnn", True):
-        torch.backends.mkldnn.enabled = False
-    torch.manual_seed(SEED)
-
     class CharRNN(nn.Module):
-        def __init__(self, config):
+        def __init__(self):
             super().__init__()
             rnn = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}[config["cell"]]
             self.embedding = nn.Embedding(config["vocab_size"], config["embed"])
@@ -46,14 +87,30 @@ def _setup(spec):
             out, state = self.rnn(self.embedding(ids), state)
             return self.decoder(out), state
 
+    return CharRNN()
+
+
+def load_model(spec):
+    """Import torch with the spec's settings; the model with the checkpoint's
+    weights. Returns (torch, model, the checkpoint's metadata, facts for the result)."""
+    t0 = perf()
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    import_s = perf() - t0
+    torch.set_num_threads(spec["threads"])
+    if not spec.get("mkldnn", True):
+        torch.backends.mkldnn.enabled = False
+    torch.manual_seed(SEED)
     path = spec["checkpoint"]
     with safe_open(path, "pt") as f:
         meta = json.loads(f.metadata()["charrnn"])
-    model = CharRNN(meta["config"])
+    model = char_rnn(meta["config"])
     tensors = load_file(path)
     model.load_state_dict({k: v for k, v in tensors.items() if k.split(".")[0] in ("embedding", "rnn", "decoder")})
     info = {"import_s": import_s, "threads": torch.get_num_threads(), "mkldnn": torch.backends.mkldnn.enabled,
-            "torch": torch.__version__}
+            "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     return torch, model, meta, info
 
 
@@ -82,7 +139,7 @@ def train(spec) -> dict:
     backward on a (T, B) batch with the carried (detached) state, clip_grad_norm_ 5,
     Adam lr 2e-3 (torch's default implementation). The batch's conversion to a
     tensor is inside the timed step, as charrnn's batch slicing is."""
-    torch, model, meta, info = _setup(spec)
+    torch, model, meta, info = load_model(spec)
     train_ids, _ = split_train(text_ids(CORPUS, meta["vocab"]))
     batches = Batches(train_ids, BATCH, SEQ)
     model.train()
@@ -106,7 +163,7 @@ def sample(spec) -> dict:
     """Time batch-1 generation as a PyTorch user writes it: one character per step
     with the state carried, softmax and torch.multinomial, the id read back each
     step (a sampler has to, to print it or to stop), under inference_mode."""
-    torch, model, meta, info = _setup(spec)
+    torch, model, meta, info = load_model(spec)
     model.eval()
     newline = meta["vocab"].index("\n")
 
@@ -132,7 +189,7 @@ def evaluate(spec) -> dict:
     of L characters, state carried, under no_grad, for each L of spec["chunks"]
     (the fastest is reported), over the first spec["limit"] characters (default
     all). Mean cross-entropy as charrnn evaluate computes it."""
-    torch, model, meta, info = _setup(spec)
+    torch, model, meta, info = load_model(spec)
     import torch.nn.functional as F
 
     model.eval()

@@ -4,6 +4,9 @@ Tensors:
   embedding.weight, rnn.weight_ih_l{k}, rnn.weight_hh_l{k}, rnn.bias_ih_l{k},
   rnn.bias_hh_l{k}, decoder.weight, decoder.bias  -- the model, as PyTorch names it
   optimizer.exp_avg.<name>, optimizer.exp_avg_sq.<name>  -- Adam's moments
+  train.raw.<name>  -- with a weight average (ema), the weights themselves (the model's
+                       names then hold the average, what is evaluated and sampled)
+  lines.train, lines.val  -- line mode: hashes of the training and validation lines
   train.state.h, train.state.c  -- hidden state carried into the next batch
 Header metadata key "charrnn": JSON with format_version, config, vocab, state, train.
 
@@ -28,9 +31,12 @@ from charrnn.fileio import atomic_write_bytes
 from charrnn.model import ParamBuffer, Parameters, RecurrentState, parameter_shapes
 from charrnn.vocab import Vocab
 
-FORMAT_VERSION = 1
+# 2: line mode (config "lines", tensors lines.train and lines.val) and fine-tuning
+# (train "init"); an older charrnn refuses it, so it never misreads a line-mode model.
+FORMAT_VERSION = 2
 METADATA_KEY = "charrnn"
 OPTIMIZER_SLOTS = ("exp_avg", "exp_avg_sq")
+RAW = "train.raw."  # with a weight average, the model's names hold the average and these the weights
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -45,6 +51,8 @@ class TrainingState:
     best_val_loss: float | None = None
     best_step: int | None = None
     val_loss: float | None = None  # of the last evaluation; None after an interrupted one
+    since_best: int | None = None  # evaluations since the best one (for patience)
+    chosen: str | None = None  # the settings charrnn chose for the budget, and why (autoconfig)
     steps_per_epoch: int | None = None
     corpus_sha256: str | None = None
 
@@ -82,6 +90,8 @@ class Checkpoint:
     format_version: int = 0  # of the file it was read from
     charrnn_version: str | None = None  # that wrote it
     resumable: bool = False  # the file holds optimiser moments (read only with the training state)
+    lines: tuple[np.ndarray, np.ndarray] | None = None  # line mode: hashes of the training and validation lines
+    raw: Parameters | None = None  # with a weight average (ema): the weights themselves; params is the average
 
 
 def save_checkpoint(path, ckpt: Checkpoint) -> None:
@@ -93,6 +103,11 @@ def save_checkpoint(path, ckpt: Checkpoint) -> None:
         for slot in OPTIMIZER_SLOTS:
             for name, view in ckpt.optimizer[slot].views.items():
                 tensors[f"optimizer.{slot}.{name}"] = np.ascontiguousarray(view, dtype=np.float32)
+    if ckpt.raw is not None:
+        for name, view in ckpt.raw.views.items():
+            tensors[f"{RAW}{name}"] = np.ascontiguousarray(view, dtype=np.float32)
+    if ckpt.lines is not None:
+        tensors["lines.train"], tensors["lines.val"] = (np.ascontiguousarray(h, np.uint64) for h in ckpt.lines)
     if ckpt.carry is not None:
         tensors["train.state.h"] = np.ascontiguousarray(ckpt.carry.h, dtype=np.float32)
         if ckpt.carry.c is not None:
@@ -213,7 +228,8 @@ def load_checkpoint(path, with_training_state: bool = True) -> Checkpoint:
     ckpt = Checkpoint(cfg, vocab, params, state=TrainingState.from_dict(meta["state"], path, with_training_state),
                       train=meta.get("train", {}), format_version=meta["format_version"],
                       charrnn_version=meta.get("charrnn_version"),
-                      resumable=f"optimizer.{OPTIMIZER_SLOTS[0]}.embedding.weight" in header)
+                      resumable=f"optimizer.{OPTIMIZER_SLOTS[0]}.embedding.weight" in header,
+                      lines=tensors.line_hashes())
     if not with_training_state:
         return ckpt
     moments = [(f"optimizer.{slot}.{name}", shape) for slot in OPTIMIZER_SLOTS for name, shape in shapes]
@@ -223,6 +239,11 @@ def load_checkpoint(path, with_training_state: bool = True) -> Checkpoint:
         for slot in OPTIMIZER_SLOTS:
             ckpt.optimizer[slot] = params.zeros_like()
             tensors.fill(ckpt.optimizer[slot], f"optimizer.{slot}.")
+    if f"{RAW}embedding.weight" in header:
+        tensors.check([(RAW + name, shape) for name, shape in shapes])
+        ckpt.raw = Parameters(cfg, np.float32)
+        with ckpt.raw.write() as w:
+            tensors.fill(w, RAW)
     if "train.state.h" in header:
         shape = header["train.state.h"].get("shape") if isinstance(header["train.state.h"], dict) else None
         if not (isinstance(shape, list) and len(shape) == 3 and shape[0] == cfg.layers
@@ -259,12 +280,30 @@ class _Tensors:
                 raise CharrnnError(f"{self.path}: tensor {name!r} holds {stop - start} bytes, "
                                    f"its shape {tuple(shape)} needs {4 * math.prod(shape)}")
 
-    def read(self, name: str) -> np.ndarray:
+    def read(self, name: str, dtype: str = "<f4") -> np.ndarray:
         """A copy of a tensor that check() has passed."""
         info = self.header[name]
         start, stop = info["data_offsets"]
-        flat = np.frombuffer(self.data, dtype="<f4", count=(stop - start) // 4, offset=self.data_start + start)
-        return flat.astype(np.float32).reshape(info["shape"])
+        count = (stop - start) // np.dtype(dtype).itemsize
+        flat = np.frombuffer(self.data, dtype=dtype, count=count, offset=self.data_start + start)
+        return flat.astype(np.dtype(dtype).newbyteorder("=")).reshape(info["shape"])
+
+    def line_hashes(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Line mode's hashes of the training and validation lines (uint64), if the file has them."""
+        names = ("lines.train", "lines.val")
+        if not any(name in self.header for name in names):
+            return None
+        for name in names:
+            info = self.header.get(name)
+            shape = info.get("shape") if isinstance(info, dict) else None
+            if not (isinstance(info, dict) and info.get("dtype") == "U64" and isinstance(shape, list)
+                    and len(shape) == 1 and _is_count(shape[0])):
+                raise CharrnnError(f"{self.path}: tensor {name!r} is missing or not a list of uint64 line hashes")
+            start, stop = info["data_offsets"]
+            if stop - start != 8 * shape[0]:
+                raise CharrnnError(f"{self.path}: tensor {name!r} holds {stop - start} bytes, its shape needs "
+                                   f"{8 * shape[0]}")
+        return tuple(self.read(name, "<u8") for name in names)
 
     def fill(self, buffer: ParamBuffer, prefix: str) -> None:
         for name, view in buffer.views.items():
@@ -295,4 +334,6 @@ _STATE_RULES = {
     "elapsed": (lambda v: _is_finite(v) and v >= 0, "a non-negative number of seconds"),
     "corpus_sha256": (lambda v: v is None or isinstance(v, str), "null or a string"),
     "steps_per_epoch": (lambda v: v is None or (_is_count(v) and v > 0), "null or a positive integer"),
+    "since_best": (lambda v: v is None or _is_count(v), "null or a non-negative integer"),
+    "chosen": (lambda v: v is None or isinstance(v, str), "null or a string"),
 }

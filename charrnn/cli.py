@@ -14,8 +14,8 @@ import sys
 import click
 
 from charrnn import __version__
-from charrnn.config import (ModelConfig, SampleConfig, Setting, TrainConfig, parse_duration, parse_steps_or_duration,
-                            render_help, settings_of)
+from charrnn.config import (ModelConfig, SampleConfig, ServeConfig, Setting, TrainConfig, parse_duration,
+                            parse_steps_or_duration, render_help, settings_of)
 from charrnn.errors import CharrnnError, SettingError, as_flag, render
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -52,7 +52,8 @@ def _unescape(text: str) -> str:
 
 
 _CLICK_TYPES = {"int": click.INT, "float": click.FLOAT, "duration": Duration(),
-                "steps-or-duration": StepsOrDuration(), "text": click.STRING, "texts": click.STRING}
+                "steps-or-duration": StepsOrDuration(), "text": click.STRING, "chars": click.STRING,
+                "texts": click.STRING, "path": click.Path()}
 
 
 def flag(name: str) -> str:
@@ -80,6 +81,8 @@ def _option(s: Setting, check_early: bool):
     if shown is not None:
         text += f"  [default: {shown}]"
     kwargs = dict(help=text, default=None)
+    if s.env:
+        kwargs.update(envvar=s.env, show_envvar=True)
     if s.kind == "flag":
         kwargs["is_flag"] = True
     elif s.kind == "choice":
@@ -92,6 +95,8 @@ def _option(s: Setting, check_early: bool):
     def convert(ctx, param, value):
         if s.kind == "texts":
             value = tuple(_unescape(v) for v in value)
+        elif s.kind == "chars" and value is not None:
+            value = _unescape(value)
         if check_early and value is not None:
             try:
                 s.check(value)
@@ -219,16 +224,18 @@ def train(corpus, out, vocab, resume, overwrite, quiet, **settings):
     """Train a model on a UTF-8 text file.
 
     Without a budget (--max-steps, --max-epochs or --max-time) it trains for 5 minutes.
+    Given none of --cell, --layers, --hidden, --embed, --dropout, --batch-size,
+    --seq-len, --lr and --ema, it chooses them for the budget, the corpus and this
+    machine (and says what it chose); given any one, the others take the defaults
+    shown below.
 
     \b
     Example:
       charrnn train corpus.txt --out runs/mine --max-time 10m
     """
-    from charrnn.train import Trainer
+    from charrnn.api import trainer as make_trainer
 
-    model = {name: settings.pop(name) for name in settings_of(ModelConfig) if name in settings}
-    trainer = Trainer(corpus, out, given(model), given(settings), vocab_path=vocab, resume=resume,
-                      overwrite=overwrite, progress=not quiet)
+    trainer = make_trainer(corpus, out, vocab, resume, overwrite, not quiet, **given(settings))
     try:
         summary = trainer.run()
     except KeyboardInterrupt:  # a second Ctrl-C or SIGTERM: stopped at once, mid-step or mid-write
@@ -244,16 +251,12 @@ def train(corpus, out, vocab, resume, overwrite, quiet, **settings):
         else:
             err(f"{how} at step {summary['step']} before any training step; nothing was written")
         sys.exit(_signal_status(summary["signal"]))
-    err(f"done: {summary['step']} steps in {summary['elapsed']:.0f}s; best validation loss {best_text}; "
+    early = f"stopped early by {render(summary['stopped_by'], as_flag)}; " if summary["patience_stop"] else ""
+    err(f"done: {summary['step']} steps in {summary['elapsed']:.0f}s; {early}best validation loss {best_text}; "
         f"saved {summary['last']} and {summary['best']}")
-
-
-def _load_network(path):
-    from charrnn.checkpoint import load_checkpoint
-    from charrnn.network import Network
-
-    ckpt = load_checkpoint(path, with_training_state=False)
-    return ckpt, Network(ckpt.config, ckpt.params)
+    if summary["overfitting"]:
+        err(f"note: {summary['overfitting']}: best.safetensors holds the best model; more --dropout or a smaller "
+            f"model would suit this budget better")
 
 
 @cli.command()
@@ -275,30 +278,36 @@ def sample(checkpoint, stream, as_json, **settings):
       charrnn sample runs/shakespeare/best.safetensors --temperature 0.8 --prime "ROMEO:"
       charrnn sample CKPT --top-p 0.9 --num-samples 5 --stop "\\n\\n" --seed 7
     """
-    import secrets
+    from charrnn.api import load
+    from charrnn.sample import write_samples
 
-    from charrnn.sample import BatchSampler, write_samples
-
-    ckpt, net = _load_network(checkpoint)
-    cfg = SampleConfig(**given(settings))
-    chosen = cfg.seed is None
-    if chosen:
-        cfg = cfg.replace(seed=secrets.randbelow(2**31))
-    sampler = BatchSampler(net, ckpt.vocab, cfg)  # refuses bad input
-    if chosen and sampler.uses_randomness:
+    values = given(settings)
+    model = load(checkpoint)
+    cfg = model.settings(**values)
+    sampler = model.sampler(cfg)  # refuses bad input
+    if "seed" not in values and sampler.uses_randomness:
         err(f"seed: {cfg.seed}")
-    record = None
-    if as_json:
-        record = {"checkpoint": checkpoint, "length": cfg.length, "temperature": cfg.temperature,
-                  "top_k": cfg.top_k, "top_p": cfg.top_p, "argmax": cfg.argmax, "prime": cfg.prime,
-                  "stop": list(cfg.stop), "num_samples": cfg.num_samples, "seed": cfg.seed}
-    write_samples(sampler, sys.stdout, record, stream=stream or sys.stdout.isatty())
+    record = {"checkpoint": checkpoint, **cfg.to_dict()} if as_json else None
+    if cfg.unique:
+        sampler.prepare()
+    sources = write_samples(sampler, sys.stdout, record, stream=stream or sys.stdout.isatty(),
+                            source=model.source if model.lines else None)
+    if sources and len(sources) > 1:
+        counts = {where: sources.count(where) for where in ("train", "val", "new")}
+        err(f"{len(sources)} samples: {counts['train']} training lines, {counts['val']} validation lines, "
+            f"{counts['new']} new")
+    if cfg.unique and sampler.shortfall:
+        err(f"note: only {len(sampler.seeds)} distinct new lines in {sampler.drawn:,} draws: the model mostly "
+            f"repeats lines it has seen; a higher --temperature may find more")
 
 
 @cli.command()
 @click.argument("checkpoint", type=click.Path())
 @click.argument("texts", nargs=-1, required=True, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of sentences.")
+@click.option("--per-line", is_flag=True,
+              help="Score each line of the text: its line number, nats, nats per character and text, tab-separated "
+                   "(with --json, one object per line: line, text, nats, nats_per_char).")
 @click.option("--skip-unknown", is_flag=True,
               help="Drop characters that are not in the model's vocabulary (counted on stderr) "
                    "instead of refusing the file.")
@@ -307,49 +316,52 @@ def sample(checkpoint, stream, as_json, **settings):
                    "verbatim in --train.")
 @click.option("--train", "train_corpus", type=click.Path(), help="The training corpus that --novelty compares with.")
 @user_errors
-def evaluate(checkpoint, texts, as_json, skip_unknown, novelty, train_corpus):
+def evaluate(checkpoint, texts, as_json, per_line, skip_unknown, novelty, train_corpus):
     """Score text files: mean cross-entropy of each character given all before it.
 
-    Prints nats/char, bits/char and perplexity for each file (one stream from a zero
-    state), and their total when there are several. '-' reads standard input.
+    Prints nats/char (with its standard error), bits/char and perplexity for each file
+    (one stream from a zero state; for a line-mode model, each line on its own), and
+    their total when there are several. '-' reads standard input.
 
     \b
     Example:
       charrnn evaluate runs/shakespeare/best.safetensors held_out.txt --json
+      charrnn evaluate runs/names/best.safetensors candidates.txt --per-line | sort -t$'\\t' -k3 -g
       charrnn sample CKPT -n 5000 | charrnn evaluate CKPT - --novelty --train corpus.txt
     """
     from charrnn.data import check_text_file
-    from charrnn.evaluate import STDIN, evaluate_texts, load_text
-    from charrnn.vocab import UnknownCharactersError, describe_chars
+    from charrnn.evaluate import STDIN, evaluate_texts
+    from charrnn.vocab import describe_chars
 
     if novelty and train_corpus is None:
         raise click.UsageError("--novelty needs --train CORPUS, the text to compare with")
     if train_corpus is not None and not novelty:
         raise click.UsageError("--train is only used with --novelty")
+    if per_line and novelty:
+        raise click.UsageError("--novelty reports on whole files, not with --per-line")
     if texts.count(STDIN) > 1:
         raise CharrnnError("standard input ('-') can be read only once")
-    ckpt, net = _load_network(checkpoint)
+    from charrnn.api import load
+
+    model = load(checkpoint)
+    vocab = model.checkpoint.vocab
     if novelty:
         try:
             check_text_file(train_corpus)
         except CharrnnError as e:
             raise CharrnnError(f"--train {e}") from None
-    loaded = []
-    for source in texts:
-        try:
-            text = load_text(source, ckpt.vocab, skip_unknown, with_code_points=novelty)
-        except UnknownCharactersError as e:
-            raise CharrnnError(f"{e}; pass --skip-unknown to score the rest") from None
-        if text.ids.size < 2:
-            left = f" once {text.skipped:,} unknown ones are skipped" if text.skipped else ""
-            raise CharrnnError(f"{text.name} has fewer than 2 characters{left}: nothing to predict")
-        loaded.append(text)
+    loaded = [_text_to_score(source, vocab, skip_unknown, novelty, model.lines) for source in texts]
     several = len(loaded) > 1
     for text in loaded:
         if text.skipped:
             err(f"{text.name + ': ' if several else ''}skipped {text.skipped:,} characters not in the "
                 f"vocabulary: {describe_chars(text.unknown)}")
-    result = evaluate_texts(net, loaded, train_corpus if novelty else None)
+    end = vocab.chars.index("\n") if "\n" in vocab else -1
+    result = evaluate_texts(model.network, loaded, train_corpus if novelty else None, end, model.lines)
+    if per_line:
+        _print_lines(loaded, result["scored"], vocab, as_json, several)
+        return
+    del result["scored"]
     if skip_unknown:
         for report, text in zip(result["files"], loaded):
             report["skipped"] = text.skipped
@@ -365,8 +377,42 @@ def evaluate(checkpoint, texts, as_json, skip_unknown, novelty, train_corpus):
         click.echo(f"total: {_score_line(result['total'], train_corpus, f' in {len(loaded)} files')}")
 
 
+def _text_to_score(source, vocab, skip_unknown: bool, novelty: bool, lines: bool):
+    from charrnn.evaluate import load_text
+    from charrnn.vocab import UnknownCharactersError
+
+    try:
+        text = load_text(source, vocab, skip_unknown, with_code_points=novelty)
+    except UnknownCharactersError as e:
+        raise CharrnnError(f"{e}; pass --skip-unknown to score the rest") from None
+    left = f" once {text.skipped:,} unknown ones are skipped" if text.skipped else ""
+    if lines and not (text.ids != vocab.chars.index("\n")).any():
+        raise CharrnnError(f"{text.name} has no line with characters{left}: nothing to score")
+    if not lines and text.ids.size < 2:
+        raise CharrnnError(f"{text.name} has fewer than 2 characters{left}: nothing to predict")
+    return text
+
+
+def _print_lines(texts, scored, vocab, as_json: bool, several: bool) -> None:
+    """--per-line: one record per line of every text."""
+    for text, s in zip(texts, scored):
+        for number, (a, b, nats, count) in enumerate(s.lines, start=1):
+            line = vocab.decode(text.ids[a:b])
+            per_char = nats / count if count else None
+            if as_json:
+                record = {"line": number, "text": line, "nats": nats, "nats_per_char": per_char}
+                click.echo(json.dumps({"file": text.name, **record} if several else record, ensure_ascii=False))
+            else:
+                shown = line.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r")
+                cells = ([text.name] if several else []) + [str(number), f"{nats:.6f}",
+                                                             "" if per_char is None else f"{per_char:.6f}", shown]
+                click.echo("\t".join(cells))
+
+
 def _score_line(report: dict, train_corpus, where: str = "") -> str:
-    line = (f"{report['nats_per_char']:.4f} nats/char, {report['bits_per_char']:.4f} bits/char, "
+    stderr = report.get("nats_per_char_stderr")
+    line = (f"{report['nats_per_char']:.4f}{'' if stderr is None else f' ± {stderr:.4f}'} nats/char, "
+            f"{report['bits_per_char']:.4f} bits/char, "
             f"perplexity {report['perplexity']:.3f} over {report['chars']:,} characters{where}")
     if "novelty" in report:
         parts = [f"no {n}-grams (shorter than {n} characters)" if f is None else f"{100 * f:.1f}% of {n}-grams"
@@ -394,6 +440,33 @@ def info(path, as_json):
 
     described = describe(path)
     click.echo(json.dumps(described) if as_json else format_text(described))
+
+
+@cli.command()
+@click.argument("checkpoint", type=click.Path())
+@setting_options(ServeConfig, check_early=True)
+@user_errors
+def serve(checkpoint, **settings):
+    """Serve a checkpoint over HTTP: an OpenAI-compatible completions API, scoring,
+    health, Prometheus metrics and a web playground at /.
+
+    Requests are generated together (continuous batching); each gives the text it
+    gives alone, the same as `charrnn sample` with the same seed. Ctrl-C or SIGTERM
+    stops the server. Needs the extra: pip install 'charrnn[serve]'.
+
+    \b
+    Example:
+      charrnn serve runs/shakespeare/best.safetensors --port 8000
+      curl localhost:8000/v1/completions -d '{"prompt": "ROMEO:", "max_tokens": 200}'
+    """
+    from charrnn.serve import missing_dependencies
+
+    missing = missing_dependencies()
+    if missing:
+        raise click.ClickException(missing)
+    from charrnn.serve.main import main as serve_main
+
+    serve_main(checkpoint, ServeConfig(**given(settings)))
 
 
 def main():

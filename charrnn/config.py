@@ -56,6 +56,7 @@ FRACTION = Rule(lambda v: is_real(v) and 0 <= v < 1, "in [0, 1)")
 UNIT_INTERVAL = Rule(lambda v: is_real(v) and 0 <= v <= 1, "in [0, 1]")
 PROBABILITY = Rule(lambda v: is_real(v) and 0 < v <= 1, "a number in (0, 1]")
 TEXT = Rule(lambda v: isinstance(v, str), "a string")
+BOOLEAN = Rule(lambda v: isinstance(v, bool), "true or false")
 
 
 def one_of(choices) -> Rule:
@@ -129,14 +130,17 @@ STEPS_OR_DURATION = Rule(lambda v: (is_int(v) and v >= 1) or duration_seconds(v)
 # ----- settings ----------------------------------------------------------------------
 
 # What a kind of setting is given as on the command line: a Click type name (see cli.py).
-KINDS = ("int", "float", "choice", "duration", "steps-or-duration", "flag", "text", "texts")
+# "chars": a string whose escapes (\\n, \\t) the command line understands; "texts": several
+# strings so (a repeatable flag); "path": a file name.
+KINDS = ("int", "float", "choice", "duration", "steps-or-duration", "flag", "text", "chars", "texts", "path")
 
 
 @dataclass(frozen=True)
 class Setting:
     """One setting: name, default, help (other settings as {name}), kind (see KINDS),
     rule (None: any value of the kind), choices (kind "choice"), whether None means
-    "not set" (optional), a short flag, and whether the command line has it."""
+    "not set" (optional), a short flag, whether the command line has it, and the
+    environment variable it is also read from (the flag wins)."""
 
     name: str
     default: Any
@@ -147,6 +151,7 @@ class Setting:
     optional: bool = False
     short: str | None = None
     cli: bool = True
+    env: str | None = None
 
     def check(self, value) -> Any:
         """The value as the config keeps it (a duration given as text becomes seconds),
@@ -258,6 +263,8 @@ class ModelConfig(Settings):
     hidden: int = setting(256, "Hidden units per layer.", "int", POSITIVE_INT)
     embed: int = setting(64, "Character embedding size.", "int", POSITIVE_INT)
     dropout: float = setting(0.0, "Dropout between layers and before the output.", "float", FRACTION)
+    lines: bool = setting(False, "One sample per line: each non-empty line is learnt on its own, from a fresh "
+                          "state, and ends at its newline; sample and evaluate follow it.", "flag", BOOLEAN)
 
     @property
     def gates(self) -> int:
@@ -292,7 +299,10 @@ class TrainConfig(Settings):
     min_lr_frac: float = setting(0.0, "The fraction of {lr} the decay reaches at the end of the budget.", "float",
                                  UNIT_INTERVAL)
     grad_clip: float = setting(5.0, "Clip the gradient's global norm to this.", "float", POSITIVE_NUMBER)
-    val_frac: float = setting(0.1, "Last fraction of the corpus held out for validation.", "float", FRACTION)
+    ema: float = setting(0.0, "Validate and save a moving average of the weights, with this decay per step (0: "
+                         "off; 0.999 averages about the last 1,000 steps).", "float", FRACTION)
+    val_frac: float = setting(0.1, "Fraction of the corpus held out for validation: its end, or in line mode a "
+                              "random choice of its lines.", "float", FRACTION)
     eval_every: int | str = setting("60s", "Validate and checkpoint every N steps (500) or every so much training "
                                     "time (1m, 90s).", "steps-or-duration", STEPS_OR_DURATION)
     max_steps: int | None = setting(None, "Stop after this many optimiser steps in total.", "int", NON_NEGATIVE_INT,
@@ -302,9 +312,14 @@ class TrainConfig(Settings):
     # seconds of training, counted across resumes
     max_time: float | None = setting(None, "Stop after this much training time, e.g. 90s, 5m, 1h.", "duration",
                                      POSITIVE_NUMBER, optional=True)
+    patience: int | None = setting(None, "Stop after N evaluations in a row without a new best validation loss.",
+                                   "int", POSITIVE_INT, optional=True)
     seed: int = setting(0, "Seed for initialisation and dropout.", "int", NON_NEGATIVE_INT)
     forget_bias: float = setting(0.0, "Added to the LSTM's forget-gate biases at initialisation (new runs only).",
                                  "float", FINITE)
+    init: str | None = setting(None, "Start from this checkpoint's weights (fine-tuning): a new run with a fresh "
+                               "optimiser, schedule and budget; the model's shape comes from it.", "path", TEXT,
+                               optional=True)
 
     @property
     def has_budget(self) -> bool:
@@ -379,15 +394,79 @@ class SampleConfig(Settings):
     top_p: float | None = setting(None, "Draw only from the fewest most likely characters whose probability "
                                   "reaches P (nucleus sampling; applied after temperature and {top_k}).", "float",
                                   PROBABILITY, optional=True)
+    min_p: float | None = setting(None, "Draw only from the characters at least P times as likely as the most "
+                                  "likely one (applied after {top_p}).", "float", UNIT_INTERVAL, optional=True)
     prime: str = setting("", "Text to start from; printed before the sample.", "text", TEXT, short="-p")
     seed: int | None = setting(None, "Seed for reproducible samples (default: random, shown on stderr).", "int",
                                NON_NEGATIVE_INT, optional=True)
     argmax: bool = setting(False, "Always take the most likely character (no randomness; ignores {temperature}, "
-                           "{top_k}, {top_p}).", "flag", Rule(lambda v: isinstance(v, bool), "true or false"))
+                           "{top_k}, {top_p}, {min_p}).", "flag", BOOLEAN)
+    ban: str = setting("", "Characters that are never drawn, e.g. \"0123456789\"; \\n, \\t, \\\\ are "
+                       "understood.", "chars", TEXT)
+    dry_multiplier: float = setting(0.0, "Repetition control (llama.cpp's DRY): how strongly to push down a "
+                                    "character that would extend a repetition of earlier text (0: off; try 0.8).",
+                                    "float", Rule(lambda v: is_real(v) and v >= 0, "a non-negative number"))
+    dry_base: float = setting(1.75, "DRY: the penalty grows by this factor with each character a repetition "
+                              "already has beyond {dry_allowed_length}.", "float",
+                              Rule(lambda v: is_real(v) and v >= 1, "a number of at least 1"))
+    dry_allowed_length: int = setting(2, "DRY: a repetition shorter than this may be extended without penalty.",
+                                      "int", POSITIVE_INT)
+    dry_last_n: int = setting(1024, "DRY: how many of the last characters (prime included) a repetition is "
+                              "looked for in.", "int", POSITIVE_INT)
+    beam: int | None = setting(None, "Beam search with N beams: the most likely continuation of {length} "
+                               "characters (deterministic; N = 1 is {argmax}).", "int", POSITIVE_INT, optional=True)
     num_samples: int = setting(1, "Generate N samples together, printed one after another, each headed by its "
                                "own seed.", "int", POSITIVE_INT)
+    unique: bool = setting(False, "Line mode: keep drawing until {num_samples} distinct new lines (neither "
+                           "training nor validation lines) exist.", "flag", BOOLEAN)
     stop: tuple = setting((), "End a sample where it produces this text (kept). Repeatable; \\n, \\t, \\\\ are "
                           "understood.", "texts",
                           # (an empty one is refused with the stops a vocabulary cannot produce: sample.py)
                           Rule(lambda v: isinstance(v, tuple) and all(isinstance(s, str) for s in v),
                                "a list of strings"))
+
+    # What beam search decides itself: given with beam, these are refused.
+    NOT_WITH_BEAM = ("temperature", "top_k", "top_p", "min_p", "argmax", "dry_multiplier", "num_samples", "unique")
+
+    @classmethod
+    def from_given(cls, values: dict) -> "SampleConfig":
+        """The settings of a call from the ones a user gave (the others take their
+        defaults), refusing combinations that make no sense."""
+        values = cls.check_values(values)
+        if values.get("beam") is not None:
+            clash = [name for name in cls.NOT_WITH_BEAM if name in values]
+            if clash:
+                raise CharrnnError(f"{named(clash[0])} does not apply to beam search ({named('beam')}), which "
+                                   "finds the most likely text itself; leave it out")
+        return cls(**values)
+
+    @property
+    def dry(self) -> bool:
+        return self.dry_multiplier > 0
+
+# ----- serving ---------------------------------------------------------------------
+
+PORT = Rule(lambda v: is_int(v) and 0 <= v <= 65535, "a port number in [0, 65535] (0: any free port)")
+
+
+@dataclass(frozen=True)
+class ServeConfig(Settings):
+    """How `charrnn serve` runs (see charrnn/serve)."""
+
+    WHAT = "server settings"
+
+    host: str = setting("127.0.0.1", "Address to listen on: 127.0.0.1 is this machine only, 0.0.0.0 every "
+                        "interface (then set {api_key}).", "text", Rule(lambda v: isinstance(v, str) and v != "",
+                                                                        "an address"))
+    port: int = setting(8000, "Port to listen on (0: any free one; the address is printed on stderr).", "int",
+                        PORT)
+    api_key: str | None = setting(None, "Require 'Authorization: Bearer KEY' on the API (/v1/..., /metrics); "
+                                  "/health and the playground page stay open.", "text",
+                                  Rule(lambda v: isinstance(v, str) and v != "", "a non-empty string"),
+                                  optional=True, env="CHARRNN_API_KEY")
+    max_streams: int = setting(64, "Streams generated together at most (a request with n samples takes n); "
+                               "further requests wait in a queue.", "int", POSITIVE_INT)
+    max_length: int = setting(4096, "The most characters one request may generate (its max_tokens).", "int",
+                              POSITIVE_INT)
+    threads: int | None = setting(None, "Numba threads of the engine (default: one less than the cores, at "
+                                  "least 1, leaving a core to the HTTP side).", "int", POSITIVE_INT, optional=True)

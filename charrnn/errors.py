@@ -41,6 +41,11 @@ def render(message: str, style: Callable[[str, str | None], str] = as_setting) -
     return _MARKER.sub(lambda m: style(m.group(1), None if m.group(3) else m.group(2)), message)
 
 
+def names_in(message: str) -> list[str]:
+    """The settings a message names (see named), in order of appearance."""
+    return [m.group(1) for m in _MARKER.finditer(message)]
+
+
 class CharrnnError(Exception):
     """A bad input, file or setting, described in one line for the user.
 
@@ -70,3 +75,11 @@ class UnknownSettingError(CharrnnError):
     def __init__(self, message: str, names):
         super().__init__(message)
         self.names = sorted(names)
+
+
+class UnknownCharactersError(CharrnnError):
+    """Text has characters that are not in the vocabulary; .chars names them."""
+
+    def __init__(self, message: str, chars):
+        super().__init__(message)
+        self.chars = sorted(set(chars))

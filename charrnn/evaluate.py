@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 import sys
 from collections import Counter
+from collections.abc import Generator
 from dataclasses import dataclass
 
 import numpy as np
 
 from charrnn.data import decode_stream, iter_text, load_ids, load_known_ids
+from charrnn.lines import pad
 from charrnn.model import RecurrentState
 from charrnn.network import Network
 from charrnn.novelty import NGRAM_SIZES, fraction, novelty
@@ -47,6 +49,71 @@ def score_ids(net: Network, ids: np.ndarray, streams: int = 1, chunk: int = 1024
             loss, state = net.loss_sum(x, y, state)
             total += loss
     return total, n_targets
+
+
+def char_losses(net: Network, ids: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """The cross-entropy (nats) of predicting each ids[i] from ids[:i], i >= 1: one
+    stream from a zero state, as score_ids(streams=1) sums them. (len(ids) - 1,)."""
+    out = np.zeros(max(0, len(ids) - 1))
+    for _ in _char_loss_chunks(net, ids, out, chunk):
+        pass
+    return out
+
+
+def _char_loss_chunks(net: Network, ids: np.ndarray, out: np.ndarray, chunk: int):
+    """char_losses into out, one chunk per step of the iteration."""
+    state = RecurrentState.zeros(net.cfg, 1, net.params.dtype)
+    for start in range(0, out.size, chunk):
+        stop = min(out.size, start + chunk)
+        rows, state = net.loss_rows(ids[start:stop].reshape(-1, 1), ids[start + 1:stop + 1].reshape(-1, 1), state)
+        out[start:stop] = rows[:, 0]
+        yield
+
+
+def line_losses(net: Network, lines: list[np.ndarray], end: int, batch: int = 64) -> np.ndarray:
+    """Line mode: each line's nats, read from a zero state after the start marker and
+    predicting its characters and then its end (len(line) + 1 predictions). Lines of
+    like length are scored together, padded."""
+    out = np.zeros(len(lines))
+    for _ in _line_loss_batches(net, lines, end, batch, out):
+        pass
+    return out
+
+
+def _line_loss_batches(net: Network, lines: list[np.ndarray], end: int, batch: int, out: np.ndarray):
+    """line_losses into out, one batch of lines per step of the iteration."""
+    order = sorted(range(len(lines)), key=lambda i: len(lines[i]))
+    for i in range(0, len(order), batch):
+        chosen = order[i:i + batch]
+        x, y = pad([lines[j] for j in chosen], len(chosen), end)
+        rows, _ = net.loss_rows(x, y, RecurrentState.zeros(net.cfg, len(chosen), net.params.dtype))
+        out[chosen] = rows.sum(axis=0)
+        yield
+
+
+def mean_and_stderr(nats: np.ndarray, counts: np.ndarray) -> tuple[float, float | None]:
+    """The mean nats/char over units (lines, or blocks of text) of nats[i] over
+    counts[i] characters, sum(nats) / sum(counts), and its standard error, treating
+    the units as independent draws (the ratio estimator's; None for one unit)."""
+    total, n = float(nats.sum()), int(counts.sum())
+    mean = total / n if n else float("nan")
+    k = nats.size
+    if k < 2 or not n:
+        return mean, None
+    residual = nats - mean * counts
+    return mean, math.sqrt((residual ** 2).sum() / (k * (k - 1))) / (n / k)
+
+
+# Blocks of this many characters are the units of a stream's standard error: long
+# enough that a block's loss depends little on the one before (a character model's
+# context fades within a few hundred characters), short enough to have many.
+STDERR_BLOCK = 1000
+
+
+def block_units(losses: np.ndarray, block: int = STDERR_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """(nats, characters) of each block of a stream's per-character losses."""
+    starts = np.arange(0, losses.size, block)
+    return np.add.reduceat(losses, starts) if losses.size else np.zeros(0), np.diff(np.append(starts, losses.size))
 
 
 def perplexity_report(nats: float, count: int) -> dict:
@@ -108,17 +175,76 @@ def novelty_report(counts: dict) -> dict:
     return {str(n): fraction(c) for n, c in counts.items()}
 
 
-def evaluate_texts(net: Network, texts: list[Text], train_corpus=None) -> dict:
-    """Score each text as one stream from a zero state; with train_corpus, also the
-    novelty of each text's characters (all of them, also those skipped as unknown)
-    against that corpus. Returns {"files": [report per text], "total": report}, the
-    total over all predicted characters (and all n-grams)."""
-    reports, nats, count = [], 0.0, 0
-    for text in texts:
-        total, n = score_ids(net, text.ids, streams=1)
-        nats, count = nats + total, count + n
-        reports.append({"file": text.name, **perplexity_report(total, n)})
-    summary = {"files": reports, "total": perplexity_report(nats, count)}
+@dataclass
+class Scored:
+    """A text's losses: nats[i] over counts[i] predicted characters for each unit (a
+    line in line mode, else a block of STDERR_BLOCK characters of the stream), the
+    units of its standard error; and, per input line, (start, stop) of its characters
+    in the text's ids, its nats and its predictions."""
+
+    nats: np.ndarray
+    counts: np.ndarray
+    lines: list[tuple[int, int, float, int]]
+
+    def report(self) -> dict:
+        mean, stderr = mean_and_stderr(self.nats, self.counts)
+        return {**perplexity_report(float(self.nats.sum()), int(self.counts.sum())), "nats_per_char_stderr": stderr}
+
+
+def _line_bounds(ids: np.ndarray, end: int) -> list[tuple[int, int]]:
+    """(start, stop) of every line of a text's ids, its end excluded, as str.splitlines
+    cuts text (a final end starts no new line)."""
+    ends = np.flatnonzero(ids == end).tolist()
+    starts = [0] + [e + 1 for e in ends]
+    stops = ends + [ids.size]
+    bounds = list(zip(starts, stops))
+    return bounds[:-1] if bounds and bounds[-1][0] == ids.size else bounds
+
+
+def score_text(net: Network, ids: np.ndarray, end: int, lines: bool) -> Scored:
+    """Score a text as `charrnn evaluate` does. Streams: one stream from a zero state,
+    every character predicted from all before it. Line mode: every non-empty line on
+    its own (see line_losses), its end predicted too; per input line, empty ones too."""
+    steps = score_text_steps(net, ids, end, lines)
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+
+
+def score_text_steps(net: Network, ids: np.ndarray, end: int, lines: bool) -> Generator[None, None, Scored]:
+    """score_text one engine call (a chunk of text, or a batch of lines) per step of the
+    iteration, the Scored being the generator's return value: for a server, which runs
+    other work between the steps."""
+    bounds = _line_bounds(ids, end) if end >= 0 else [(0, ids.size)]
+    if lines:
+        nats = np.zeros(len(bounds))
+        yield from _line_loss_batches(net, [ids[a:b].astype(np.int64) for a, b in bounds], end, 64, nats)
+        counts = np.array([b - a + 1 for a, b in bounds])
+        per_line = [(a, b, float(n), int(c)) for (a, b), n, c in zip(bounds, nats, counts)]
+        used = counts > 1  # empty lines are no samples (training passes them over too)
+        return Scored(nats[used], counts[used], per_line)
+    losses = np.zeros(max(0, ids.size - 1))
+    yield from _char_loss_chunks(net, ids.astype(np.int64), losses, 1024)
+    per_line = []
+    for a, b in bounds:  # line i's predictions: its characters and its end, the text's first one excepted
+        lo, hi = max(a, 1), min(b + 1, ids.size)
+        per_line.append((a, b, float(losses[lo - 1:hi - 1].sum()), hi - lo))
+    block_nats, block_counts = block_units(losses)
+    return Scored(block_nats, block_counts, per_line)
+
+
+def evaluate_texts(net: Network, texts: list[Text], train_corpus=None, end: int = -1, lines: bool = False) -> dict:
+    """Score each text (see score_text); with train_corpus, also the novelty of each
+    text's characters (all of them, also those skipped as unknown) against that corpus.
+    Returns {"files": [report per text], "total": report, "scored": [Scored per text]},
+    the total over all predicted characters (and all n-grams) with the standard error
+    over the units of every text."""
+    scored = [score_text(net, text.ids, end, lines) for text in texts]
+    reports = [{"file": text.name, **s.report()} for text, s in zip(texts, scored)]
+    pooled = Scored(np.concatenate([s.nats for s in scored]), np.concatenate([s.counts for s in scored]), [])
+    summary = {"files": reports, "total": pooled.report(), "scored": scored}
     if train_corpus is not None:
         counts = novelty([t.code_points for t in texts], (code_points(c) for c in iter_text(train_corpus)))
         for report, c in zip(reports, counts):

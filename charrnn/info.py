@@ -9,7 +9,7 @@ from pathlib import Path
 from charrnn.checkpoint import load_checkpoint
 from charrnn.config import ModelConfig, TrainConfig, settings_of
 from charrnn.errors import CharrnnError, as_flag
-from charrnn.rundir import BEST, LAST, METRICS, read_metrics
+from charrnn.rundir import BEST, LAST, METRICS, overfitting, read_metrics
 
 
 def _number(v) -> float | None:
@@ -67,7 +67,9 @@ def describe(path) -> dict:
         "best_epoch": _epoch(best_step, state.steps_per_epoch),
         "best_elapsed": _number(_row_at(best_step, rows).get("elapsed")),
         "corpus_sha256": state.corpus_sha256,
+        "chosen": state.chosen,
         "train": train,
+        "overfitting": overfitting(rows) if run_dir is not None else None,
         "history": None if run_dir is None else [
             {"step": row["step"], **{k: _number(row.get(k)) for k in ("epoch", "train_loss", "val_loss")}}
             for row in rows],
@@ -89,7 +91,10 @@ def settings_flags(config: dict, train: dict) -> str:
     names = [name for cls in (ModelConfig, TrainConfig) for name, s in settings_of(cls).items() if s.cli]
     for name in names:
         value = config.get(name, train.get(name))
-        if value is None:
+        if value is None or value is False:
+            continue
+        if value is True:  # a flag
+            flags.append(as_flag(name, None))
             continue
         if name == "max_time" and _number(value) is not None:
             value = f"{value:g}s"
@@ -149,13 +154,14 @@ def format_text(info: dict) -> str:
     fields = [
         ("checkpoint", info["checkpoint"] + (" (resumable)" if info["resumable"] else " (weights only)")),
         ("model", f"{c['cell']}, {c['layers']} layer{'s' if c['layers'] != 1 else ''} of {c['hidden']} units, "
-                  f"embedding {c['embed']}, dropout {c['dropout']:g}"),
+                  f"embedding {c['embed']}, dropout {c['dropout']:g}{', line mode' if c.get('lines') else ''}"),
         ("parameters", f"{info['parameters']:,}"),
         ("vocabulary", f"{len(info['vocab']):,} characters: {vocab_preview(info['vocab'])}"),
         ("trained", ", ".join(trained)),
         ("val loss", f"last {loss(info['val_loss'])}"),
         ("best val", best),
         ("settings", settings_flags(c, info["train"]) or "n/a"),
+        *([("chosen", info["chosen"])] if info["chosen"] else []),
         ("corpus", f"sha256 {info['corpus_sha256']}" if info["corpus_sha256"] else "n/a"),
         ("version", f"written by charrnn {info['charrnn_version']}, format {info['format_version']}"),
     ]
@@ -166,6 +172,8 @@ def format_text(info: dict) -> str:
         if points:
             lines.append(f"validation loss (nats/char) at {len(points)} evaluation{'s' if len(points) != 1 else ''}:")
             lines += loss_chart(points)
+            if info["overfitting"]:
+                lines.append(info["overfitting"])
         else:
             lines.append("no validation losses recorded in metrics.jsonl")
     return "\n".join(lines)

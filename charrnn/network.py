@@ -9,10 +9,11 @@ from charrnn.config import ModelConfig
 from charrnn.engine import (PackedWeights, Workspace, layer_backward, layer_forward, product,
                             recurrent_weight_gradients, step_buffers, threads)
 from charrnn.kernels.dropout import apply_mask, dropout_mask
-from charrnn.kernels.inference import Decoding, generate, step_logits
+from charrnn.kernels.inference import generate, step_logits
 from charrnn.kernels.linear import gather_rows, scatter_add_rows, set_rows
-from charrnn.kernels.loss import softmax_xent, softmax_xent_backward
+from charrnn.kernels.loss import softmax_xent, softmax_xent_backward, softmax_xent_rows
 from charrnn.kernels.recurrence import CELL_CODES
+from charrnn.kernels.sampling import Decoding, History
 from charrnn.model import ParamBuffer, Parameters, RecurrentState, layer_dropout_keys
 
 
@@ -147,35 +148,67 @@ class Network:
         step_logits(buffers, current, h, c, CELL_CODES[self.cfg.cell], self.packed(nthreads).inference(), nthreads)
         return buffers.logits, RecurrentState(h, c if state.c is not None else None)
 
-    def generate(self, ids: np.ndarray, state: RecurrentState, uniforms: np.ndarray, temperature: float = 1.0,
-                 top_k: int = 0, top_p: float = 1.0, argmax: bool = False):
+    def generate(self, ids: np.ndarray, state: RecurrentState, uniforms: np.ndarray, temperature=1.0,
+                 top_k=0, top_p=1.0, argmax=False, *, decoding: Decoding | None = None,
+                 history: History | None = None):
         """K characters for each of B streams, each drawn from the model and fed back.
 
         ids: (B,) the last character of each stream; uniforms: (K, B) one number in
-        [0, 1) per draw (see kernels.sampling.sample_rows: temperature, then top_k
-        (0: all), then top_p (1: all); or the most likely character with argmax).
+        [0, 1) per draw. How a row chooses (see kernels.sampling): temperature, then
+        top_k (0: all), then top_p (1: all), or the most likely character with
+        argmax; each a scalar for every row or a (B,) array, one value per row; or
+        every setting at once as a Decoding (see make_decoding), with the rows'
+        History for repetition control (updated in place).
         Returns (K, B) characters and the state after them; row b depends only on row
         b's inputs, bit for bit."""
         nthreads = threads()
         current, h, c = self._inference_state(ids, state)
+        B = current.shape[0]
         out = np.empty(uniforms.shape, np.int64)
-        decoding = Decoding(float(temperature), int(top_k), float(top_p), bool(argmax))
+        if decoding is None:
+            decoding = make_decoding(B, temperature, top_k, top_p, argmax)
+        if history is None:
+            history = History(np.zeros((B, 0), np.int64), np.zeros(B, np.int64))
         generate(out, current, h, c, CELL_CODES[self.cfg.cell], self.packed(nthreads).inference(),
-                 step_buffers(self.cfg, current.shape[0], self.params.dtype), np.ascontiguousarray(uniforms), decoding,
+                 step_buffers(self.cfg, B, self.params.dtype), np.ascontiguousarray(uniforms), decoding, history,
                  nthreads)
         return out, RecurrentState(h, c if state.c is not None else None)
 
     def loss_and_grad(self, ids, targets, state, grads: ParamBuffer, dropout_key: int | None = None):
         """Mean cross-entropy (nats/char) of a (T, B) batch; adds its gradient to grads.
+        A negative target is padding: it counts neither in the mean nor in the gradient.
         Returns (loss, state after the batch)."""
         logits, new_state = self.forward(ids, state, dropout_key)
         flat_targets = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
-        total = softmax_xent_backward(logits, logits, flat_targets, 1.0 / flat_targets.size, threads())
+        count = max(1, int((flat_targets >= 0).sum()))
+        total = softmax_xent_backward(logits, logits, flat_targets, 1.0 / count, threads())
         self.backward(logits, grads)
-        return total / flat_targets.size, new_state
+        return total / count, new_state
 
     def loss_sum(self, ids, targets, state):
-        """Summed cross-entropy (nats) of a (T, B) batch without dropout, and the new state."""
+        """Summed cross-entropy (nats) of a (T, B) batch without dropout (negative
+        targets left out), and the new state."""
         logits, new_state = self.forward(ids, state)
         flat_targets = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
         return softmax_xent(logits, flat_targets, threads()), new_state
+
+    def loss_rows(self, ids, targets, state):
+        """The cross-entropy (nats, float64) of every position of a (T, B) batch, (T, B),
+        0 where the target is negative; and the new state."""
+        logits, new_state = self.forward(ids, state)
+        targets = np.ascontiguousarray(targets, dtype=np.int64)
+        out = np.empty(targets.size)
+        softmax_xent_rows(out, logits, targets.reshape(-1), threads())
+        return out.reshape(targets.shape), new_state
+
+def make_decoding(B: int, temperature=1.0, top_k=0, top_p=1.0, argmax=False, min_p=0.0, ban=None,
+                  dry_multiplier=0.0, dry_base=1.75, dry_allowed=2, dry_last_n=1) -> Decoding:
+    """A Decoding for B rows: each setting a scalar for every row or a (B,) sequence;
+    ban: None, or (B, V) bool."""
+    def rows(v, dtype):
+        return np.ascontiguousarray(np.broadcast_to(np.asarray(v, dtype), (B,)))
+
+    ban = np.zeros((B, 0), np.bool_) if ban is None else np.ascontiguousarray(ban, np.bool_)
+    return Decoding(rows(temperature, np.float64), rows(top_k, np.int64), rows(top_p, np.float64),
+                    rows(min_p, np.float64), rows(argmax, np.bool_), ban, rows(dry_multiplier, np.float64),
+                    rows(dry_base, np.float64), rows(dry_allowed, np.int64), rows(dry_last_n, np.int64))

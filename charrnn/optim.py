@@ -1,12 +1,13 @@
 """Adam with clipping by global norm, on the flat parameter buffers: the one writer
-of a model's weights during training."""
+of a model's weights during training; and the moving average of the weights that a
+run may evaluate and save instead of the weights themselves."""
 
 from __future__ import annotations
 
 import math
 
 from charrnn.engine import threads
-from charrnn.kernels.optim import adam_update, sum_squares
+from charrnn.kernels.optim import adam_update, ema_update, sum_squares
 from charrnn.model import ParamBuffer, Parameters
 
 ADAM_BETAS = (0.9, 0.999)
@@ -30,6 +31,23 @@ class Adam:
         with self.params.write() as w:
             adam_update(w.flat, grads.flat, self.moments["exp_avg"].flat, self.moments["exp_avg_sq"].flat, lr,
                         ADAM_BETAS[0], ADAM_BETAS[1], ADAM_EPS, step, threads(), scale)
+
+
+class WeightAverage:
+    """An exponential moving average of the weights, updated after each optimiser step:
+    avg = d * avg + (1 - d) * params with d = min(decay, (1 + t) / (10 + t)) at step t
+    (from 1), so that early steps, far from where training ends, fade fast. Averaging
+    over the last few hundred steps smooths the noise of the last updates, which often
+    scores a little better than the weights themselves."""
+
+    def __init__(self, params: Parameters, decay: float, avg: Parameters | None = None):
+        self.params, self.decay = params, decay
+        self.avg = avg if avg is not None else Parameters(params.cfg, flat=params.flat.copy())
+
+    def update(self, step: int) -> None:
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        with self.avg.write() as w:
+            ema_update(w.flat, self.params.kernel_view.flat, d, threads())
 
 
 def global_norm(grads: ParamBuffer) -> float:

@@ -41,6 +41,27 @@ def read_metrics(path) -> list[dict]:
     return rows
 
 
+# A validation loss this far above the best (nats/char) is a rise, not noise.
+RISE = 0.005
+
+
+def overfitting(rows: list[dict]) -> str | None:
+    """Words saying that the validation loss has risen since its best evaluation while
+    the training loss fell, from a run's metrics rows; None when it has not."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    scored = [r for r in rows if number(r.get("val_loss")) and number(r.get("train_loss"))]
+    if len(scored) < 2:
+        return None
+    best, last = min(scored, key=lambda r: r["val_loss"]), scored[-1]
+    if last["val_loss"] > best["val_loss"] + RISE and last["train_loss"] < best["train_loss"]:
+        return (f"overfitting: the validation loss rose from {best['val_loss']:.4f} (step {best['step']:,}) to "
+                f"{last['val_loss']:.4f} (step {last['step']:,}) while the training loss fell from "
+                f"{best['train_loss']:.4f} to {last['train_loss']:.4f}")
+    return None
+
+
 class RunDirectory:
     """The directory a run writes (out). Every check happens before anything is
     written: a refused run leaves the file system as it was."""

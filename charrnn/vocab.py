@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from charrnn.errors import CharrnnError
+from charrnn.errors import CharrnnError, UnknownCharactersError  # noqa: F401 (raised here, imported from here)
 from charrnn.fileio import atomic_write_text
 
 VOCAB_FORMAT = "charrnn-vocab"
@@ -20,14 +20,6 @@ def describe_chars(chars: Iterable[str], limit: int = 10) -> str:
     shown = ", ".join(f"{c!r} (U+{ord(c):04X})" for c in chars[:limit])
     more = len(chars) - limit
     return shown + (f" and {more} more" if more > 0 else "")
-
-
-class UnknownCharactersError(CharrnnError):
-    """Text has characters that are not in the vocabulary; .chars names them."""
-
-    def __init__(self, message: str, chars: Iterable[str]):
-        super().__init__(message)
-        self.chars = sorted(set(chars))
 
 
 def code_points(text: str) -> np.ndarray:

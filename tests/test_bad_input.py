@@ -289,7 +289,7 @@ def test_corpus_with_characters_outside_a_vocab_file(runner, files, tmp_path):
     (lambda d: d / "corpus.txt", "is not a safetensors checkpoint"),
     (lambda d: _foreign(d), "not a charrnn checkpoint"),
     (lambda d: rewrite_checkpoint(d / "run" / "last.safetensors", d / "newer.safetensors",
-                        edit_meta=lambda m: m.update(format_version=2)), "newer than this charrnn"),
+                        edit_meta=lambda m: m.update(format_version=3)), "newer than this charrnn"),
     (lambda d: rewrite_checkpoint(d / "run" / "last.safetensors", d / "no_tensor.safetensors",
                         edit_tensors=lambda t: t.pop("decoder.bias")), "missing tensor 'decoder.bias'"),
     (lambda d: rewrite_checkpoint(d / "run" / "last.safetensors", d / "shape.safetensors",

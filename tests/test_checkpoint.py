@@ -50,7 +50,7 @@ def test_tensor_names_and_metadata(tmp_path):
     assert all(n.split(".")[0] in ("embedding", "rnn", "decoder", "optimizer", "train") for n in names)
     with safe_open(path, "np") as f:
         meta = json.loads(f.metadata()["charrnn"])
-    assert meta["format_version"] == 1
+    assert meta["format_version"] == 2
     assert meta["config"]["cell"] == "lstm" and meta["vocab"] == list("abcdef")
     assert meta["state"]["step"] == 7
     assert read_metadata(path)["config"] == meta["config"]
@@ -147,3 +147,27 @@ def test_tensor_whose_bytes_do_not_match_its_shape(tmp_path):
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
     with pytest.raises(CharrnnError, match="'decoder.bias' holds 20 bytes, its shape \\(6,\\) needs 24"):
         load_checkpoint(path)
+
+
+def test_a_format_1_checkpoint_from_before_line_mode_loads(tmp_path):
+    """Format 1 had no line mode: its config lacks "lines" and its training settings "init"."""
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, make_checkpoint())
+
+    def as_format_1(meta):
+        meta["format_version"] = 1
+        del meta["config"]["lines"]
+
+    rewrite_checkpoint(path, path, edit_meta=as_format_1)
+    ckpt = load_checkpoint(path)
+    assert ckpt.format_version == 1 and ckpt.config.lines is False and ckpt.lines is None
+
+
+def test_line_hashes_round_trip(tmp_path):
+    ckpt = make_checkpoint()
+    ckpt.lines = (np.array([1, 5, 2**64 - 1], np.uint64), np.array([7], np.uint64))
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, ckpt)
+    back = load_checkpoint(path)
+    for a, b in zip(back.lines, ckpt.lines):
+        assert a.dtype == np.uint64 and (a == b).all()

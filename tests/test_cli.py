@@ -125,9 +125,11 @@ def test_sample_k_of_a_batch_is_reproduced_alone_by_its_own_seed(runner, trained
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["sample"] for r in rows] == [1, 2, 3] and rows[0]["seed"] == 5
-    assert rows[0]["settings"] == {"checkpoint": str(trained), "length": 60, "temperature": 0.8, "top_k": 8,
-                                   "top_p": 0.95, "argmax": False, "prime": "TH", "stop": ["e\n"],
-                                   "num_samples": 3, "seed": 5}
+    from charrnn.config import SampleConfig
+
+    given = {"checkpoint": str(trained), "length": 60, "temperature": 0.8, "top_k": 8, "top_p": 0.95,
+             "argmax": False, "prime": "TH", "stop": ["e\n"], "num_samples": 3, "seed": 5}
+    assert rows[0]["settings"] == {**SampleConfig().to_dict(), **given}  # every setting, the others at defaults
     for row in rows:
         assert row["text"].startswith("TH") and len(row["text"]) == 2 + row["generated"]
         assert (row["stop"] == "e\n") == row["text"].endswith("e\n") and (row["stop"] or row["generated"] == 60)
@@ -176,7 +178,7 @@ def test_evaluate_prints_all_three_measures(runner, trained, corpus):
 def test_evaluate_json(runner, trained, corpus):
     result = runner.invoke(cli, ["evaluate", str(trained), str(corpus), "--json"])
     report = json.loads(result.stdout)
-    assert set(report) == {"nats_per_char", "bits_per_char", "perplexity", "chars"}
+    assert set(report) == {"nats_per_char", "bits_per_char", "perplexity", "chars", "nats_per_char_stderr"}
     assert report["chars"] == len(corpus.read_text()) - 1
 
 
@@ -231,7 +233,7 @@ def test_sample_piped_into_evaluate_with_novelty(runner, trained, corpus):
                            input=sample.stdout)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert set(report) == {"nats_per_char", "bits_per_char", "perplexity", "chars", "novelty"}
+    assert set(report) == {"nats_per_char", "bits_per_char", "perplexity", "chars", "nats_per_char_stderr", "novelty"}
     assert report["chars"] == 300 and 0.0 <= report["novelty"]["20"] <= 1.0
 
 
@@ -324,7 +326,7 @@ def test_ctrl_c_during_training_saves_last_and_exits_130(runner, corpus, tmp_pat
     import os
     import signal
 
-    from charrnn.train import Trainer
+    from charrnn.training import Trainer
 
     original = Trainer.train_step
 
@@ -345,10 +347,10 @@ def test_ctrl_c_during_training_saves_last_and_exits_130(runner, corpus, tmp_pat
 
 
 @pytest.mark.parametrize("where,args,message", [
-    ("charrnn.train.Trainer.__init__", ["train", "CORPUS", "--out", "OUT"], "interrupted"),
-    ("charrnn.train.Trainer.run", ["train", "CORPUS", "--out", "OUT"], "files in OUT are complete"),
+    ("charrnn.training.Trainer.__init__", ["train", "CORPUS", "--out", "OUT"], "interrupted"),
+    ("charrnn.training.Trainer.run", ["train", "CORPUS", "--out", "OUT"], "files in OUT are complete"),
     ("charrnn.sample.write_samples", ["sample", "CKPT"], "interrupted"),
-    ("charrnn.evaluate.score_ids", ["evaluate", "CKPT", "CORPUS"], "interrupted"),
+    ("charrnn.evaluate.score_text", ["evaluate", "CKPT", "CORPUS"], "interrupted"),
 ])
 def test_ctrl_c_anywhere_exits_130_with_a_short_note(runner, corpus, trained, tmp_path, monkeypatch,
                                                       where, args, message):
@@ -386,3 +388,27 @@ def test_a_closed_pipe_ends_sample_quietly(trained):
     proc.stdout.close()  # as `| head -c 10` does
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=30) == 141 and stderr == ""
+
+
+@pytest.mark.parametrize("flags,settings", [
+    (["--min-p", "0.2", "-t", "1.3"], dict(min_p=0.2, temperature=1.3)),
+    (["--ban", "e\\n", "--seed", "4"], dict(ban="e\n", seed=4)),
+    (["--dry-multiplier", "0.8", "--dry-allowed-length", "3", "--dry-last-n", "64", "-t", "0.3"],
+     dict(dry_multiplier=0.8, dry_allowed_length=3, dry_last_n=64, temperature=0.3)),
+    (["--beam", "3", "--stop", "\\n"], dict(beam=3, stop=["\n"])),
+])
+def test_samplers_from_the_command_line_are_the_apis(runner, trained, flags, settings):
+    import charrnn
+
+    seed = [] if "--seed" in flags else ["--seed", "1"]
+    result = runner.invoke(cli, ["sample", str(trained), "-n", "150", "--prime", "ROMEO:", *flags, *seed, "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    expected = charrnn.load(trained).generate("ROMEO:", length=150, **{"seed": 1, **settings})
+    assert row["text"] == expected and all(row["settings"][k] == v for k, v in settings.items())
+
+
+def test_beam_with_a_setting_it_decides_itself_is_refused(runner, trained):
+    result = runner.invoke(cli, ["sample", str(trained), "--beam", "2", "--top-k", "3"])
+    assert result.exit_code == 1 and result.stderr.strip() == (
+        "Error: --top-k does not apply to beam search (--beam), which finds the most likely text itself; leave it out")

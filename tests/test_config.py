@@ -6,14 +6,14 @@ import click
 import pytest
 
 from charrnn.cli import cli
-from charrnn.config import (ModelConfig, SampleConfig, TrainConfig, format_duration, parse_duration,
+from charrnn.config import (ModelConfig, SampleConfig, ServeConfig, TrainConfig, format_duration, parse_duration,
                             parse_steps_or_duration, settings_of)
 from charrnn.errors import CharrnnError, SettingError, UnknownSettingError, as_flag, named, render
 
 # Each command's settings, and the options it has besides them (files, output format).
-COMMAND_SETTINGS = {"train": (ModelConfig, TrainConfig), "sample": (SampleConfig,)}
+COMMAND_SETTINGS = {"train": (ModelConfig, TrainConfig), "sample": (SampleConfig,), "serve": (ServeConfig,)}
 OTHER_OPTIONS = {"train": {"out", "vocab", "resume", "overwrite", "quiet"},
-                 "sample": {"stream", "as_json"}}
+                 "sample": {"stream", "as_json"}, "serve": set()}
 
 
 def options(command: str) -> dict[str, click.Option]:
@@ -38,7 +38,7 @@ def test_every_option_is_a_setting_or_a_listed_other_option(command):
             assert s.short in opt.opts
 
 
-@pytest.mark.parametrize("cls", [ModelConfig, TrainConfig, SampleConfig])
+@pytest.mark.parametrize("cls", [ModelConfig, TrainConfig, SampleConfig, ServeConfig])
 def test_each_default_is_valid_and_a_config_of_defaults_holds_them(cls):
     extra = {"vocab_size": 10} if cls is ModelConfig else {}
     cfg = cls(**extra)
@@ -109,3 +109,12 @@ def test_named_references_render_per_front_end():
     e = CharrnnError(f"use {named('batch_size', 17)} with {named('seq_len')}")
     assert str(e) == "use batch_size=17 with seq_len"
     assert render(e.message, as_flag) == "use --batch-size 17 with --seq-len"
+
+
+def test_a_setting_with_an_environment_variable_reads_it_and_the_flag_wins(monkeypatch):
+    assert options("serve")["api_key"].envvar == settings_of(ServeConfig)["api_key"].env == "CHARRNN_API_KEY"
+    monkeypatch.delenv("CHARRNN_API_KEY", raising=False)
+    assert cli.commands["serve"].make_context("serve", ["ckpt"]).params["api_key"] is None
+    monkeypatch.setenv("CHARRNN_API_KEY", "from-env")
+    assert cli.commands["serve"].make_context("serve", ["ckpt"]).params["api_key"] == "from-env"
+    assert cli.commands["serve"].make_context("serve", ["ckpt", "--api-key", "flag"]).params["api_key"] == "flag"

@@ -25,3 +25,24 @@ def test_backward_matches_central_differences_in_place(rng):
     total = softmax_xent_backward(work, work, targets, 0.5, 2)
     assert total == pytest.approx(softmax_xent(logits, targets, 2), rel=1e-13)
     np.testing.assert_allclose(work, numeric, rtol=1e-7, atol=1e-9)
+
+
+def test_padded_rows_add_no_loss_and_no_gradient(rng):
+    """A negative target marks padding (line mode): the loss is that of the other rows,
+    their gradients are unchanged, and the padded rows' gradients are zero."""
+    from charrnn.kernels.loss import softmax_xent_rows
+
+    logits = rng.standard_normal((6, 5))
+    targets = np.array([1, -1, 4, 0, -1, 2])
+    real = targets >= 0
+    assert softmax_xent(logits, targets, 2) == pytest.approx(softmax_xent(logits[real], targets[real], 2), rel=1e-13)
+    work = logits.copy()
+    softmax_xent_backward(work, work, targets, 0.5, 2)
+    alone = logits[real].copy()
+    softmax_xent_backward(alone, alone, targets[real], 0.5, 2)
+    np.testing.assert_array_equal(work[real], alone)
+    assert not work[~real].any()
+    rows = np.empty(6)
+    softmax_xent_rows(rows, logits, targets, 2)
+    np.testing.assert_allclose(rows[real], -ref.log_softmax(logits[real])[np.arange(4), targets[real]], rtol=1e-13)
+    assert not rows[~real].any()

@@ -41,3 +41,12 @@ def test_adam_on_a_scaled_gradient_equals_adam_on_the_scaled_gradient(rng):
 def test_sum_squares(rng):
     x = rng.standard_normal(1001).astype(np.float32)
     assert sum_squares(x, 2) == pytest.approx(float((x.astype(np.float64) ** 2).sum()), rel=1e-6)
+
+
+def test_ema_update_is_the_moving_average(rng):
+    from charrnn.kernels.optim import ema_update
+
+    avg, p = rng.standard_normal(1000), rng.standard_normal(1000)
+    expected = 0.9 * avg + 0.1 * p
+    ema_update(avg, p, 0.9, 2)
+    np.testing.assert_allclose(avg, expected, rtol=1e-13, atol=1e-15)  # fused multiply-adds round once less

@@ -204,3 +204,145 @@ def test_a_stop_may_span_a_whole_prime_shorter_than_the_stop(model):
     net, vocab = model
     full = generate(net, vocab, 50, 1.0, "abcd", seed=4)
     assert generate(net, vocab, 50, 1.0, "abcd", seed=4, stops=["abcd" + full[:2]]) == full[:2]
+
+
+def test_streams_that_join_a_running_batch_with_their_own_settings_give_what_they_give_alone(model):
+    """What a server does: streams with different settings join and leave between
+    engine calls; each gives exactly its text alone (from generate, block 64)."""
+    from charrnn.sample import Batch, Stream
+
+    net, vocab = model
+    configs = [SampleConfig(temperature=1.0, length=40, prime="ab", seed=1),
+               SampleConfig(temperature=0.5, top_k=3, length=25, seed=2),
+               SampleConfig(argmax=True, length=30, prime="c", seed=3),
+               SampleConfig(temperature=1.3, top_p=0.8, length=50, prime="a b", stop=["hh", "e "], seed=4)]
+    batch, texts = Batch(net, vocab), {i: [] for i in range(len(configs))}
+
+    def record(block):
+        for s, ids, n in zip(block.streams, block.ids, block.counts):
+            texts[s.index].extend(ids[:n].tolist())
+
+    for step in range(30):
+        if step < len(configs):  # one more joins before each of the first calls
+            first = batch.add([Stream(vocab, configs[step], configs[step].seed, step)])
+            if first is not None:
+                record(first)
+        if len(batch):
+            record(batch.advance(3 + step % 4))
+    for i, cfg in enumerate(configs):
+        alone = generate(net, vocab, cfg.length, cfg.temperature, cfg.prime, cfg.seed, cfg.argmax, top_k=cfg.top_k,
+                         top_p=cfg.top_p, stops=cfg.stop)
+        assert vocab.decode(texts[i]) == alone, i
+
+
+# ----- samplers: min-p, bans, repetition control, beam search -----------------------------
+
+import itertools  # noqa: E402
+
+from charrnn.sample import Stream, beam_search  # noqa: E402
+
+
+def repeats(text: str, n: int = 8) -> int:
+    """How many of text's n-grams occurred before in it."""
+    seen, count = set(), 0
+    for i in range(len(text) - n + 1):
+        count += text[i:i + n] in seen
+        seen.add(text[i:i + n])
+    return count
+
+
+@pytest.mark.parametrize("base", [dict(temperature=1.0), dict(argmax=True), dict(temperature=0.7, top_k=4, min_p=0.1)])
+def test_dry_with_multiplier_zero_changes_nothing(model, base):
+    net, vocab = model
+    cfg = SampleConfig(length=120, seed=5, num_samples=3, prime="ab", **base)
+    assert generate_many(net, vocab, cfg) == generate_many(
+        net, vocab, cfg.replace(dry_multiplier=0.0, dry_base=3.0, dry_allowed_length=1, dry_last_n=7))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small model trained briefly on Shakespeare: at a low temperature it falls into
+    loops, which repetition control is for."""
+    import charrnn
+    from conftest import SHAKESPEARE
+
+    d = tmp_path_factory.mktemp("trained")
+    (d / "corpus.txt").write_text(SHAKESPEARE.read_text()[:20000])
+    return charrnn.train(d / "corpus.txt", d / "run", progress=False, layers=1, hidden=32, embed=8, batch_size=8,
+                         seq_len=32, max_steps=150, eval_every=150).load()
+
+
+def test_dry_repeats_fewer_long_substrings_at_low_temperature(trained):
+    for seed in range(3):
+        plain = trained.generate("ROMEO:", length=400, temperature=0.2, seed=seed)
+        dry = trained.generate("ROMEO:", length=400, temperature=0.2, seed=seed, dry_multiplier=1.0)
+        assert repeats(dry) < repeats(plain), (seed, plain[:80], dry[:80])
+
+
+def test_every_sampler_is_reproducible_from_its_seed_alone_or_in_a_batch(model):
+    net, vocab = model
+    cfg = SampleConfig(length=150, temperature=1.1, top_k=6, top_p=0.9, min_p=0.05, ban="h", dry_multiplier=0.8,
+                       dry_allowed_length=3, dry_last_n=50, seed=9, num_samples=4, prime="a ")
+    batch = generate_many(net, vocab, cfg)
+    assert batch == generate_many(net, vocab, cfg)
+    for k, text in enumerate(batch, start=1):
+        assert "h" not in text
+        assert generate_many(net, vocab, cfg.replace(num_samples=1, seed=sample_seed(9, k))) == [text]
+
+
+def test_bans_hold_for_argmax_and_unknown_or_total_bans_are_refused(model):
+    net, vocab = model
+    greedy = generate_many(net, vocab, SampleConfig(length=100, argmax=True, prime="a", seed=0))[0]
+    banned = sorted(set(greedy))[:2]
+    text = generate_many(net, vocab, SampleConfig(length=100, argmax=True, prime="a", ban="".join(banned), seed=0))[0]
+    assert not set(text) & set(banned)
+    with pytest.raises(CharrnnError, match="'z'"):
+        generate_many(net, vocab, SampleConfig(length=5, seed=0, ban="az"))
+    with pytest.raises(CharrnnError, match="every character"):
+        generate_many(net, vocab, SampleConfig(length=5, seed=0, ban="".join(vocab.chars)))
+
+
+@pytest.mark.parametrize("stops", [(), ("e ",)])
+def test_beam_of_one_is_argmax(model, stops):
+    net, vocab = model
+    cfg = SampleConfig(length=60, prime="ab", stop=stops, seed=0)
+    assert generate_many(net, vocab, cfg.replace(beam=1)) == generate_many(net, vocab, cfg.replace(argmax=True))
+
+
+def log_prob(net, vocab, prime, text):
+    """The model's total log-probability of text after prime, one step at a time."""
+    from charrnn.model import RecurrentState
+
+    state = RecurrentState.zeros(net.cfg, 1)
+    ids = vocab.encode(prime + text).astype(np.int64)
+    total = 0.0
+    for i in range(len(ids) - 1):
+        logits, state = net.step(ids[i:i + 1], state)
+        row = logits[0].astype(np.float64)
+        if i >= len(prime) - 1:
+            total += row[ids[i + 1]] - row.max() - np.log(np.exp(row - row.max()).sum())
+    return total
+
+
+def test_a_beam_wide_enough_to_keep_every_prefix_finds_the_exhaustive_optimum():
+    from charrnn.config import ModelConfig
+
+    vocab = Vocab.from_chars("abc")
+    for seed in range(3):
+        cfg = ModelConfig(vocab_size=3, layers=1, hidden=8, embed=4)
+        params = Parameters(cfg)
+        init_params(params, np.random.default_rng(seed))
+        net = Network(cfg, params)
+        best = max(("".join(t) for t in itertools.product("abc", repeat=4)), key=lambda t: log_prob(net, vocab, "b", t))
+        found = vocab.decode(beam_search(net, vocab, Stream(vocab, SampleConfig(length=4, prime="b", beam=27), 0)))
+        assert found == best
+        assert log_prob(net, vocab, "b", found) >= log_prob(net, vocab, "b", vocab.decode(
+            beam_search(net, vocab, Stream(vocab, SampleConfig(length=4, prime="b", beam=1), 0))))
+
+
+def test_beam_refuses_the_settings_it_decides_itself(model):
+    with pytest.raises(CharrnnError, match="temperature does not apply to beam search"):
+        SampleConfig.from_given({"beam": 3, "temperature": 0.5})
+    with pytest.raises(CharrnnError, match="num_samples does not apply"):
+        SampleConfig.from_given({"beam": 3, "num_samples": 2})
+    assert SampleConfig.from_given({"beam": 3, "stop": ["x"], "ban": "a", "seed": 1}).beam == 3

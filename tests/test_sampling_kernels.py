@@ -115,3 +115,74 @@ def test_top_p_keeps_the_fewest_most_likely_reaching_p():
         sample_rows(out, logits, 1.0, np.array([u]), 0, 0.65)  # 0.4 + 0.3 >= 0.65
         seen.add(int(out[0]))
     assert seen == {2, 3}
+
+
+# ----- min-p, bans and repetition control (DRY) ----------------------------------------
+
+import math  # noqa: E402
+
+from charrnn.kernels.sampling import History, choose_rows, dry_penalize  # noqa: E402
+from charrnn.network import make_decoding  # noqa: E402
+
+distinct_rows = st.lists(st.integers(-12, 12), min_size=2, max_size=12, unique=True).map(lambda xs: [x / 3 for x in xs])
+
+
+@settings(max_examples=200, deadline=None)
+@given(logits=distinct_rows, temperature=st.sampled_from([0.3, 1.0, 2.5]), u=st.floats(0.0, 0.999999))
+def test_min_p_of_one_is_argmax(logits, temperature, u):
+    row, out = np.array([logits]), np.zeros(1, np.int64)
+    sample_rows(out, row, temperature, np.array([u]), 0, 1.0, 1.0)
+    assert out[0] == int(np.argmax(logits))
+
+
+@settings(max_examples=300, deadline=None)
+@given(logits=logit_rows, temperature=st.sampled_from([0.3, 1.0, 2.5]), min_p=st.floats(0.0, 1.0),
+       u=st.floats(0.0, 0.999999))
+def test_min_p_never_draws_below_p_times_the_top_probability(logits, temperature, min_p, u):
+    out = np.zeros(1, np.int64)
+    sample_rows(out, np.array([logits]), temperature, np.array([u]), 0, 1.0, min_p)
+    p = np.exp((np.array(logits) - max(logits)) / temperature)
+    assert p[out[0]] >= min_p * p.max() * (1 - 1e-12)
+
+
+def no_history(B):
+    return History(np.zeros((B, 0), np.int64), np.zeros(B, np.int64))
+
+
+@settings(max_examples=200, deadline=None)
+@given(logits=logit_rows, data=st.data(), argmax=st.booleans(), u=st.floats(0.0, 0.999999))
+def test_a_banned_character_is_never_chosen(logits, data, argmax, u):
+    V = len(logits)
+    ban = np.array([data.draw(st.lists(st.booleans(), min_size=V, max_size=V).filter(lambda b: not all(b)))])
+    out = np.zeros(1, np.int64)
+    d = make_decoding(1, 1.0, 0, 1.0, argmax, ban=ban)
+    choose_rows(out, np.array([logits], np.float32), np.array([u]), d, no_history(1), 0, 1)
+    assert not ban[0, out[0]]
+
+
+def naive_dry(row, context, multiplier, base, allowed):
+    """DRY by its definition, O(L^2): character c extends a repetition of length n when
+    context[-n:] + [c] occurs earlier; the longest such n counts."""
+    row = row.copy()
+    L = len(context)
+    longest = {}
+    for j in range(1, L):  # c = context[j], following the text that ends at j - 1
+        n = 0
+        while n < j and context[j - 1 - n] == context[L - 1 - n]:
+            n += 1
+        longest[context[j]] = max(longest.get(context[j], 0), n)
+    for c, n in longest.items():
+        if n >= allowed:
+            row[c] -= min(multiplier * base ** (n - allowed), 1e30)
+    return row
+
+
+@settings(max_examples=300, deadline=None)
+@given(context=st.lists(st.integers(0, 3), max_size=40), allowed=st.integers(1, 4),
+       base=st.sampled_from([1.0, 1.75, 3.0]))
+def test_dry_penalties_match_the_definition(context, allowed, base):
+    row = np.linspace(-1, 1, 4)
+    got = row.copy()
+    dry_penalize(got, np.array(context, np.int64), 0.8, base, allowed, np.empty(max(1, len(context)), np.int64),
+                 np.empty(4, np.int64))
+    np.testing.assert_allclose(got, naive_dry(row, context, 0.8, base, allowed), rtol=1e-12)

@@ -9,7 +9,7 @@ from conftest import SHAKESPEARE, raises_as_cli
 from charrnn.checkpoint import load_checkpoint
 from charrnn.errors import CharrnnError
 from charrnn.schedule import lr_factor
-from charrnn.train import Trainer
+from charrnn.training import Trainer
 
 TINY_MODEL = dict(cell="lstm", layers=2, hidden=16, embed=8, dropout=0.2)
 TINY_TRAIN = dict(batch_size=4, seq_len=16, eval_every=10, seed=3, warmup_steps=10)
@@ -83,7 +83,7 @@ def test_resume_refuses_conflicting_model_flags(corpus, tmp_path):
 def test_max_epochs_counts_passes_over_the_text(corpus, tmp_path):
     trainer = Trainer(corpus, tmp_path, TINY_MODEL, dict(TINY_TRAIN, max_epochs=0.5), progress=False)
     summary = trainer.run()
-    assert summary["step"] == int(np.ceil(0.5 * trainer.batches.steps_per_epoch))
+    assert summary["step"] == int(np.ceil(0.5 * trainer.data.steps_per_epoch))
 
 
 def files_of(out):
@@ -297,14 +297,14 @@ def test_the_budget_spent_is_the_largest_fraction_of_the_budgets_given(corpus, t
     assert t.budget.spent(t.step, 1e6) == 0.25  # elapsed time is no budget here
     assert t.lr(0.0) == pytest.approx(0.01 * 0.5 * (1 + np.cos(np.pi / 4)))
     t = schedule_trainer(corpus, tmp_path, max_epochs=2.0)
-    t.state.step = t.batches.steps_per_epoch
+    t.state.step = t.data.steps_per_epoch
     assert t.budget.spent(t.step, 0.0) == 0.5
     t = schedule_trainer(corpus, tmp_path, max_time=60.0)
     assert t.budget.spent(t.step, 15.0) == 0.25 and t.budget.spent(t.step, 90.0) == 1.0
     assert t.lr(60.0) == pytest.approx(0.0, abs=1e-15)
     t = schedule_trainer(corpus, tmp_path, max_steps=100, max_epochs=1.0, max_time=60.0, lr_schedule="linear")
     t.state.step = 10
-    spe = t.batches.steps_per_epoch
+    spe = t.data.steps_per_epoch
     assert t.budget.spent(t.step, 3.0) == pytest.approx(max(0.1, 10 / spe, 0.05))
     assert t.budget.spent(t.step, 45.0) == 0.75
     assert t.lr(45.0) == pytest.approx(0.01 * 0.25)
@@ -345,7 +345,7 @@ def test_schedule_flags_are_saved_and_may_change_on_resume(corpus, tmp_path):
 # ----- evaluation on a time schedule -------------------------------------------------
 
 class FakeClock:
-    """time.perf_counter for charrnn.train that advances `tick` seconds per call."""
+    """time.perf_counter for charrnn.training that advances `tick` seconds per call."""
 
     def __init__(self, tick):
         self.now, self.tick = 1000.0, tick
@@ -356,7 +356,7 @@ class FakeClock:
 
 
 def test_time_based_evaluation_lands_at_each_multiple_of_the_interval(corpus, tmp_path, monkeypatch):
-    import charrnn.train as train
+    import charrnn.training as train
 
     monkeypatch.setattr(train.time, "perf_counter", FakeClock(0.5))
     summary = run(corpus, tmp_path, 30, eval_every="10s")
@@ -417,3 +417,44 @@ def test_a_second_trainer_on_a_busy_directory_is_refused_until_the_first_ends(co
         waiting.run()
     assert files_of(tmp_path) == before
     run(corpus, tmp_path, 30, resume=tmp_path / "last.safetensors")
+
+
+# ----- the weight average, patience, overfitting --------------------------------------
+
+def test_a_weight_average_is_what_is_validated_saved_and_resumed_exactly(corpus, tmp_path):
+    from charrnn.evaluate import score_ids
+
+    run(corpus, tmp_path / "whole", 40, ema=0.9, lr_schedule="constant")
+    run(corpus, tmp_path / "split", 20, ema=0.9, lr_schedule="constant")
+    run(corpus, tmp_path / "split", 40, resume=tmp_path / "split" / "last.safetensors")
+    for name in ("last.safetensors", "best.safetensors"):
+        assert (tmp_path / "split" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    last = load_checkpoint(tmp_path / "whole" / "last.safetensors")
+    assert last.raw is not None and not np.array_equal(last.raw.flat, last.params.flat)
+    trainer = Trainer(corpus, tmp_path / "other", TINY_MODEL, dict(TINY_TRAIN, max_steps=1), progress=False)
+    from charrnn.network import Network
+
+    total, count = score_ids(Network(last.config, last.params), trainer.data.val_ids, streams=4, chunk=16)
+    assert last.state.val_loss == pytest.approx(total / count, rel=1e-12)  # the average was validated
+
+
+def test_patience_stops_after_that_many_evaluations_without_a_new_best(corpus, tmp_path, monkeypatch):
+    losses = iter([3.0, 2.9, 2.95, 2.96, 2.97, 2.98])
+    monkeypatch.setattr(Trainer, "validate", lambda self: next(losses))
+    summary = run(corpus, tmp_path, 60, patience=2)
+    assert summary["step"] == 40 and summary["patience_stop"] and summary["best_step"] == 20
+    with raises_as_cli("already meets --patience 2"):
+        run(corpus, tmp_path, 60, resume=tmp_path / "last.safetensors")
+
+
+def test_overfitting_is_said_in_words():
+    from charrnn.rundir import overfitting
+
+    rows = [{"step": 10, "train_loss": 2.0, "val_loss": 2.1}, {"step": 20, "train_loss": 1.5, "val_loss": 1.6},
+            {"step": 30, "train_loss": 1.2, "val_loss": 1.603}]
+    assert overfitting(rows) is None  # within noise
+    rows.append({"step": 40, "train_loss": 1.0, "val_loss": 1.7})
+    assert overfitting(rows) == ("overfitting: the validation loss rose from 1.6000 (step 20) to 1.7000 (step 40) "
+                                 "while the training loss fell from 1.5000 to 1.0000")
+    rows.append({"step": 50, "train_loss": 1.6, "val_loss": 1.7})  # both rose: not overfitting
+    assert overfitting(rows) is None

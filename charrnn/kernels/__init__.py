@@ -60,9 +60,12 @@ numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
 # fused, but NaN and Inf keep their meaning, so divergence is still detected.
 FASTMATH = {"contract", "reassoc", "nsz", "arcp"}
 
-kernel = njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+# nogil: a kernel lets go of Python's lock while it runs, so that other Python threads
+# go on meanwhile (the server's event loop answers HTTP while its engine thread
+# generates); the kernels touch no Python objects.
+kernel = njit(cache=True, error_model="numpy", fastmath=FASTMATH, nogil=True)
 
 # For kernels with a `prange(nthreads)` loop: each of the nthreads iterations runs
 # on its own thread (the threading layer set above sees to it), so the iterations of
 # one region can wait for each other at a barrier.
-parallel_kernel = njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True)
+parallel_kernel = njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True, nogil=True)

@@ -20,7 +20,7 @@ from charrnn.kernels.gemm import gemm_block_n, split, tile_scratch
 from charrnn.kernels.gru import gru_cell_forward
 from charrnn.kernels.lstm import lstm_cell_forward
 from charrnn.kernels.recurrence import GRU, LSTM, UNIT_ALIGN
-from charrnn.kernels.sampling import argmax_rows, sample_rows
+from charrnn.kernels.sampling import choose_rows, history_append
 from charrnn.kernels.simd import NR, barrier
 
 # Every layer's weights, stacked into one array per kind (fixed types, so nothing is
@@ -32,10 +32,6 @@ from charrnn.kernels.simd import NR, barrier
 #   b_hn: (L, H) GRU only (zeros otherwise)
 #   dec_t: the decoder's weight .T packed; dec_b: (V,)
 InferenceWeights = namedtuple("InferenceWeights", ["table", "ih_t", "hh_t", "bias", "b_hn", "dec_t", "dec_b"])
-
-# How the next character is chosen (see sampling.sample_rows): temperature, top_k
-# (0: all), top_p (1: all); or the most likely one with argmax.
-Decoding = namedtuple("Decoding", ["temperature", "top_k", "top_p", "argmax"])
 
 # What every worker of a region shares while stepping B streams (made by the
 # caller: a parallel kernel cannot make a namedtuple): gates, hg: (B, G*H);
@@ -92,20 +88,21 @@ def step_logits(s, current, h, c, cell, w, nthreads):
 
 
 @parallel_kernel
-def generate(out, current, h, c, cell, w, s, uniforms, d, nthreads):
+def generate(out, current, h, c, cell, w, s, uniforms, d, hist, nthreads):
     """K characters for each of B streams, each fed back as the next input.
 
     out: (K, B) the characters; current: (B,) in, the last character of each stream,
     out, the last one generated; h, c: (L, B, H) advanced in place; w:
-    InferenceWeights; s: StepBuffers; uniforms: (K, B) one number in [0, 1) per draw
-    (see sampling.sample_rows); d: Decoding."""
+    InferenceWeights; s: StepBuffers; uniforms: (K, B) one number in [0, 1) per draw;
+    d: sampling.Decoding, how each row chooses; hist: sampling.History, each row's
+    characters so far (for DRY), each new one added."""
     choice = np.empty(out.shape[1], np.int64)
     for worker in prange(nthreads):
-        _generate_worker(worker, nthreads, out, current, h, c, cell, w, uniforms, d, s, choice)
+        _generate_worker(worker, nthreads, out, current, h, c, cell, w, uniforms, d, hist, s, choice)
 
 
 @kernel
-def _generate_worker(worker, nthreads, out, current, h, c, cell, w, uniforms, d, s, choice):
+def _generate_worker(worker, nthreads, out, current, h, c, cell, w, uniforms, d, hist, s, choice):
     """One worker's share of generate: its panels of every product and its rows'
     draws. (A prange body must not write through a namedtuple: see recurrence.py.)"""
     K, B = out.shape
@@ -114,11 +111,10 @@ def _generate_worker(worker, nthreads, out, current, h, c, cell, w, uniforms, d,
     for k in range(K):
         _advance(worker, nthreads, cell, current, h, c, w, s, scratch)
         if r1 > r0:
-            if d.argmax:
-                argmax_rows(choice[r0:r1], s.logits[r0:r1])
-            else:
-                sample_rows(choice[r0:r1], s.logits[r0:r1], d.temperature, uniforms[k, r0:r1], d.top_k, d.top_p)
+            choose_rows(choice, s.logits, uniforms[k], d, hist, r0, r1)
             for b in range(r0, r1):
                 out[k, b] = choice[b]
                 current[b] = choice[b]
+                if d.dry_multiplier[b] > 0.0:
+                    history_append(hist, choice[b], b, d.dry_last_n[b])
         barrier(s.sync, nthreads)

@@ -41,3 +41,15 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, nthreads, grad_scale=1.
             m[i] = mi
             v[i] = vi
             p[i] -= step_size * mi / (math.sqrt(vi) * inv_root_bc2 + e)
+
+
+@parallel_kernel
+def ema_update(avg, p, decay, nthreads):
+    """avg = decay * avg + (1 - decay) * p, elementwise: an exponential moving average
+    of the weights.  avg, p: (N,)."""
+    t = avg.dtype.type
+    d, rest = t(decay), t(1.0 - decay)
+    for worker in prange(nthreads):
+        i0, i1 = split(avg.shape[0], nthreads, worker, 64)
+        for i in range(i0, i1):
+            avg[i] = d * avg[i] + rest * p[i]

@@ -11,18 +11,20 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from charrnn.checkpoint import Checkpoint, TrainingState, load_checkpoint
-from charrnn.config import ModelConfig, TrainConfig, new_run_settings, resumed_run_settings
-from charrnn.data import Batches, check_text_file, file_sha256, load_ids, scan_vocab, split_train_val
-from charrnn.errors import CharrnnError, named
-from charrnn.evaluate import score_ids
+from charrnn.checkpoint import Checkpoint, TrainingState
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.corpus import load_corpus
+from charrnn.data import check_text_file, file_sha256
+from charrnn.errors import CharrnnError, UnknownCharactersError, named
+from charrnn import speed
 from charrnn.interrupts import handled
-from charrnn.model import Parameters, RecurrentState, init_params, memory_for, step_key
+from charrnn.model import RecurrentState, memory_for, step_key
 from charrnn.network import Network
-from charrnn.optim import Adam, global_norm
-from charrnn.rundir import RunDirectory
+from charrnn.optim import WeightAverage, global_norm
+from charrnn.rundir import RunDirectory, overfitting
+from charrnn.runstart import Start, fine_tuned_run, new_run, resumed_run
 from charrnn.schedule import Budget, next_eval_time
-from charrnn.vocab import UnknownCharactersError, Vocab, describe_chars
+from charrnn.vocab import describe_chars
 
 
 class Trainer:
@@ -42,77 +44,51 @@ class Trainer:
         self.progress, self.resumed = progress, resume is not None
         self.run_dir.check(resume, overwrite)
         if resume is not None:
-            self._setup_resume(resume, given_model, given_train, vocab_path, overwrite)
+            start = resumed_run(resume, given_model, given_train, vocab_path, self.run_dir, overwrite)
+        elif given_train.get("init") is not None:
+            start = fine_tuned_run(given_train["init"], self.corpus, given_model, given_train, vocab_path)
         else:
-            self._setup_fresh(given_model, given_train, vocab_path)
-        self.ids = self._load_corpus(resume, vocab_path)
-        self.train_ids, self.val_ids = split_train_val(self.ids, self.tcfg.val_frac)
-        self.batches = self._batches()
-        self.budget = Budget(self.tcfg, self.batches.steps_per_epoch)
-        self.state.steps_per_epoch = self.batches.steps_per_epoch
+            start = new_run(self.corpus, given_model, given_train, vocab_path, self.log)
+        self.cfg, self.tcfg, self.vocab, self.params = start.cfg, start.tcfg, start.vocab, start.params
+        self.optimizer, self.state, self.carry = start.optimizer, start.state, start.carry
+        self.data = self._load_corpus(start, resume, vocab_path)
+        self.budget = Budget(self.tcfg, self.data.steps_per_epoch)
+        self.state.steps_per_epoch = self.data.steps_per_epoch
         self.fingerprint = file_sha256(self.corpus)
         self.run_dir.create()
-        if self.resumed_fingerprint is not None and self.resumed_fingerprint != self.fingerprint:
-            self.log(f"note: {self.corpus} differs from the corpus the checkpoint was trained on; "
-                     "training continues on the new text")
+        for note in (start.note, self._corpus_note(start.fingerprint)):
+            if note:
+                self.log(note)
         self.net = Network(self.cfg, self.params)
         with memory_for(self.cfg):
             self.grads = self.params.zeros_like()
+            self.average = WeightAverage(self.params, self.tcfg.ema, start.average) if self.tcfg.ema else None
+        # What is validated and saved under the model's names: the weights, or their average.
+        self.eval_params = self.average.avg if self.average else self.params
+        self.eval_net = Network(self.cfg, self.eval_params) if self.average else self.net
         self.metrics = self.run_dir.metrics(self.step) if self.resumed else []
         self.interrupted = False
         self.stop_signal = None  # the signal that interrupted the run: SIGINT (Ctrl-C) or SIGTERM
         self.noted_eval_cost = False  # the slow-validation note is said once a run
 
-    def _setup_fresh(self, given_model, given_train, vocab_path):
-        self.vocab = Vocab.load(vocab_path) if vocab_path is not None else scan_vocab([self.corpus])
-        self.cfg, self.tcfg = new_run_settings(given_model, given_train, len(self.vocab))
-        with memory_for(self.cfg):
-            self.params = Parameters(self.cfg, np.float32)
-            self.optimizer = Adam(self.params)
-        init_params(self.params, np.random.default_rng(self.tcfg.seed), forget_bias=self.tcfg.forget_bias)
-        self.state = TrainingState(step=0, elapsed=0.0)
-        self.carry = self.resumed_fingerprint = None
-
-    def _setup_resume(self, resume, given_model, given_train, vocab_path, overwrite):
-        ckpt = load_checkpoint(resume)
-        if ckpt.optimizer is None or ckpt.state.step is None:
-            raise CharrnnError(f"{resume} has no optimiser state, so training cannot resume from it")
-        if vocab_path is not None and Vocab.load(vocab_path) != ckpt.vocab:
-            raise CharrnnError(f"{named('vocab', vocab_path)} differs from the vocabulary of {resume}")
+    def _load_corpus(self, start: Start, resume, vocab_path):
         try:
-            saved = TrainConfig.from_dict(ckpt.train)
-        except CharrnnError as e:
-            raise CharrnnError(f"{resume}: bad training settings: {e}") from None
-        self.tcfg = resumed_run_settings(saved, ckpt.config, given_model, given_train)
-        self.vocab, self.cfg, self.params, self.carry = ckpt.vocab, ckpt.config, ckpt.params, ckpt.carry
-        self.optimizer = Adam(self.params, ckpt.optimizer)
-        self.state = ckpt.state
-        self.state.elapsed = self.state.elapsed or 0.0
-        self.resumed_fingerprint = self.state.corpus_sha256
-        if not overwrite:
-            self.run_dir.check_last(resume, self.step)
-            self.run_dir.adopt_best(self.state)
-
-    def _load_corpus(self, resume, vocab_path) -> np.ndarray:
-        try:
-            return load_ids(self.corpus, self.vocab)
+            return load_corpus(self.corpus, self.vocab, self.cfg, self.tcfg, start.val_hashes)
         except UnknownCharactersError as e:
             if resume is not None:
                 raise CharrnnError(
                     f"{self.corpus} has characters that are not in the vocabulary of {resume}: "
-                    f"{describe_chars(e.chars)}; a resumed model cannot learn new characters") from None
+                    f"{describe_chars(e.chars)}; a resumed model cannot learn new characters "
+                    f"(fine-tuning with {named('init')} can)") from None
             raise CharrnnError(
                 f"{self.corpus} has characters that are not in {named('vocab', vocab_path)}: "
                 f"{describe_chars(e.chars)}; rebuild it with charrnn vocab") from None
 
-    def _batches(self) -> Batches:
-        t = self.tcfg
-        try:
-            return Batches(self.train_ids, t.batch_size, t.seq_len)
-        except CharrnnError as e:
-            held_out = (f" ({named('val_frac', format(t.val_frac, 'g'))} holds out the last {len(self.val_ids):,} "
-                        f"of its {len(self.ids):,} characters for validation)") if len(self.val_ids) else ""
-            raise CharrnnError(f"{self.corpus}: {e.message}{held_out}") from None
+    def _corpus_note(self, trained_on) -> str | None:
+        if trained_on is not None and trained_on != self.fingerprint:
+            return (f"note: {self.corpus} differs from the corpus the checkpoint was trained on; "
+                    "training continues on the new text")
+        return None
 
     @property
     def step(self) -> int:
@@ -126,16 +102,19 @@ class Trainer:
 
     def train_step(self, state: RecurrentState, elapsed: float):
         """One optimiser step on the next batch. Returns (loss, state after the batch)."""
-        k = self.step % self.batches.steps_per_epoch
-        if k == 0:  # a new epoch starts the streams again from the beginning
+        if not self.data.carries_state or self.step % self.data.steps_per_epoch == 0:
+            # a line starts from zero; a new epoch starts the streams again from the beginning
             state = RecurrentState.zeros(self.cfg, self.tcfg.batch_size)
-        x, y = self.batches.batch(k)
+        x, y = self.data.batch_at(self.step)
+        self.batch_chars = int((y >= 0).sum())
         self.grads.flat[:] = 0.0
         loss, new_state = self.net.loss_and_grad(x, y, state, self.grads, step_key(self.tcfg.seed, self.step))
         norm = global_norm(self.grads)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise self.diverged(self.step + 1, "training loss" if not math.isfinite(loss) else "gradient norm")
         self.optimizer.step(self.grads, self.lr(elapsed), self.step + 1, norm, self.tcfg.grad_clip)
+        if self.average:
+            self.average.update(self.step + 1)
         return loss, new_state
 
     def diverged(self, step: int, what: str) -> CharrnnError:
@@ -144,11 +123,8 @@ class Trainer:
             f"(this run used {self.tcfg.lr:g}); the checkpoints already in {self.out_dir} are untouched")
 
     def validate(self) -> float | None:
-        """Mean loss (nats/char) over the whole validation split, state carried."""
-        if self.val_ids.size < 2:
-            return None
-        total, count = score_ids(self.net, self.val_ids, streams=self.tcfg.batch_size, chunk=self.tcfg.seq_len)
-        return total / count
+        """Mean loss (nats/char) over the whole validation split."""
+        return self.data.validate(self.eval_net)
 
     def checkpoint(self, carry: RecurrentState | None) -> Checkpoint:
         state = TrainingState(**vars(self.state))
@@ -156,8 +132,9 @@ class Trainer:
             # Wall-clock time differs from run to run; a step-budgeted run leaves it out
             # so that resuming reproduces the uninterrupted run's checkpoint bit for bit.
             state.elapsed = None
-        return Checkpoint(self.cfg, self.vocab, self.params, self.optimizer.moments, state, self.tcfg.to_dict(),
-                          carry)
+        return Checkpoint(self.cfg, self.vocab, self.eval_params, self.optimizer.moments, state, self.tcfg.to_dict(),
+                          carry if self.data.carries_state else None, lines=self.data.hashes,
+                          raw=self.params if self.average else None)
 
     def save(self, carry, improved: bool) -> None:
         self.state.corpus_sha256 = self.fingerprint
@@ -169,21 +146,25 @@ class Trainer:
         val = self.validate()
         if val is not None and not math.isfinite(val):
             raise self.diverged(self.step, "validation loss")
-        if not np.isfinite(self.params.flat).all():
+        if not (np.isfinite(self.params.flat).all() and np.isfinite(self.eval_params.flat).all()):
             raise self.diverged(self.step, "model's weights")
         improved = val is None or self.state.best_val_loss is None or val < self.state.best_val_loss
         if improved and val is not None:  # no validation split: best is the newest
             self.state.best_val_loss, self.state.best_step = val, self.step
+        self.state.since_best = 0 if improved else (self.state.since_best or 0) + 1
         self.state.val_loss = val
-        self.metrics.append({"step": self.step, "epoch": round(self.step / self.batches.steps_per_epoch, 4),
+        if self.state.chosen and self.data.carries_state and chars_per_sec > 0:
+            speed.remember(self.cfg, self.tcfg.batch_size, self.tcfg.seq_len, chars_per_sec)  # for the next choice
+        self.metrics.append({"step": self.step, "epoch": round(self.step / self.data.steps_per_epoch, 4),
                              "train_loss": train_loss, "val_loss": val,
                              "val_bits_per_char": None if val is None else val / math.log(2),
                              "lr": self.lr(elapsed), "elapsed": round(elapsed, 3),
                              "chars_per_sec": round(chars_per_sec, 1)})
         self.save(carry, improved)
         shown = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+        rising = overfitting(self.metrics)
         self.log(f"step {self.step}: train loss {shown(train_loss)}, val loss {shown(val)}"
-                 + (" (best)" if improved and val is not None else ""))
+                 + (" (best)" if improved and val is not None else "") + (f"; {rising}" if rising else ""))
         return val
 
     def log(self, message: str) -> None:
@@ -207,7 +188,7 @@ class Trainer:
         if not self.tcfg.has_budget:
             raise CharrnnError(f"no training budget: give {named('max_steps')}, {named('max_epochs')} or "
                                f"{named('max_time')}")
-        spent = self.budget.reached(self.step, self.state.elapsed)
+        spent = self._spent(self.state.elapsed)
         if self.resumed and spent:
             raise CharrnnError(f"nothing to do: the checkpoint is at step {self.step}, which already meets "
                                f"{spent}; give a larger {named('max_steps')}, {named('max_epochs')} or "
@@ -231,12 +212,12 @@ class Trainer:
         saved_step = self.step if self.resumed else None  # the step last.safetensors holds
         next_eval = next_eval_time(self.state.elapsed, t.eval_seconds)
         try:
-            while not self.budget.reached(self.step, time.perf_counter() - start) and not self.interrupted:
+            while not self._spent(time.perf_counter() - start) and not self.interrupted:
                 t0 = time.perf_counter()
                 loss, state = self.train_step(state, t0 - start)
                 self.state.step += 1
                 timed_seconds += time.perf_counter() - t0
-                timed_chars += self.batches.chars_per_batch
+                timed_chars += self.batch_chars
                 losses.append(loss)
                 self.state.elapsed = time.perf_counter() - start
                 rate = timed_chars / timed_seconds
@@ -260,31 +241,36 @@ class Trainer:
             bar.close()
         return self.summary()
 
+    def _spent(self, elapsed: float) -> str | None:
+        return self.budget.reached(self.step, elapsed, self.state.since_best)
+
     def _note_evaluation_cost(self, seconds: float, train_seconds: float) -> None:
         """Say once when validation takes a large share of the time (a big corpus)."""
         if seconds > 5 and seconds > 0.2 * train_seconds and not self.noted_eval_cost:
             self.noted_eval_cost = True
-            self.log(f"note: validating {len(self.val_ids):,} characters took {seconds:.0f}s, against "
+            self.log(f"note: validating {self.data.val_size:,} characters took {seconds:.0f}s, against "
                      f"{train_seconds:.0f}s of training since the last evaluation; a larger {named('eval_every')} "
                      f"or a smaller {named('val_frac')} leaves more of the budget to training")
 
     def _postfix(self, losses, rate) -> str:
         val = self.state.val_loss
-        return (f"loss {np.mean(losses[-50:]):.3f}, val {'-' if val is None else f'{val:.3f}'}, "
+        rising = " (overfitting)" if overfitting(self.metrics) else ""
+        return (f"loss {np.mean(losses[-50:]):.3f}, val {'-' if val is None else f'{val:.3f}'}{rising}, "
                 f"{rate / 1000:.1f}k chars/s")
 
     def describe(self) -> str:
-        c, t = self.cfg, self.tcfg
-        return (f"{c.cell} {c.layers}x{c.hidden}, embedding {c.embed}, dropout {c.dropout:g}, "
+        c = self.cfg
+        return (f"{c.cell} {c.layers}x{c.hidden}, embedding {c.embed}, dropout {c.dropout:g}"
+                f"{', line mode' if c.lines else ''}, "
                 f"{self.params.flat.size:,} parameters, vocabulary {len(self.vocab)}; "
-                f"{len(self.train_ids):,} training and {len(self.val_ids):,} validation characters, "
-                f"{self.batches.steps_per_epoch} steps per epoch of {t.batch_size}x{t.seq_len}; "
-                f"starting at step {self.step}")
+                f"{self.data.describe()}; starting at step {self.step}")
 
     def summary(self) -> dict:
         """What run() did; "trained" is whether it took any step (so wrote last.safetensors)."""
         return {"step": self.step, "val_loss": self.state.val_loss, "best_val_loss": self.state.best_val_loss,
                 "best_step": self.state.best_step, "elapsed": self.state.elapsed, "interrupted": self.interrupted,
                 "signal": self.stop_signal, "trained": self.step != self.start_step,
+                "stopped_by": self._spent(self.state.elapsed), "overfitting": overfitting(self.metrics),
+                "patience_stop": self.tcfg.patience is not None and (self.state.since_best or 0) >= self.tcfg.patience,
                 "last": str(self.run_dir.file("last.safetensors")), "best": str(self.run_dir.file("best.safetensors"))}
 

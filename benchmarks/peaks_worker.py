@@ -1,4 +1,4 @@
-"""The machine's ceilings, one per process: python -m benchmarks.probe_worker SPEC_JSON.
+"""The machine's ceilings, one per process: python -m benchmarks.peaks_worker SPEC_JSON.
 
 gemm: a float32 N x N x N matrix product (torch.mm when torch is importable,
 else numpy's matmul), best of several, with the thread count fixed.

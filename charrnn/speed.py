@@ -1,0 +1,105 @@
+"""How fast this machine trains a model of a given shape, in characters per second:
+measured once (a few optimiser steps on random weights) and remembered in a cache
+keyed by everything the speed depends on -- the CPU, the compiled engine (its
+sources and instruction set, which name its kernel cache), the thread count and the
+shape -- so that choosing settings from a time budget (autoconfig.py) costs seconds
+the first time and nothing after. A run's own measured speed updates the entry."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+
+from charrnn.config import ModelConfig
+from charrnn.engine import threads
+from charrnn.fileio import atomic_write_text
+from charrnn.model import Parameters, RecurrentState, init_params
+from charrnn.network import Network
+from charrnn.optim import Adam, global_norm
+
+WARM_STEPS, TIMED_STEPS = 1, 3
+
+
+def cache_path() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "charrnn" / "speed.json"
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def key(cfg: ModelConfig, batch: int, seq_len: int) -> str:
+    engine = os.path.basename(numba.config.CACHE_DIR.rstrip(os.sep))
+    return (f"{_cpu()}|{engine}|{threads()} threads|{cfg.cell} {cfg.layers}x{cfg.hidden} e{cfg.embed} "
+            f"v{cfg.vocab_size}|{batch}x{seq_len}")
+
+
+def _load() -> dict:
+    try:
+        data = json.loads(cache_path().read_text())
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def remember(cfg: ModelConfig, batch: int, seq_len: int, chars_per_sec: float) -> None:
+    """Record a measured speed, keeping the fastest seen: other work on the machine
+    only ever slows a run, so the fastest measurement is the machine's own speed
+    (best effort: a cache that cannot be written is skipped)."""
+    data = _load()
+    k = key(cfg, batch, seq_len)
+    old = data.get(k)
+    data[k] = round(max(chars_per_sec, old if isinstance(old, (int, float)) else 0.0), 1)
+    try:
+        cache_path().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(cache_path(), json.dumps(data, indent=1, sort_keys=True) + "\n")
+    except Exception:  # noqa: BLE001 -- a speed cache is never worth failing a run for
+        pass
+
+
+def known(cfg: ModelConfig, batch: int, seq_len: int) -> bool:
+    value = _load().get(key(cfg, batch, seq_len))
+    return isinstance(value, (int, float)) and value > 0
+
+
+def chars_per_second(cfg: ModelConfig, batch: int, seq_len: int) -> tuple[float, bool]:
+    """(chars/s, whether it was measured now rather than remembered)."""
+    known = _load().get(key(cfg, batch, seq_len))
+    if isinstance(known, (int, float)) and known > 0:
+        return float(known), False
+    speed = measure(cfg, batch, seq_len)
+    remember(cfg, batch, seq_len, speed)
+    return speed, True
+
+
+def measure(cfg: ModelConfig, batch: int, seq_len: int) -> float:
+    """Training speed of cfg's shape: the median of TIMED_STEPS full optimiser steps
+    (forward, backward, clipping, Adam) on random weights and text."""
+    rng = np.random.default_rng(0)
+    params = Parameters(cfg, np.float32)
+    init_params(params, rng)
+    net, adam = Network(cfg, params), Adam(params)
+    x = rng.integers(0, cfg.vocab_size, (seq_len, batch))
+    y = rng.integers(0, cfg.vocab_size, (seq_len, batch))
+    grads = params.zeros_like()
+    times = []
+    for step in range(WARM_STEPS + TIMED_STEPS):
+        t0 = time.perf_counter()
+        grads.flat[:] = 0.0
+        net.loss_and_grad(x, y, RecurrentState.zeros(cfg, batch), grads, dropout_key=step if cfg.dropout else None)
+        adam.step(grads, 1e-4, step + 1, global_norm(grads), 5.0)
+        times.append(time.perf_counter() - t0)
+    return batch * seq_len / float(np.median(times[WARM_STEPS:]))

@@ -1,0 +1,73 @@
+"""Settings chosen from the budget: when, what, and that a given setting turns it off."""
+
+import pytest
+from conftest import SHAKESPEARE
+
+from charrnn import autoconfig
+from charrnn.checkpoint import load_checkpoint
+from charrnn.config import TrainConfig
+from charrnn.training import Trainer
+
+
+def fake_speed(calls):
+    """chars/s falling with the model's size, as on a real machine; records each call."""
+    def speed_of(cfg, batch, seq_len):
+        calls.append((cfg.layers, cfg.hidden))
+        return 4e9 / (cfg.layers * cfg.hidden * (cfg.hidden + 64))
+    return speed_of
+
+
+def test_the_largest_model_that_still_sees_the_text_often_enough_is_chosen():
+    calls = []
+    short = autoconfig.choose(1_000_000, 65, TrainConfig(max_time=60.0), fake_speed(calls))
+    long = autoconfig.choose(1_000_000, 65, TrainConfig(max_time=3600.0), fake_speed([]))
+    assert (short.model["hidden"], short.model["layers"]) < (long.model["hidden"], long.model["layers"])
+    for choice, budget in ((short, 60.0), (long, 3600.0)):
+        layers, hidden = choice.model["layers"], choice.model["hidden"]
+        epochs = 4e9 / (layers * hidden * (hidden + 64)) * budget * autoconfig.EVAL_SHARE / 1e6
+        assert epochs >= autoconfig.MIN_EPOCHS or (layers, hidden) == autoconfig.CANDIDATES[0]
+        assert choice.model["dropout"] == autoconfig.dropout_for(epochs)
+    assert calls == [c for c in autoconfig.CANDIDATES[:len(calls)]]  # stops at the first that is too slow
+    assert long.model["dropout"] > short.model["dropout"] >= 0  # more passes, more dropout
+
+
+def test_a_budget_in_steps_or_epochs_never_asks_for_the_speed():
+    choice = autoconfig.choose(1_000_000, 65, TrainConfig(max_steps=5000), None)
+    assert "5,000 steps on 1.0 M characters ≈ 8.0 epochs" in choice.reason
+    assert autoconfig.choose(1_000_000, 65, TrainConfig(max_epochs=8.0), None).model == choice.model
+
+
+def test_the_reason_names_the_choice_and_the_budget():
+    choice = autoconfig.choose(1_003_855, 65, TrainConfig(max_time=300.0), fake_speed([]))
+    m, t = choice.model, choice.train
+    assert choice.reason.startswith(f"{m['layers']}×{m['hidden']}, dropout {m['dropout']:g}, B=32, lr {t['lr']:g}")
+    assert ": 5m on 1.0 M characters at ≈ " in choice.reason and choice.reason.endswith(" epochs")
+
+
+@pytest.mark.parametrize("given", [{"hidden": 256}, {"lr": 4e-3}, {"dropout": 0.0}, {"ema": 0.0}, {"seq_len": 50}])
+def test_any_given_setting_turns_the_choice_off(given):
+    model = {k: v for k, v in given.items() if k in ("hidden", "dropout")}
+    train = {k: v for k, v in given.items() if k not in model}
+    assert not autoconfig.wanted(model, train)
+    assert autoconfig.wanted({}, {"max_time": 60.0, "seed": 3})
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    path = tmp_path_factory.mktemp("auto") / "corpus.txt"
+    path.write_text(SHAKESPEARE.read_text()[:20000])
+    return path
+
+
+def test_a_new_run_without_settings_records_its_choice_and_a_given_one_trains_as_before(corpus, tmp_path):
+    chosen = Trainer(corpus, tmp_path / "chosen", {}, {"max_steps": 3}, progress=False)
+    assert chosen.state.chosen and chosen.cfg.hidden != 0
+    chosen.run()
+    assert load_checkpoint(tmp_path / "chosen" / "last.safetensors").state.chosen == chosen.state.chosen
+    defaults = dict(cell="lstm", layers=2, hidden=256, embed=64, dropout=0.0)
+    explicit = dict(batch_size=32, seq_len=50, lr=4e-3, ema=0.0, max_steps=3)
+    Trainer(corpus, tmp_path / "one", {"cell": "lstm"}, {"max_steps": 3}, progress=False).run()
+    Trainer(corpus, tmp_path / "all", defaults, explicit, progress=False).run()
+    one = load_checkpoint(tmp_path / "one" / "last.safetensors")
+    assert one.state.chosen is None and (one.config.layers, one.config.hidden) == (2, 256)
+    assert (tmp_path / "one" / "last.safetensors").read_bytes() == (tmp_path / "all" / "last.safetensors").read_bytes()

@@ -1,0 +1,314 @@
+"""The server's parts without HTTP: request fields to settings, stop strings left out
+as OpenAI does, and the engine's queue, joins and leaves, driven a call at a time."""
+
+import asyncio
+import random
+import time
+
+import numpy as np
+import pytest
+
+from charrnn.config import ModelConfig, SampleConfig, settings_of
+from charrnn.model import Parameters, init_params
+from charrnn.sample import Stream, generate, sample_seed
+from charrnn.serve.engine import Engine, Job, engine_threads
+from charrnn.serve.openai import FIELDS, ChoiceText, RequestError, parse_completion
+from charrnn.vocab import Vocab
+
+# ----- request fields ------------------------------------------------------------------
+
+
+def parse(**body):
+    return parse_completion(body, "m.safetensors", max_length=4096, max_streams=64)
+
+
+def test_fields_not_given_take_charrnns_defaults():
+    req = parse(seed=1)
+    defaults = SampleConfig()
+    assert req.settings.replace(seed=None) == defaults.replace(length=500)
+    assert req.settings.temperature == 0.8 and req.settings.top_k is None and not req.settings.argmax
+    assert not req.stream and not req.echo
+    assert parse_completion({}, "m", max_length=100, max_streams=64).settings.length == 100  # capped
+    assert parse().settings.seed is not None  # drawn at random
+
+
+def test_every_sampling_setting_is_a_request_field():
+    """Settings added to SampleConfig later become request fields by themselves."""
+    for name, s in settings_of(SampleConfig).items():
+        field = FIELDS.get(name, name)
+        value = {"int": 2, "float": 0.5, "flag": True, "text": "a", "chars": "a", "texts": ["a"]}[s.kind]
+        value = {"prime": "ab", "dry_base": 2.0}.get(name, value)
+        req = parse(**{field: value})
+        got = getattr(req.settings, name)
+        assert got == (tuple(value) if s.kind == "texts" else value), name
+
+
+def test_openai_meanings_where_they_differ():
+    assert parse(temperature=0).settings.argmax
+    assert parse(temperature=0).settings.temperature == 0.8  # unused by argmax
+    assert parse(stop="\n").settings.stop == ("\n",) and parse(stop=["a", "b"]).settings.stop == ("a", "b")
+    assert parse(stop=None).settings.stop == () and parse(top_k=None).settings.top_k is None
+    assert parse(n=3, best_of=3).settings.num_samples == 3
+    assert parse(stream=True, stream_options={"include_usage": True}).include_usage
+    with pytest.raises(RequestError, match="model 'x' does not exist") as info:
+        parse_completion({"model": "x"}, "m", 10, 10)
+    assert info.value.status == 404 and info.value.code == "model_not_found"
+
+
+# ----- stop strings as OpenAI returns them ------------------------------------------------
+
+
+def test_text_that_may_begin_a_stop_string_is_held_back_until_it_is_known():
+    t = ChoiceText("", ["abc"])
+    assert t.feed("xxa") == "xx"
+    assert t.feed("b") == ""
+    assert t.feed("d") == "abd"
+    assert t.feed("xab") == "x"
+    assert t.feed("c", ended=True, stop="abc") == ""
+    assert t.generated == 9
+
+
+def test_a_stop_string_that_begins_in_the_prompt_is_cut_from_the_generated_text_only():
+    t = ChoiceText("ROMEO: a", ["abc"])
+    assert t.feed("b") == ""  # "ab" may be the start of "abc"
+    assert t.feed("c", ended=True, stop="abc") == ""
+    t = ChoiceText("ROMEO: a", ["abc"])
+    assert t.feed("bc", ended=True, stop="abc") == ""
+
+
+def _charrnn_cut(prompt, generated, stops):
+    """What charrnn generates with stops (the first stop to end in the generated
+    text ends it, kept) and OpenAI's text (the stop's generated part left out)."""
+    text = prompt + generated
+    ends = [(text.find(s, max(0, len(prompt) - len(s) + 1)), i) for i, s in enumerate(stops)]
+    ends = [(at + len(stops[i]), i) for at, i in ends if at >= 0]
+    if not ends:
+        return generated, None
+    end, i = min(ends)
+    kept = text[len(prompt):end]
+    return kept[:len(kept) - min(len(stops[i]), len(kept))], stops[i]
+
+
+def test_pieces_join_to_the_text_without_its_stop_whatever_the_cuts():
+    rng = random.Random(5)
+    for _ in range(2000):
+        stops = ["".join(rng.choice("abc") for _ in range(rng.randint(1, 4))) for _ in range(rng.randint(1, 3))]
+        prompt = "".join(rng.choice("abc") for _ in range(rng.randint(0, 4)))
+        generated = "".join(rng.choice("abcd") for _ in range(rng.randint(0, 30)))
+        want, stop = _charrnn_cut(prompt, generated, stops)
+        if stop is not None:  # the stream ended there: cut what it generated there
+            text = prompt + generated
+            end = min(text.find(s, max(0, len(prompt) - len(s) + 1)) + len(s) for s in stops
+                      if text.find(s, max(0, len(prompt) - len(s) + 1)) >= 0)
+            generated = text[len(prompt):end]
+        t, out, pos = ChoiceText(prompt, stops), [], 0
+        while pos < len(generated):
+            step = rng.randint(1, 5)
+            piece, pos = generated[pos:pos + step], pos + step
+            out.append(t.feed(piece, ended=pos >= len(generated), stop=stop if pos >= len(generated) else None))
+        if not generated:
+            out.append(t.feed("", ended=True, stop=stop))
+        assert "".join(out) == want, (prompt, generated, stops)
+        # nothing given out is ever part of a stop string that has not ended yet
+        assert "".join(out[:-1]) == want[:len("".join(out[:-1]))]
+
+
+# ----- the engine ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def model():
+    vocab = Vocab.from_chars("abcdefgh \n")
+    cfg = ModelConfig(vocab_size=len(vocab), layers=2, hidden=8, embed=4)
+    params = Parameters(cfg)
+    init_params(params, np.random.default_rng(0))
+    from charrnn.api import Model
+    from charrnn.checkpoint import Checkpoint
+
+    return Model(Checkpoint(cfg, vocab, params))
+
+
+@pytest.fixture
+def loop():
+    loop = asyncio.new_event_loop()
+    yield loop
+    loop.close()
+
+
+def job_of(model, loop, n, seed, **settings):
+    cfg = SampleConfig(seed=seed, **settings)
+    return Job(loop, [Stream(model.checkpoint.vocab, cfg, sample_seed(seed, i + 1), i) for i in range(n)])
+
+
+def texts_of(job):
+    out = {}
+    for u in job._items:
+        out[u.index] = out.get(u.index, "") + u.text
+    return [out.get(i, "") for i in range(job.rows)]
+
+
+def test_requests_queue_in_order_beyond_max_streams_and_join_as_rows_free(model, loop):
+    engine = Engine(model, max_streams=3, threads=1, block=4)
+    a = job_of(model, loop, 2, 1, length=40, temperature=1.0, prime="ab")
+    b = job_of(model, loop, 2, 2, length=10, temperature=0.7)
+    c = job_of(model, loop, 1, 3, length=12, argmax=True, prime="c")
+    for job in (a, b, c):
+        engine.submit(job)
+    engine.step()
+    assert engine.active_streams == 2 and engine.queued == 2  # b needs 2 rows; c waits behind it
+    steps = 1
+    while not a.done:
+        assert engine.queued == 2 and engine.active_streams == 2
+        engine.step()
+        steps += 1
+    assert engine.queued == 2 and engine.active_streams == 0  # a left at the call it ended
+    engine.step()  # b and c join, and are generated together
+    assert engine.queued == 0 and engine.active_streams == 3
+    while not (b.done and c.done):
+        engine.step()
+    assert engine.active_streams == 0 and steps == 10  # 40 characters, 4 a call
+    vocab, net = model.checkpoint.vocab, model.network
+    for job, (n, seed, settings) in ((a, (2, 1, dict(length=40, temperature=1.0, prime="ab"))),
+                                     (b, (2, 2, dict(length=10, temperature=0.7))),
+                                     (c, (1, 3, dict(length=12, argmax=True, prime="c")))):
+        for i, text in enumerate(texts_of(job)):
+            s = dict(settings)
+            assert text == generate(net, vocab, s.pop("length"), s.pop("temperature", 1.0), s.pop("prime", ""),
+                                    sample_seed(seed, i + 1), **s)
+
+
+def test_a_cancelled_request_leaves_at_the_next_call(model, loop):
+    engine = Engine(model, max_streams=4, threads=1, block=4)
+    a, b, c = (job_of(model, loop, 2, s, length=1000, temperature=1.0) for s in (1, 2, 3))
+    for job in (a, b, c):
+        engine.submit(job)
+    engine.step()
+    assert engine.active_streams == 4 and engine.queued == 1
+    engine.cancel(a)
+    engine.cancel(c)  # still queued
+    engine.step()
+    assert a.done and c.done and engine.active_streams == 2 and engine.queued == 0
+    assert engine.generated == 4 * 4 + 2 * 4
+
+
+def test_max_tokens_zero_is_done_at_once_and_scores_run_between_calls(model, loop):
+    from charrnn.evaluate import score_text, score_text_steps
+
+    engine = Engine(model, max_streams=4, threads=1)
+    empty = job_of(model, loop, 2, 1, length=0)
+    ids = model.checkpoint.vocab.encode("abc defg hh\n" * 300)
+    score = Job(loop, steps=lambda: score_text_steps(model.network, ids, model.end_id, model.lines))
+    engine.submit(empty)
+    engine.submit(score)
+    engine.step()
+    assert empty.done and texts_of(empty) == ["", ""] and all(u.ended for u in empty._items)
+    while not score.done:
+        engine.step()
+    assert score.result.report() == score_text(model.network, ids, model.end_id, model.lines).report()
+
+
+def test_engine_threads_leave_a_core_to_the_http_side():
+    assert engine_threads(2) == 1 and engine_threads(1) == 1 and engine_threads(8) == 7
+
+
+def test_an_idle_engine_blocks_and_stopping_fails_what_is_left(model, loop):
+    engine = Engine(model, max_streams=4, threads=1)
+    engine.start()
+    assert engine.ready.wait(60)  # warmed up
+    time.sleep(0.2)
+    cpu, wall = time.process_time(), time.monotonic()
+    time.sleep(0.5)
+    assert time.process_time() - cpu < 0.1 * (time.monotonic() - wall)  # not spinning
+    engine.stop()
+    assert not engine.thread.is_alive()
+    late = job_of(model, loop, 1, 1, length=5)
+    engine.submit(late)
+    assert late.done and late.error == "the server is shutting down"
+
+
+def test_the_block_grows_while_calls_are_quick_and_never_falls_below_16(model):
+    from charrnn.serve.engine import BLOCK, CALL_TIME, MAX_BLOCK
+
+    engine = Engine(model, max_streams=64, threads=1)
+    assert engine.block_size() == BLOCK  # nothing measured yet
+    engine.batch.streams = [None]  # a batch of 1 (only its length is read)
+    engine._step_time = (CALL_TIME / 40, 1)
+    assert engine.block_size() == 40
+    engine._step_time = (CALL_TIME / 1000, 1)
+    assert engine.block_size() == MAX_BLOCK
+    engine.batch.streams = [None] * 16  # grew since: the step time is scaled up with it
+    engine._step_time = (CALL_TIME / 160, 1)
+    assert engine.block_size() == BLOCK
+    engine._step_time = (CALL_TIME / 4, 16)
+    assert engine.block_size() == BLOCK
+    assert Engine(model, max_streams=4, threads=1, block=3).block_size() == 3
+
+
+def test_a_fault_in_a_call_fails_the_requests_under_way_and_the_engine_goes_on(model, loop):
+    engine = Engine(model, max_streams=4, threads=1)
+    engine.start()
+    assert engine.ready.wait(60)
+    original, calls = model.network.generate, []
+
+    def faulty(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("boom")
+        return original(*args, **kwargs)
+
+    model.network.generate = faulty
+    try:
+        hit = job_of(model, loop, 2, 1, length=50)
+        engine.submit(hit)
+        assert wait_until(lambda: hit.done)
+        assert hit.error_code == "internal_error" and "RuntimeError: boom" in hit.error
+        later = job_of(model, loop, 1, 2, length=30, temperature=1.0)
+        engine.submit(later)
+        assert wait_until(lambda: later.done) and later.error is None
+        assert texts_of(later) == [generate(model.network, model.checkpoint.vocab, 30, 1.0, "", 2)]
+        assert engine.active_streams == 0
+    finally:
+        model.network.generate = original
+        engine.stop()
+
+
+def wait_until(condition, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return condition()
+
+
+@pytest.fixture(scope="module")
+def line_model(tmp_path_factory):
+    """A small line-mode model of names."""
+    import charrnn
+    from conftest import ROOT
+
+    d = tmp_path_factory.mktemp("serve-lines")
+    names = (ROOT / "data" / "first-names.txt").read_text().split("\n")[::4]
+    (d / "names.txt").write_text("\n".join(names))
+    return charrnn.train(d / "names.txt", d / "run", lines=True, layers=1, hidden=32, embed=8, batch_size=16,
+                         max_steps=150, progress=False).load()
+
+
+def test_a_line_mode_model_answers_single_lines_and_unique_new_ones(line_model, loop):
+    from charrnn.sample import Stream, UniqueSampler
+
+    engine = Engine(line_model, max_streams=8, threads=1)
+    cfg = SampleConfig(length=30, seed=3, num_samples=5, temperature=1.0)
+    job = Job(loop, [Stream(line_model.checkpoint.vocab, cfg, sample_seed(3, i + 1), i, True) for i in range(5)])
+    engine.submit(job)
+    while not job.done:
+        engine.step()
+    assert texts_of(job) == [t for t in line_model.generate_many(5, length=30, seed=3, temperature=1.0)]
+    assert all("\n" not in t for t in texts_of(job))
+    unique = cfg.replace(unique=True, num_samples=6)
+    sampler = line_model.sampler(unique)
+    assert isinstance(sampler, UniqueSampler)
+    found = Job(loop, steps=sampler.prepare_steps)
+    engine.submit(found)
+    while not found.done:
+        engine.step()
+    assert [line_model.checkpoint.vocab.decode(ids) for ids in sampler.found_ids] == line_model.generate_many(
+        6, length=30, seed=3, temperature=1.0, unique=True)
