@@ -2,7 +2,7 @@
 #             flags, print a sample at temperature 0.8 and the validation loss reached;
 #             more train flags go in DEMO, e.g. make demo DEMO="--max-time 2m"
 # make test   set up .venv and run the test suite
-# make bench  set up .venv and run the benchmark suite (10-20 minutes on an idle machine);
+# make bench  set up .venv and run the benchmark suite (15-25 minutes on an idle machine);
 #             options go in BENCH, e.g. make bench BENCH="--quick" or
 #             make bench BENCH="--rows lstm-2x256 --only train,sample" (see python -m benchmarks -h)
 # make bench-quality

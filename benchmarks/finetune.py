@@ -2,7 +2,7 @@
 python -m benchmarks.finetune [--base CKPT] [--text FILE] [--budget 1m] [options].
 
 1. A base model: --base, or one trained here on data/tinyshakespeare.txt for
-   --base-budget with charrnn's defaults.
+   --base-budget with no settings given (so charrnn chooses them for that budget).
 2. The new text (--text; default /usr/share/common-licenses/GPL-3, English prose of a
    wholly other kind, read from the machine and not shipped) is cut into its first 90%
    to train on and its last 10% held out.
@@ -80,7 +80,7 @@ def main(argv=None) -> None:
            f"  machine   {cpu_name(m)}, {m['cores']} cores, {' '.join(isa_list(m))}",
            f"  code      commit {meta['git']['commit']}",
            f"  new text  {args.text} ({len(text):,} characters): the first 90% to train on, the last 10% held out",
-           f"  base      {args.base or f'{args.base_budget:g}s on {CORPUS.name}, default settings'}",
+           f"  base      {args.base or f'{args.base_budget:g}s on {CORPUS.name}, settings chosen for the budget'}",
            f"  budget    {args.budget:g}s of training per run", "",
            "Held-out 10%, nats/char (± standard error):"]
     labels = {"tuned": "fine-tuned (--init base)", "scratch": "from scratch, the base's shape",

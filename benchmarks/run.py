@@ -12,6 +12,8 @@ each figure is the median over processes of each process's median. Sections:
   train     Trainer.train_step vs the same step in PyTorch, chars/s
   sample    charrnn.sample.generate vs a PyTorch loop, batch 1, chars/s
   evaluate  score_ids(streams=1) vs PyTorch's single-stream forward, chars/s
+  serving   charrnn serve under 1, 4, 16 and 64 streaming clients against batch-1
+            `charrnn sample` (python -m benchmarks.serving, its own LSTM 2x256)
   startup   `charrnn --help`, and `charrnn sample --length 200` cold and warm
   memory    peak RSS of `charrnn train` on a generated ~500 MB corpus
 
@@ -172,7 +174,7 @@ def run(suite: Suite) -> None:
         if name in suite.sections or (name == "compile" and needs_compile):
             try:
                 section.run(suite)
-            except (WorkerError, subprocess.TimeoutExpired) as e:
+            except (WorkerError, subprocess.SubprocessError) as e:
                 suite.out(f"{name}: FAILED\n{e}\n")
                 suite.results.setdefault("errors", {})[name] = str(e)
     closing_notes(suite, busy_start)

@@ -169,6 +169,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="runs of each level; the median rate is shown")
     parser.add_argument("--checkpoint", help="an LSTM checkpoint to serve instead of training a 2x256 one")
     parser.add_argument("--no-compare", action="store_true", help="skip the 2-engine-thread server")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file (make bench's serving section)")
     args = parser.parse_args(argv)
     levels = [int(c) for c in args.clients.split(",")]
     load_before = os.getloadavg()[0]
@@ -229,6 +230,13 @@ def main(argv=None) -> int:
     for (name, clients), r in results.items():
         row(f"serve, {name}", clients, r["rate"], r["per_client"], r["ttfc_median"], r["ttfc_max"])
 
+    if args.json:
+        rows = [{"setup": f"serve, {name}", "clients": clients, **r, "gflops": r["rate"] * flops / 1e9}
+                for (name, clients), r in results.items()]
+        args.json.write_text(json.dumps({
+            "model": f"{cfg.cell}-{cfg.layers}x{cfg.hidden}", "chars": args.chars, "rounds": args.rounds,
+            "peak_gflops": peak, "flops_per_char": flops, "sample_2_threads": sample2, "sample_1_thread": sample1,
+            "rows": rows}))
     default = "1 engine thread (default)"
     one, sixteen = results.get((default, 1)), results.get((default, 16))
     if one and sixteen:

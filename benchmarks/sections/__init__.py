@@ -10,10 +10,10 @@ and are not sections one can choose.
 """
 
 from benchmarks.common import run_fields
-from benchmarks.sections import cold_compile, evaluate, memory, peaks, sample, startup, train
+from benchmarks.sections import cold_compile, evaluate, memory, peaks, sample, serving, startup, train
 
 SECTIONS = {"peaks": peaks, "compile": cold_compile, "train": train, "sample": sample, "evaluate": evaluate,
-            "startup": startup, "memory": memory}
+            "serving": serving, "startup": startup, "memory": memory}
 
 
 def summary_lines(results: dict, report_name: str | None) -> list[dict]:

@@ -55,7 +55,7 @@ def table_cells(suite, row, s: dict) -> list[str]:
     times_floor = " / ".join(f"{us / floors[k]:.1f}x" for k in sorted(floors)) if floors else "-"
     return [row.name, fmt_int(s["charrnn_chars_per_s"]), fmt_int(s.get("torch_default_chars_per_s")),
             fmt_int(s.get("torch_fast_chars_per_s")), fmt(s.get("ratio")),
-            speed.target_cell("sample", row, s.get("ratio")),
+            speed.target_cell("sample", row, s.get("ratio"), suite.isa),
             speed.pct_peak(s["charrnn_gflops"], suite.peak_gflops), f"{s['weight_bytes_per_char'] / 1e6:.2f}",
             f"{us:.1f}", floor_text, times_floor, speed.rss_cell(s), speed.noise_cell(s)]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from statistics import median
 
-from benchmarks.common import TARGETS, Row, fmt, fmt_int, mark, spread
+from benchmarks.common import Row, fmt, fmt_int, mark, spread, target
 
 
 def summarise(suite, row: Row, runs: dict, train: bool) -> dict:
@@ -33,9 +33,9 @@ def pct_peak(gflops, peak) -> str:
     return f"{gflops:.1f}" + (f" ({100 * gflops / peak:.0f}%)" if peak else "")
 
 
-def target_cell(kind: str, row: Row, ratio) -> str:
-    target = TARGETS[kind].get(row.key)
-    return f"≥{target:g} {mark(ratio, target)}" if target else ""
+def target_cell(kind: str, row: Row, ratio, isa_limit) -> str:
+    goal = target(kind, row.key, isa_limit)
+    return f"≥{goal:g} {mark(ratio, goal)}" if goal else ""
 
 
 def rss_cell(s: dict) -> str:
@@ -50,7 +50,7 @@ def table_cells(suite, row: Row, s: dict, kind: str) -> list[str]:
     """model, charrnn, torch, ratio, target, charrnn GFLOP/s, torch GFLOP/s, RSS MB c/t, noise."""
     peak = suite.peak_gflops
     return [row.name, fmt_int(s["charrnn_chars_per_s"]), fmt_int(s.get("torch_chars_per_s")), fmt(s.get("ratio")),
-            target_cell(kind, row, s.get("ratio")), pct_peak(s["charrnn_gflops"], peak),
+            target_cell(kind, row, s.get("ratio"), suite.isa), pct_peak(s["charrnn_gflops"], peak),
             pct_peak(s.get("torch_gflops"), peak), rss_cell(s), noise_cell(s)]
 
 
@@ -58,11 +58,11 @@ def pct(gflops, peak):
     return 100 * gflops / peak if gflops is not None and peak else None
 
 
-def summary_line(section: str, key: str, s: dict, peak) -> dict:
+def summary_line(section: str, key: str, s: dict, peak, isa_limit=None) -> dict:
     """The summary.jsonl line of one table row (None values are dropped on writing)."""
     return {"section": section, "model": key,
             "charrnn_chars_per_s": s["charrnn_chars_per_s"], "torch_chars_per_s": s.get("torch_chars_per_s"),
-            "ratio": s.get("ratio"), "target": TARGETS[section].get(key),
+            "ratio": s.get("ratio"), "target": target(section, key, isa_limit),
             "charrnn_gflops": s["charrnn_gflops"], "charrnn_pct_peak": pct(s["charrnn_gflops"], peak),
             "torch_gflops": s.get("torch_gflops"), "torch_pct_peak": pct(s.get("torch_gflops"), peak),
             "charrnn_rss_mb": s["charrnn_rss_mb"], "torch_rss_mb": s.get("torch_rss_mb"),
@@ -73,5 +73,6 @@ def summary_lines(results: dict, section: str, extra=lambda entry: {}) -> list[d
     """One line per row of a throughput table; extra(entry) adds the section's own
     columns from the row's raw data ({"runs": ..., "summary": ...})."""
     peak = results.get("peaks", {}).get("gemm_gflops")
-    return [{**summary_line(section, key, entry["summary"], peak), **extra(entry)}
+    isa_limit = results.get("meta", {}).get("isa_limit")
+    return [{**summary_line(section, key, entry["summary"], peak, isa_limit), **extra(entry)}
             for key, entry in results.get(section, {}).items()]
