@@ -5,10 +5,13 @@ For each budget, one run after another (never two at once, each with the same
 threads):
 1. charrnn: `charrnn train data/tinyshakespeare.txt --out DIR --max-time BUDGET`,
    no other flag: the settings are charrnn's choice for the budget (a run given any
-   setting would take the fixed defaults instead). Before it, an untimed two-step
+   setting would take the fixed defaults instead; --charrnn-args gives settings, to
+   measure one against another). Before it, an untimed two-step
    run of the same command fills Numba's cache, so the budget is not spent compiling.
    Score: `charrnn evaluate DIR/last.safetensors` on the last 10% of the corpus (the
    text the run held out; it trained on the first 90%), one stream from a zero state.
+   With a weight average, the run's raw weights are scored too (benchmarks/average_gain.py):
+   what the average gave, paired.
 2. the PyTorch reference (benchmarks/quality_worker.py: a 2x256 LSTM, B=50, T=50,
    Adam 2e-3 with a cosine decay over the budget, clip 5, the same batches of the
    same first 90%) for the same wall time, scored the same way at the end.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import sysconfig
@@ -65,7 +69,10 @@ def charrnn_run(corpus: Path, out: Path, budget: float, flags: list[str], env: d
     score = json.loads(run([*charrnn_command(), "evaluate", str(out / "last.safetensors"), str(test), "--json"],
                            env).stdout)
     info = json.loads(run([*charrnn_command(), "info", str(out), "--json"], env).stdout)
+    paired = json.loads(run([sys.executable, "-m", "benchmarks.average_gain", str(out / "last.safetensors"), str(test),
+                             "--json"], env).stdout)
     return {"held_out": score["nats_per_char"], "stderr": score["nats_per_char_stderr"], "chosen": info["chosen"],
+            "raw_held_out": paired["raw"],
             "config": info["config"], "train": info["train"], "steps": info["step"], "epochs": info["epoch"],
             "best_val_loss": info["best_val_loss"], "summary": train.stderr.strip().splitlines()[-1]}
 
@@ -99,6 +106,11 @@ def python_sources(work: Path, size: int = SECOND_SIZE) -> Path:
     return out
 
 
+def average_gain(run: dict) -> str:
+    raw = run.get("raw_held_out")
+    return "-" if raw is None else f"{raw - run['held_out']:+.4f}"
+
+
 def report(meta: dict, curve: dict, second: dict) -> list[str]:
     m = meta["machine"]
     out = ["charrnn quality curve: held-out loss each time budget buys", f"  date      {meta['date']}",
@@ -108,7 +120,7 @@ def report(meta: dict, curve: dict, second: dict) -> list[str]:
            f"  busy      {meta['busy_start']:.2f} cores busy with other processes at the start, "
            f"{meta.get('busy_end', 0):.2f} at the end", "",
            f"tiny-shakespeare: first 90% trained on, last 10% scored (one stream, nats/char):",
-           "  budget  charrnn          PyTorch 2x256   ahead by  target   charrnn's chosen settings"]
+           "  budget  charrnn          PyTorch 2x256   ahead by  target   average  steps  epochs  charrnn's chosen settings"]
     for budget, r in curve.items():
         c, t = r["charrnn"], r.get("torch")
         target = TARGETS.get(budget)
@@ -116,7 +128,10 @@ def report(meta: dict, curve: dict, second: dict) -> list[str]:
         torch_text = f"{t['held_out']:.4f}" if t else "-"
         ahead = f"{t['held_out'] - c['held_out']:+.4f}" if t else "-"
         out.append(f"  {format_duration(budget):>5}   {c['held_out']:.4f} ±{c['stderr']:.4f}  {torch_text:<14}  {ahead:<8}  "
-                   f"{mark:<8} {c['chosen']}")
+                   f"{mark:<8} {average_gain(c):<7}  {c['steps']:>5}  {c['epochs']:>6.2f}  "
+                   f"{c['chosen'] or 'given: ' + ' '.join(meta.get('flags', []))}")
+    out.append("  (average: what validating the weight average gave against the run's own raw weights, "
+               "held out, paired; - without one)")
     if second:
         s_chosen, s_fixed = second["chosen"], second["defaults"]
         out += ["", f"second corpus: {second['corpus']} ({second['chars']:,} characters), "
@@ -134,14 +149,18 @@ def main(argv=None) -> int:
     p.add_argument("--second-budget", type=parse_budget, default=300.0, help="for the second corpus (default 5m)")
     p.add_argument("--no-second", action="store_true", help="leave the second corpus out")
     p.add_argument("--no-torch", action="store_true", help="leave the PyTorch reference out")
+    p.add_argument("--charrnn-args", default="", metavar="FLAGS",
+                   help="train tiny-shakespeare with these settings instead of charrnn's choice (e.g. \"--layers 1 "
+                        "--hidden 512 --dropout 0.1 --lr 4e-3\"), to measure one setting against another")
     p.add_argument("--threads", type=int, default=int(os.environ.get("BENCH_THREADS", 2)))
     p.add_argument("--no-results", action="store_true", help="record nothing (the report still goes to stdout)")
     args = p.parse_args(argv)
     budgets = [parse_budget(b) for b in args.budgets.split(",") if b.strip()]
+    flags = shlex.split(args.charrnn_args)
     env = thread_env(args.threads)
     with_torch = not args.no_torch and torch_probe(env) is not None
     meta = {"date": now_utc().isoformat(), "command": command_line(), "machine": machine(), "git": git_state(),
-            "threads": args.threads, "busy_start": busy_cores()}
+            "threads": args.threads, "busy_start": busy_cores(), "flags": flags}
     curve, second = {}, {}
     with tempfile.TemporaryDirectory(prefix="charrnn-curve-") as d:
         work = Path(d)
@@ -149,7 +168,7 @@ def main(argv=None) -> int:
         env = {**{k: v for k, v in env.items() if k != "NUMBA_CACHE_DIR"}, "XDG_CACHE_HOME": str(work / "cache")}
         test = held_out(CORPUS, work)
         for budget in budgets:
-            curve[budget] = {"charrnn": charrnn_run(CORPUS, work / f"run-{budget:g}", budget, [], env, test)}
+            curve[budget] = {"charrnn": charrnn_run(CORPUS, work / f"run-{budget:g}", budget, flags, env, test)}
             if with_torch:
                 curve[budget]["torch"] = torch_run(budget, args.threads)
         if not args.no_second:

@@ -1,9 +1,16 @@
 """How fast this machine trains a model of a given shape, in characters per second:
-measured once (a few optimiser steps on random weights) and remembered in a cache
-keyed by everything the speed depends on -- the CPU, the compiled engine (its
-sources and instruction set, which name its kernel cache), the thread count and the
-shape -- so that choosing settings from a time budget (autoconfig.py) costs seconds
-the first time and nothing after. A run's own measured speed updates the entry."""
+measured once (about a second of optimiser steps on random weights) and remembered
+in a cache keyed by everything the speed depends on -- the CPU, the compiled engine
+(its sources and instruction set, which name its kernel cache), the thread count and
+the shape -- so that choosing settings from a time budget (autoconfig.py) costs
+seconds the first time and nothing after. A run's own measured speed updates the
+entry.
+
+What a plan needs is the speed a whole run keeps up, not the best burst: on a
+shared machine the cores it gets vary (benchmarks/probes/cores.py shows it), and a
+run of 2x128 that a three-step probe put at 95 k chars/s kept up 55 k. So the probe
+times whole seconds, not a few steps, and the cache holds a running mean of what
+probes and runs measured, not the fastest."""
 
 from __future__ import annotations
 
@@ -23,7 +30,8 @@ from charrnn.model import Parameters, RecurrentState, init_params
 from charrnn.network import Network
 from charrnn.optim import Adam, global_norm
 
-WARM_STEPS, TIMED_STEPS = 1, 3
+WARM_STEPS, MIN_TIMED_STEPS, MIN_SECONDS = 2, 5, 1.0
+KEEP = 0.5  # the weight of the old entry when a new measurement comes in
 
 
 def cache_path() -> Path:
@@ -56,13 +64,14 @@ def _load() -> dict:
 
 
 def remember(cfg: ModelConfig, batch: int, seq_len: int, chars_per_sec: float) -> None:
-    """Record a measured speed, keeping the fastest seen: other work on the machine
-    only ever slows a run, so the fastest measurement is the machine's own speed
-    (best effort: a cache that cannot be written is skipped)."""
+    """Record a measured speed: the entry moves halfway to it (KEEP), so that one
+    unusually fast or slow measurement does not decide the next plan alone (best
+    effort: a cache that cannot be written is skipped)."""
     data = _load()
     k = key(cfg, batch, seq_len)
     old = data.get(k)
-    data[k] = round(max(chars_per_sec, old if isinstance(old, (int, float)) else 0.0), 1)
+    known = isinstance(old, (int, float)) and old > 0
+    data[k] = round(KEEP * old + (1.0 - KEEP) * chars_per_sec if known else chars_per_sec, 1)
     try:
         cache_path().parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache_path(), json.dumps(data, indent=1, sort_keys=True) + "\n")
@@ -86,8 +95,9 @@ def chars_per_second(cfg: ModelConfig, batch: int, seq_len: int) -> tuple[float,
 
 
 def measure(cfg: ModelConfig, batch: int, seq_len: int) -> float:
-    """Training speed of cfg's shape: the median of TIMED_STEPS full optimiser steps
-    (forward, backward, clipping, Adam) on random weights and text."""
+    """Training speed of cfg's shape: characters over the time of full optimiser steps
+    (forward, backward, clipping, Adam) on random weights and text, after WARM_STEPS
+    untimed ones, for at least MIN_TIMED_STEPS steps and MIN_SECONDS."""
     rng = np.random.default_rng(0)
     params = Parameters(cfg, np.float32)
     init_params(params, rng)
@@ -95,11 +105,13 @@ def measure(cfg: ModelConfig, batch: int, seq_len: int) -> float:
     x = rng.integers(0, cfg.vocab_size, (seq_len, batch))
     y = rng.integers(0, cfg.vocab_size, (seq_len, batch))
     grads = params.zeros_like()
-    times = []
-    for step in range(WARM_STEPS + TIMED_STEPS):
-        t0 = time.perf_counter()
+    step, timed, t0 = 0, 0, 0.0
+    while timed < MIN_TIMED_STEPS or time.perf_counter() - t0 < MIN_SECONDS:
+        if step == WARM_STEPS:
+            t0 = time.perf_counter()
         grads.flat[:] = 0.0
         net.loss_and_grad(x, y, RecurrentState.zeros(cfg, batch), grads, dropout_key=step if cfg.dropout else None)
         adam.step(grads, 1e-4, step + 1, global_norm(grads), 5.0)
-        times.append(time.perf_counter() - t0)
-    return batch * seq_len / float(np.median(times[WARM_STEPS:]))
+        step += 1
+        timed = step - WARM_STEPS
+    return timed * batch * seq_len / (time.perf_counter() - t0)

@@ -1,5 +1,6 @@
 """Settings chosen from the budget: when, what, and that a given setting turns it off."""
 
+import numpy as np
 import pytest
 from conftest import SHAKESPEARE
 
@@ -26,9 +27,33 @@ def test_the_largest_model_that_still_sees_the_text_often_enough_is_chosen():
         layers, hidden = choice.model["layers"], choice.model["hidden"]
         epochs = 4e9 / (layers * hidden * (hidden + 64)) * budget * autoconfig.EVAL_SHARE / 1e6
         assert epochs >= autoconfig.MIN_EPOCHS or (layers, hidden) == autoconfig.CANDIDATES[0]
-        assert choice.model["dropout"] == autoconfig.dropout_for(epochs)
+        params = autoconfig.parameters(layers, hidden, 65)
+        assert choice.model["dropout"] == autoconfig.dropout_for(epochs, params, 1_000_000)
+        assert choice.train["lr"] == autoconfig.lr_for(layers, hidden) and choice.train["ema"] == 0.0
     assert calls == [c for c in autoconfig.CANDIDATES[:len(calls)]]  # stops at the first that is too slow
-    assert long.model["dropout"] > short.model["dropout"] >= 0  # more passes, more dropout
+    assert long.model["dropout"] > short.model["dropout"] >= 0  # a larger model, more dropout
+
+
+def test_dropout_grows_with_passes_times_parameters_per_character():
+    assert autoconfig.dropout_for(3.5, 350_000, 1_000_000) == 0.0  # a small model, few passes
+    assert autoconfig.dropout_for(6.0, 1_200_000, 1_000_000) == pytest.approx(0.14, abs=0.01)
+    assert autoconfig.dropout_for(4.8, 5_400_000, 1_000_000) == pytest.approx(0.23, abs=0.01)
+    assert autoconfig.dropout_for(100.0, 5_400_000, 10_000) == 0.35  # capped
+    assert autoconfig.dropout_for(4.8, 5_400_000, 1_000_000) < autoconfig.dropout_for(9.6, 5_400_000, 1_000_000)
+
+
+def test_the_parameter_count_is_the_models_own():
+    from charrnn.model import Parameters
+    from charrnn.config import ModelConfig
+    for layers, hidden in ((1, 128), (2, 96)):
+        cfg = ModelConfig(vocab_size=65, layers=layers, hidden=hidden, embed=autoconfig.EMBED)
+        assert autoconfig.parameters(layers, hidden, 65) == Parameters(cfg, np.float32).flat.size
+
+
+def test_the_learning_rate_falls_as_the_layer_widens():
+    rates = [autoconfig.lr_for(1, h) for h in (128, 256, 512, 1024)]
+    assert rates == sorted(rates, reverse=True) and autoconfig.lr_for(1, 512) == 4e-3
+    assert autoconfig.lr_for(2, 512) < autoconfig.lr_for(1, 512)
 
 
 def test_a_budget_in_steps_or_epochs_never_asks_for_the_speed():

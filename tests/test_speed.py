@@ -1,0 +1,48 @@
+"""The speed cache a time budget plans with: measured over time, blended, keyed."""
+
+import pytest
+
+from charrnn import speed
+from charrnn.config import ModelConfig
+
+CFG = ModelConfig(vocab_size=11, layers=1, hidden=8, embed=4)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+
+
+def test_a_measurement_times_at_least_the_minimum_steps_and_seconds(monkeypatch):
+    monkeypatch.setattr(speed, "MIN_SECONDS", 0.05)
+    steps = []
+    real = speed.Adam.step
+    monkeypatch.setattr(speed.Adam, "step", lambda self, *a: (steps.append(1), real(self, *a))[1])
+    chars_per_sec = speed.measure(CFG, 2, 3)
+    assert len(steps) >= speed.WARM_STEPS + speed.MIN_TIMED_STEPS
+    assert 0 < chars_per_sec < 2 * 3 * (len(steps) - speed.WARM_STEPS) / 0.05 * 1.01
+
+
+def test_the_cache_moves_halfway_to_each_new_measurement_instead_of_keeping_the_fastest():
+    assert not speed.known(CFG, 2, 3)
+    speed.remember(CFG, 2, 3, 1000.0)
+    assert speed.chars_per_second(CFG, 2, 3) == (1000.0, False)
+    speed.remember(CFG, 2, 3, 600.0)
+    assert speed.chars_per_second(CFG, 2, 3)[0] == pytest.approx(1000.0 * speed.KEEP + 600.0 * (1 - speed.KEEP))
+    assert not speed.known(ModelConfig(vocab_size=11, layers=1, hidden=16, embed=4), 2, 3)  # another shape
+    assert not speed.known(CFG, 4, 3)  # another batch
+
+
+def test_an_unknown_shape_is_measured_once_then_remembered(monkeypatch):
+    monkeypatch.setattr(speed, "measure", lambda cfg, batch, seq_len: 1234.5)
+    assert speed.chars_per_second(CFG, 2, 3) == (1234.5, True)
+    monkeypatch.setattr(speed, "measure", lambda cfg, batch, seq_len: pytest.fail("measured twice"))
+    assert speed.chars_per_second(CFG, 2, 3) == (1234.5, False)
+
+
+def test_an_unreadable_cache_counts_as_empty():
+    speed.cache_path().parent.mkdir(parents=True, exist_ok=True)
+    speed.cache_path().write_text("not json")
+    assert not speed.known(CFG, 2, 3)
+    speed.remember(CFG, 2, 3, 10.0)
+    assert speed.known(CFG, 2, 3)
