@@ -4,15 +4,16 @@ the corpus's size, the budget and this machine's speed.
 
 The rule, measured on tiny-shakespeare with budgets of 1, 5 and 20 minutes (the
 README's "Quality" section lists each run): the model is the largest of CANDIDATES
-that still sees the training text at least MIN_EPOCHS times in the budget. One wide
-layer beat two or three narrower ones of the same speed at every budget measured, so
-the candidates widen one layer first and deepen only beyond 1,024 units. Dropout
-grows with how much the model can learn by heart -- its passes over the text times
-its parameters per character of text -- since a small model seeing the text five
-times did best with none and a 5M-parameter one seeing it five times overfitted
-with 0.11. The learning rate falls as the layer widens. No weight average: with the
-learning rate decaying to zero it gave nothing measurable at the end of a run
-(within 0.002 nats/char either way, paired, in every run measured).
+that still sees the training text at least MIN_EPOCHS times in the budget. Up to
+512 units one wide layer beat two narrower ones of the same speed (at 1 and 5
+minutes); beyond it, depth beat width (at 20 minutes 3x512 beat 1x1024), so the
+candidates widen one layer to 512, then deepen. Dropout grows with how much the
+model can learn by heart -- its passes over the text times its parameters per
+character of text -- since a small model seeing the text five times did best with
+none and a 5M-parameter one seeing it five times overfitted with 0.11. The learning
+rate falls as the layer widens. No weight average: with the learning rate decaying
+to zero it gave nothing measurable at the end of a run (within 0.002 nats/char
+either way, paired, in every run measured).
 
 A time budget needs the speed of each candidate on this machine (speed.py: measured
 once, then remembered); a budget in steps or epochs never depends on speed, so such
@@ -29,8 +30,8 @@ from charrnn.config import ModelConfig, TrainConfig, format_duration
 # The settings chosen together: give any one of them and none is chosen.
 CHOSEN = ("cell", "layers", "hidden", "embed", "dropout", "batch_size", "seq_len", "lr", "ema")
 # LSTM layers x hidden, fastest first.
-CANDIDATES = ((1, 128), (1, 256), (1, 384), (1, 512), (1, 768), (1, 1024), (2, 1024))
-MIN_EPOCHS = 3.0
+CANDIDATES = ((1, 128), (1, 256), (1, 384), (1, 512), (2, 512), (3, 512))
+MIN_EPOCHS = 2.5
 EVAL_SHARE = 0.93  # the part of a time budget left to training steps (validation takes the rest)
 EMBED = 64
 

@@ -1,5 +1,5 @@
 """How fast this machine trains a model of a given shape, in characters per second:
-measured once (about a second of optimiser steps on random weights) and remembered
+measured once (about two seconds of optimiser steps on random weights) and remembered
 in a cache keyed by everything the speed depends on -- the CPU, the compiled engine
 (its sources and instruction set, which name its kernel cache), the thread count and
 the shape -- so that choosing settings from a time budget (autoconfig.py) costs
@@ -30,7 +30,7 @@ from charrnn.model import Parameters, RecurrentState, init_params
 from charrnn.network import Network
 from charrnn.optim import Adam, global_norm
 
-WARM_STEPS, MIN_TIMED_STEPS, MIN_SECONDS = 2, 5, 1.0
+WARM_STEPS, MIN_TIMED_STEPS, MIN_SECONDS = 2, 5, 2.0
 KEEP = 0.5  # the weight of the old entry when a new measurement comes in
 
 
