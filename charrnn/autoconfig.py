@@ -4,17 +4,17 @@ the corpus's size, the budget and this machine's speed.
 
 The rule, measured on tiny-shakespeare with budgets of 1, 5 and 20 minutes (the
 README's "Quality" section lists each run): the model is the largest of CANDIDATES
-that still sees the training text at least MIN_EPOCHS times in the budget. Up to
-512 units one wide layer beat two narrower ones of the same speed (at 1 and 5
-minutes); beyond it, depth beat width (at 20 minutes 3x512 beat 1x1024), so the
-candidates widen one layer to 512, then deepen. Dropout grows with how much the
-model can learn by heart -- its passes over the text times its parameters per
-character of text -- but gently: a small model seeing the text four times did best
-with none, and 0.1 beat 0.2 or more for every larger model measured, up to 3x512
-seeing the text five times. The learning
-rate falls as the layer widens. No weight average: with the learning rate decaying
-to zero it gave nothing measurable at the end of a run (within 0.002 nats/char
-either way, paired, in every run measured).
+that still sees the training text at least MIN_EPOCHS times in the budget. Up to 512
+units one wide layer beat two narrower ones of the same speed (at 1 and 5 minutes),
+so the candidates widen one layer to 512, then deepen (at 20 minutes one 1x1024 run
+was no better than three of 3x512, which spread over 0.02). Dropout grows with how
+much the model can learn by heart -- its passes over the text times its parameters
+per character of text -- but gently: a small model seeing the text four times did
+best with none, and more than 0.1 was never better for a larger model measured, up
+to 3x512 seeing the text five times. The learning rate falls as the layer widens. No
+weight average: with the learning rate decaying to zero it gave nothing measurable
+at the end of a run (within 0.002 nats/char either way, paired, in every run
+measured).
 
 A time budget needs the speed of each candidate on this machine (speed.py: measured
 once, then remembered); a budget in steps or epochs never depends on speed, so such
@@ -58,9 +58,9 @@ def parameters(layers: int, hidden: int, vocab_size: int) -> int:
 def dropout_for(epochs: float, params: int, n_chars: int) -> float:
     """Dropout for a model of `params` weights that will see n_chars characters
     `epochs` times, from its exposure x = epochs x params / n_chars: 0.05 per doubling
-    of x up to 0.1 at x = 4 (none below about x = 1.5); 0.1 up to x = 32, where 0.1
-    beat 0.2 and 0.24 in every run measured (x from 6 to 26); then 0.05 per doubling
-    again, to 0.35, for budgets far beyond those measured."""
+    of x up to 0.1 at x = 4 (none below about x = 1.5); 0.1 up to x = 32, where more
+    was never better by more than the noise between runs (x from 6 to 27); then 0.05
+    per doubling again, to 0.35, for budgets far beyond those measured."""
     x = epochs * params / max(1, n_chars)
     if x <= 4.0:
         p = 0.05 * math.log2(max(x, 1.0))
