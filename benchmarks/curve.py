@@ -69,10 +69,12 @@ def charrnn_run(corpus: Path, out: Path, budget: float, flags: list[str], env: d
     score = json.loads(run([*charrnn_command(), "evaluate", str(out / "last.safetensors"), str(test), "--json"],
                            env).stdout)
     info = json.loads(run([*charrnn_command(), "info", str(out), "--json"], env).stdout)
-    paired = json.loads(run([sys.executable, "-m", "benchmarks.average_gain", str(out / "last.safetensors"), str(test),
-                             "--json"], env).stdout)
+    raw = None
+    if info["train"].get("ema"):  # only a run with a weight average has raw weights to score
+        raw = json.loads(run([sys.executable, "-m", "benchmarks.average_gain", str(out / "last.safetensors"),
+                              str(test), "--json"], env).stdout)["raw"]
     return {"held_out": score["nats_per_char"], "stderr": score["nats_per_char_stderr"], "chosen": info["chosen"],
-            "raw_held_out": paired["raw"],
+            "raw_held_out": raw,
             "config": info["config"], "train": info["train"], "steps": info["step"], "epochs": info["epoch"],
             "best_val_loss": info["best_val_loss"], "summary": train.stderr.strip().splitlines()[-1]}
 

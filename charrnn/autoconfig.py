@@ -27,6 +27,7 @@ import math
 from dataclasses import dataclass
 
 from charrnn.config import ModelConfig, TrainConfig, format_duration
+from charrnn.model import parameter_count, parameter_shapes
 
 # The settings chosen together: give any one of them and none is chosen.
 CHOSEN = ("cell", "layers", "hidden", "embed", "dropout", "batch_size", "seq_len", "lr", "ema")
@@ -47,12 +48,6 @@ class Choice:
 def wanted(given_model: dict, given_train: dict) -> bool:
     """Whether a new run leaves the choice to charrnn: none of CHOSEN was given."""
     return not any(name in given_model or name in given_train for name in CHOSEN)
-
-
-def parameters(layers: int, hidden: int, vocab_size: int) -> int:
-    """An LSTM's weights: embedding, each layer's four gates, decoder."""
-    first = 4 * hidden * (EMBED + hidden + 2)
-    return vocab_size * EMBED + first + (layers - 1) * 4 * hidden * (2 * hidden + 2) + hidden * vocab_size + vocab_size
 
 
 def dropout_for(epochs: float, params: int, n_chars: int) -> float:
@@ -92,15 +87,15 @@ def choose(n_chars: int, vocab_size: int, budget: TrainConfig, speed_of=None) ->
             speed = speed_of(cfg, batch, seq_len)
             epochs = speed * budget.max_time * EVAL_SHARE / n_chars
         if picked is None or epochs >= MIN_EPOCHS:
-            picked = (layers, hidden, epochs, speed)
+            picked = (cfg, epochs, speed)
         elif fixed_epochs is None:
             break  # the larger candidates are slower still: no need to know their speed
-        if fixed_epochs is not None and _capacity_enough(layers, hidden, n_chars):
+        if fixed_epochs is not None and _capacity_enough(cfg, n_chars):
             break
-    layers, hidden, epochs, speed = picked
-    dropout = dropout_for(epochs, parameters(layers, hidden, vocab_size), n_chars)
-    model = {"cell": "lstm", "layers": layers, "hidden": hidden, "embed": EMBED, "dropout": dropout}
-    train = {"batch_size": batch, "seq_len": seq_len, "lr": lr_for(layers, hidden), "ema": 0.0}
+    cfg, epochs, speed = picked
+    dropout = dropout_for(epochs, parameter_count(cfg), n_chars)
+    model = {"cell": "lstm", "layers": cfg.layers, "hidden": cfg.hidden, "embed": EMBED, "dropout": dropout}
+    train = {"batch_size": batch, "seq_len": seq_len, "lr": lr_for(cfg.layers, cfg.hidden), "ema": 0.0}
     return Choice(model, train, _reason(model, train, n_chars, budget, epochs, speed))
 
 
@@ -115,10 +110,12 @@ def _epochs_without_speed(n_chars: int, budget: TrainConfig, per_step: int) -> f
     return min(passes) if passes else None
 
 
-def _capacity_enough(layers: int, hidden: int, n_chars: int) -> bool:
-    """For a budget in steps or epochs (where time is no limit): the first candidate with
-    about as many parameters as the text has characters (larger ones learn it by heart)."""
-    return parameters(layers, hidden, 0) >= n_chars
+def _capacity_enough(cfg: ModelConfig, n_chars: int) -> bool:
+    """For a budget in steps or epochs (where time is no limit): the first candidate whose
+    recurrent layers have about as many parameters as the text has characters (larger
+    ones learn it by heart)."""
+    recurrent = sum(math.prod(shape) for name, shape in parameter_shapes(cfg) if name.startswith("rnn."))
+    return recurrent >= n_chars
 
 
 def _reason(model, train, n_chars, budget, epochs, speed) -> str:

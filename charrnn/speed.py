@@ -105,13 +105,16 @@ def measure(cfg: ModelConfig, batch: int, seq_len: int) -> float:
     x = rng.integers(0, cfg.vocab_size, (seq_len, batch))
     y = rng.integers(0, cfg.vocab_size, (seq_len, batch))
     grads = params.zeros_like()
-    step, timed, t0 = 0, 0, 0.0
-    while timed < MIN_TIMED_STEPS or time.perf_counter() - t0 < MIN_SECONDS:
-        if step == WARM_STEPS:
-            t0 = time.perf_counter()
+
+    def optimiser_step(step: int) -> None:
         grads.flat[:] = 0.0
         net.loss_and_grad(x, y, RecurrentState.zeros(cfg, batch), grads, dropout_key=step if cfg.dropout else None)
         adam.step(grads, 1e-4, step + 1, global_norm(grads), 5.0)
-        step += 1
-        timed = step - WARM_STEPS
+
+    for step in range(WARM_STEPS):
+        optimiser_step(step)
+    timed, t0 = 0, time.perf_counter()
+    while timed < MIN_TIMED_STEPS or time.perf_counter() - t0 < MIN_SECONDS:
+        optimiser_step(WARM_STEPS + timed)
+        timed += 1
     return timed * batch * seq_len / (time.perf_counter() - t0)

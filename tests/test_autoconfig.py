@@ -1,12 +1,12 @@
 """Settings chosen from the budget: when, what, and that a given setting turns it off."""
 
-import numpy as np
 import pytest
 from conftest import SHAKESPEARE
 
 from charrnn import autoconfig
 from charrnn.checkpoint import load_checkpoint
-from charrnn.config import TrainConfig
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.model import parameter_count
 from charrnn.training import Trainer
 
 
@@ -27,7 +27,7 @@ def test_the_largest_model_that_still_sees_the_text_often_enough_is_chosen():
         layers, hidden = choice.model["layers"], choice.model["hidden"]
         epochs = 4e9 / (layers * hidden * (hidden + 64)) * budget * autoconfig.EVAL_SHARE / 1e6
         assert epochs >= autoconfig.MIN_EPOCHS or (layers, hidden) == autoconfig.CANDIDATES[0]
-        params = autoconfig.parameters(layers, hidden, 65)
+        params = parameter_count(ModelConfig(vocab_size=65, layers=layers, hidden=hidden, embed=autoconfig.EMBED))
         assert choice.model["dropout"] == autoconfig.dropout_for(epochs, params, 1_000_000)
         assert choice.train["lr"] == autoconfig.lr_for(layers, hidden) and choice.train["ema"] == 0.0
     assert calls == [c for c in autoconfig.CANDIDATES[:len(calls)]]  # stops at the first that is too slow
@@ -43,14 +43,6 @@ def test_dropout_grows_with_passes_times_parameters_per_character():
     assert autoconfig.dropout_for(1000.0, 5_400_000, 10_000) == 0.35  # capped
     steps = [autoconfig.dropout_for(e, 1_000_000, 1_000_000) for e in (1, 2, 4, 8, 32, 64, 128)]
     assert steps == sorted(steps)
-
-
-def test_the_parameter_count_is_the_models_own():
-    from charrnn.model import Parameters
-    from charrnn.config import ModelConfig
-    for layers, hidden in ((1, 128), (2, 96)):
-        cfg = ModelConfig(vocab_size=65, layers=layers, hidden=hidden, embed=autoconfig.EMBED)
-        assert autoconfig.parameters(layers, hidden, 65) == Parameters(cfg, np.float32).flat.size
 
 
 def test_the_learning_rate_falls_as_the_layer_widens():

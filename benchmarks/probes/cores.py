@@ -66,9 +66,9 @@ def main(argv=None) -> int:
     base = sorted(one)[len(one) // 2]
     many = rates(args.threads, args.seconds, args.window)
     print(f"one thread: {base:.1f} regions/s (median of {len(one)} windows of {args.window:g}s)")
-    print(f"{args.threads} threads, each window as a multiple of one thread:")
-    print("  " + " ".join(f"{r / base:.2f}" for r in many))
     ratios = [r / base for r in many]
+    print(f"{args.threads} threads, each window as a multiple of one thread:")
+    print("  " + " ".join(f"{r:.2f}" for r in ratios))
     print(f"  min {min(ratios):.2f}, median {sorted(ratios)[len(ratios) // 2]:.2f}, max {max(ratios):.2f}")
     return 0
 
