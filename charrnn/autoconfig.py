@@ -30,7 +30,7 @@ from charrnn.config import ModelConfig, TrainConfig, format_duration
 from charrnn.model import parameter_count, parameter_shapes
 
 # The settings chosen together: give any one of them and none is chosen.
-CHOSEN = ("cell", "layers", "hidden", "embed", "dropout", "batch_size", "seq_len", "lr", "ema")
+CHOSEN = ("cell", "layers", "hidden", "embed", "dropout", "batch_size", "seq_len", "lr", "ema", "weight_decay")
 # LSTM layers x hidden, fastest first.
 CANDIDATES = ((1, 128), (1, 256), (1, 384), (1, 512), (2, 512), (3, 512))
 MIN_EPOCHS = 2.5
@@ -95,7 +95,8 @@ def choose(n_chars: int, vocab_size: int, budget: TrainConfig, speed_of=None) ->
     cfg, epochs, speed = picked
     dropout = dropout_for(epochs, parameter_count(cfg), n_chars)
     model = {"cell": "lstm", "layers": cfg.layers, "hidden": cfg.hidden, "embed": EMBED, "dropout": dropout}
-    train = {"batch_size": batch, "seq_len": seq_len, "lr": lr_for(cfg.layers, cfg.hidden), "ema": 0.0}
+    train = {"batch_size": batch, "seq_len": seq_len, "lr": lr_for(cfg.layers, cfg.hidden), "ema": 0.0,
+             "weight_decay": 0.0}
     return Choice(model, train, _reason(model, train, n_chars, budget, epochs, speed))
 
 

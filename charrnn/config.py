@@ -51,6 +51,7 @@ class Rule:
 POSITIVE_INT = Rule(lambda v: is_int(v) and v >= 1, "a positive integer")
 NON_NEGATIVE_INT = Rule(lambda v: is_int(v) and v >= 0, "a non-negative integer")
 POSITIVE_NUMBER = Rule(lambda v: is_real(v) and v > 0, "a positive number")
+NON_NEGATIVE_NUMBER = Rule(lambda v: is_real(v) and v >= 0, "a non-negative number")
 FINITE = Rule(is_real, "a finite number")
 FRACTION = Rule(lambda v: is_real(v) and 0 <= v < 1, "in [0, 1)")
 UNIT_INTERVAL = Rule(lambda v: is_real(v) and 0 <= v <= 1, "in [0, 1]")
@@ -280,7 +281,8 @@ DEFAULT_BUDGET = {"max_time": 300.0}  # a new run given no budget trains for 5 m
 DATA_SETTINGS = ("batch_size", "seq_len", "val_frac", "seed")
 # What a checkpoint written before the learning-rate schedule existed was trained
 # with: resuming it keeps the constant rate.
-LEGACY_TRAIN = {"lr_schedule": "constant", "warmup_steps": 0, "min_lr_frac": 0.0, "forget_bias": 0.0}
+LEGACY_TRAIN = {"lr_schedule": "constant", "warmup_steps": 0, "min_lr_frac": 0.0, "forget_bias": 0.0,
+                "weight_decay": 0.0}
 
 
 @dataclass(frozen=True)
@@ -298,6 +300,8 @@ class TrainConfig(Settings):
                                 NON_NEGATIVE_INT)
     min_lr_frac: float = setting(0.0, "The fraction of {lr} the decay reaches at the end of the budget.", "float",
                                  UNIT_INTERVAL)
+    weight_decay: float = setting(0.0, "Decoupled weight decay (AdamW): each step shrinks every weight by the "
+                                  "learning rate x this (0: plain Adam).", "float", NON_NEGATIVE_NUMBER)
     grad_clip: float = setting(5.0, "Clip the gradient's global norm to this.", "float", POSITIVE_NUMBER)
     ema: float = setting(0.0, "Validate and save a moving average of the weights, with this decay per step (0: "
                          "off; 0.999 averages about the last 1,000 steps).", "float", FRACTION)

@@ -17,20 +17,23 @@ SLOTS = ("exp_avg", "exp_avg_sq")  # torch.optim.Adam's names for the two moment
 
 class Adam:
     """torch.optim.Adam's update (bias-corrected moments; eps added to the corrected
-    root of v). moments: slot name -> ParamBuffer, zeros for a new run."""
+    root of v), or AdamW's with a weight decay. moments: slot name -> ParamBuffer, zeros for a new run."""
 
     def __init__(self, params: Parameters, moments: dict[str, ParamBuffer] | None = None):
         self.params = params
         self.moments = moments if moments is not None else {slot: params.zeros_like() for slot in SLOTS}
 
-    def step(self, grads: ParamBuffer, lr: float, step: int, grad_norm: float, max_norm: float) -> None:
+    def step(self, grads: ParamBuffer, lr: float, step: int, grad_norm: float, max_norm: float,
+             weight_decay: float = 0.0) -> None:
         """Update the weights from grads, clipped to max_norm (grad_norm is their global
         norm); step counts from 1. Clipping is a scale the update applies as it reads
-        the gradient, so it costs no pass of its own."""
+        the gradient, so it costs no pass of its own. weight_decay > 0 makes it AdamW's
+        step: every weight (biases and embedding too, as torch.optim.AdamW does with
+        model.parameters()) first shrinks by lr * weight_decay."""
         scale = max_norm / (grad_norm + 1e-6) if grad_norm > max_norm else 1.0
         with self.params.write() as w:
             adam_update(w.flat, grads.flat, self.moments["exp_avg"].flat, self.moments["exp_avg_sq"].flat, lr,
-                        ADAM_BETAS[0], ADAM_BETAS[1], ADAM_EPS, step, threads(), scale)
+                        ADAM_BETAS[0], ADAM_BETAS[1], ADAM_EPS, weight_decay, step, threads(), scale)
 
 
 class WeightAverage:

@@ -112,7 +112,8 @@ class Trainer:
         norm = global_norm(self.grads)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             raise self.diverged(self.step + 1, "training loss" if not math.isfinite(loss) else "gradient norm")
-        self.optimizer.step(self.grads, self.lr(elapsed), self.step + 1, norm, self.tcfg.grad_clip)
+        self.optimizer.step(self.grads, self.lr(elapsed), self.step + 1, norm, self.tcfg.grad_clip,
+                            self.tcfg.weight_decay)
         if self.average:
             self.average.update(self.step + 1)
         return loss, new_state

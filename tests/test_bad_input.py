@@ -99,6 +99,7 @@ def test_corpus_too_short_says_by_how_much_and_what_fits(runner, tmp_path):
     ("--lr", "-1", "--lr must be a positive number, got -1.0"),
     ("--lr", "nan", "--lr must be a positive number, got nan"),
     ("--grad-clip", "inf", "--grad-clip must be a positive number, got inf"),
+    ("--weight-decay", "-0.1", "--weight-decay must be a non-negative number, got -0.1"),
     ("--batch-size", "0", "--batch-size must be a positive integer, got 0"),
     ("--seq-len", "0", "--seq-len must be a positive integer, got 0"),
     ("--val-frac", "1", "--val-frac must be in [0, 1), got 1.0"),

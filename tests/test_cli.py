@@ -47,6 +47,15 @@ def test_top_level_help_lists_every_command(runner):
     assert all(c in result.output for c in COMMANDS)
 
 
+def test_train_help_names_every_setting_the_budget_chooses(runner):
+    from charrnn.autoconfig import CHOSEN
+
+    description = runner.invoke(cli, ["train", "--help"]).output.split("Options:")[0]
+    description = " ".join(description.split())  # the help wraps lines
+    for name in CHOSEN:
+        assert "--" + name.replace("_", "-") in description
+
+
 def test_vocab_writes_json(runner, corpus, tmp_path):
     out = tmp_path / "v.json"
     result = runner.invoke(cli, ["vocab", str(corpus), "-o", str(out)])

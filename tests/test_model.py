@@ -173,7 +173,7 @@ def test_a_model_overfits_a_short_string(cell):
         grads = params.zeros_like()
         loss, _ = net.loss_and_grad(x, y, RecurrentState.zeros(cfg, 1), grads)
         with params.write() as w:
-            adam_update(w.flat, grads.flat, m.flat, v.flat, 1e-2, 0.9, 0.999, 1e-8, step, 2)
+            adam_update(w.flat, grads.flat, m.flat, v.flat, 1e-2, 0.9, 0.999, 1e-8, 0.0, step, 2)
     assert loss < 0.05, loss
 
 

@@ -6,8 +6,9 @@ import pytest
 from charrnn.kernels.optim import adam_update, sum_squares
 
 
-def reference_adam(p, g, m, v, lr, b1, b2, eps, step):
-    """torch.optim.Adam's update, written out."""
+def reference_adam(p, g, m, v, lr, b1, b2, eps, step, weight_decay=0.0):
+    """torch.optim.Adam's update, written out; torch.optim.AdamW's with a weight decay."""
+    p = p * (1 - lr * weight_decay)
     m = b1 * m + (1 - b1) * g
     v = b2 * v + (1 - b2) * g * g
     denom = np.sqrt(v) / math.sqrt(1 - b2 ** step) + eps
@@ -20,11 +21,31 @@ def test_adam_matches_reference_over_several_steps(rng):
     rp, rm, rv = p.copy(), m.copy(), v.copy()
     for step in range(1, 6):
         g = rng.standard_normal(20)
-        adam_update(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, step, 2)
+        adam_update(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.0, step, 2)
         rp, rm, rv = reference_adam(rp, g, rm, rv, 1e-2, 0.9, 0.999, 1e-8, step)
     np.testing.assert_allclose(p, rp, rtol=1e-13)
     np.testing.assert_allclose(m, rm, rtol=1e-13)
     np.testing.assert_allclose(v, rv, rtol=1e-13)
+
+
+def test_adamw_matches_reference_over_several_steps(rng):
+    p = rng.standard_normal(20)
+    m, v = np.zeros(20), np.zeros(20)
+    rp, rm, rv = p.copy(), m.copy(), v.copy()
+    for step in range(1, 6):
+        g = rng.standard_normal(20)
+        adam_update(p, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.5, step, 2)
+        rp, rm, rv = reference_adam(rp, g, rm, rv, 1e-2, 0.9, 0.999, 1e-8, step, weight_decay=0.5)
+    np.testing.assert_allclose(p, rp, rtol=1e-13)
+    np.testing.assert_allclose(m, rm, rtol=1e-13)
+
+
+def test_weight_decay_alone_shrinks_by_lr_times_decay(rng):
+    p = rng.standard_normal(100).astype(np.float32)
+    expected = p * np.float32(1 - 1e-2 * 0.5)
+    zeros = np.zeros_like(p)
+    adam_update(p, zeros, zeros.copy(), zeros.copy(), 1e-2, 0.9, 0.999, 1e-8, 0.5, 1, 2)
+    np.testing.assert_array_equal(p, expected)
 
 
 def test_adam_on_a_scaled_gradient_equals_adam_on_the_scaled_gradient(rng):
@@ -32,8 +53,8 @@ def test_adam_on_a_scaled_gradient_equals_adam_on_the_scaled_gradient(rng):
     m, v = rng.standard_normal(20), rng.random(20)
     a = [x.copy() for x in (p, m, v)]
     b = [x.copy() for x in (p, m, v)]
-    adam_update(a[0], g, a[1], a[2], 1e-2, 0.9, 0.999, 1e-8, 3, 2, 0.25)
-    adam_update(b[0], g * 0.25, b[1], b[2], 1e-2, 0.9, 0.999, 1e-8, 3, 2)
+    adam_update(a[0], g, a[1], a[2], 1e-2, 0.9, 0.999, 1e-8, 0.0, 3, 2, 0.25)
+    adam_update(b[0], g * 0.25, b[1], b[2], 1e-2, 0.9, 0.999, 1e-8, 0.0, 3, 2)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, rtol=1e-13)
 

@@ -111,3 +111,19 @@ def test_gradients_agree_with_pytorch_in_float64(cell):
     np.testing.assert_allclose(dstate0.h, h0.grad.numpy(), rtol=1e-9, atol=1e-12)
     if c0 is not None:
         np.testing.assert_allclose(dstate0.c, c0.grad.numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_weight_decay_is_torch_adamw():
+    from charrnn.kernels.optim import adam_update
+
+    rng = np.random.default_rng(0)
+    p0 = rng.standard_normal(50)
+    ours, m, v = p0.copy(), np.zeros(50), np.zeros(50)
+    theirs = torch.tensor(p0, requires_grad=True)
+    opt = torch.optim.AdamW([theirs], lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.3)
+    for step in range(1, 6):
+        g = rng.standard_normal(50)
+        adam_update(ours, g, m, v, 1e-2, 0.9, 0.999, 1e-8, 0.3, step, 2)
+        theirs.grad = torch.tensor(g)
+        opt.step()
+    np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-12, atol=1e-14)

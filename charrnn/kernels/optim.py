@@ -23,11 +23,14 @@ def sum_squares(x, nthreads):
 
 
 @parallel_kernel
-def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, nthreads, grad_scale=1.0):
-    """One Adam step as torch.optim.Adam takes it (bias-corrected moments, eps
-    added to the corrected root of v) on the gradient grad_scale * g, so that
-    clipping costs no pass of its own.  p, g, m, v: (N,); step counts from 1."""
+def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, nthreads, grad_scale=1.0):
+    """One Adam step as torch.optim.AdamW takes it (bias-corrected moments, eps
+    added to the corrected root of v; the weights first shrunk by lr * weight_decay,
+    which with weight_decay 0 is torch.optim.Adam's step exactly) on the gradient
+    grad_scale * g, so that clipping costs no pass of its own.  p, g, m, v: (N,);
+    step counts from 1."""
     t = p.dtype.type
+    keep = t(1.0 - lr * weight_decay)
     step_size = t(lr / (1.0 - beta1 ** step))
     inv_root_bc2 = t(1.0 / math.sqrt(1.0 - beta2 ** step))
     b1, b2, e, scale = t(beta1), t(beta2), t(eps), t(grad_scale)
@@ -40,7 +43,13 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, step, nthreads, grad_scale=1.
             vi = b2 * v[i] + (one - b2) * gi * gi
             m[i] = mi
             v[i] = vi
-            p[i] -= step_size * mi / (math.sqrt(vi) * inv_root_bc2 + e)
+            # Two forms, not p * keep with keep = 1: fused multiply-adds may round the
+            # product-and-difference differently, and runs without weight decay must
+            # stay bit-for-bit what they were.
+            if keep == one:
+                p[i] -= step_size * mi / (math.sqrt(vi) * inv_root_bc2 + e)
+            else:
+                p[i] = p[i] * keep - step_size * mi / (math.sqrt(vi) * inv_root_bc2 + e)
 
 
 @parallel_kernel
