@@ -1,6 +1,6 @@
 """Settings chosen from the budget: when a new run is given none of the model and
-optimiser settings (CHOSEN), its model, dropout and learning rate are chosen from
-the corpus's size, the budget and this machine's speed.
+optimiser settings (CHOSEN), its model, dropout, weight decay and learning rate are
+chosen from the corpus's size, the budget and this machine's speed.
 
 The rule, measured on tiny-shakespeare with budgets of 1, 5 and 20 minutes (the
 README's "Quality" section lists each run): the model is the largest of CANDIDATES
@@ -11,10 +11,12 @@ was no better than three of 3x512, which spread over 0.02). Dropout grows with h
 much the model can learn by heart -- its passes over the text times its parameters
 per character of text -- but gently: a small model seeing the text four times did
 best with none, and more than 0.1 was never better for a larger model measured, up
-to 3x512 seeing the text five times. The learning rate falls as the layer widens. No
-weight average: with the learning rate decaying to zero it gave nothing measurable
-at the end of a run (within 0.002 nats/char either way, paired, in every run
-measured).
+to 3x512 seeing the text five times. A model given dropout also gets AdamW's weight
+decay, sized so that it adds up to the same over any run (1x512 at 5 minutes: 1.4255
+and 1.4272 held out with it, 1.4313-1.4349 in three runs without; too much: 1.4718).
+The learning rate falls as the layer widens. No weight average: with the learning
+rate decaying to zero it gave nothing measurable at the end of a run (within 0.002
+nats/char either way, paired, in every run measured).
 
 A time budget needs the speed of each candidate on this machine (speed.py: measured
 once, then remembered); a budget in steps or epochs never depends on speed, so such
@@ -36,6 +38,9 @@ CANDIDATES = ((1, 128), (1, 256), (1, 384), (1, 512), (2, 512), (3, 512))
 MIN_EPOCHS = 2.5
 EVAL_SHARE = 0.93  # the part of a time budget left to training steps (validation takes the rest)
 EMBED = 64
+# AdamW's weight decay shrinks a weight untouched by its gradient by lr * wd a step, by
+# exp(-SHRINK) over a run whose steps add up to SHRINK / wd of learning rate.
+SHRINK = 0.75
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,17 @@ def dropout_for(epochs: float, params: int, n_chars: int) -> float:
         p = 0.1 + 0.05 * math.log2(max(x / 32.0, 1.0))
     p = min(0.35, p)
     return round(p, 2) if p >= 0.03 else 0.0
+
+
+def weight_decay_for(dropout: float, lr: float, steps: float) -> float:
+    """AdamW's weight decay for a model that learns enough by heart to need dropout (none
+    for one that does not: both restrain the same excess), sized to the run: what
+    counts is the decay over the whole run, wd x the sum of the learning rates of its
+    steps (lr x steps / 2 under the cosine decay), held at SHRINK. For 1x512 at 5
+    minutes (3,700 steps at 4e-3) sums of 0.37 and 1.5 scored alike and 3.7 far worse."""
+    if dropout <= 0:
+        return 0.0
+    return float(f"{SHRINK / (lr * max(steps, 100.0) / 2):.2g}")
 
 
 def lr_for(layers: int, hidden: int) -> float:
@@ -94,9 +110,10 @@ def choose(n_chars: int, vocab_size: int, budget: TrainConfig, speed_of=None) ->
             break
     cfg, epochs, speed = picked
     dropout = dropout_for(epochs, parameter_count(cfg), n_chars)
+    lr = lr_for(cfg.layers, cfg.hidden)
     model = {"cell": "lstm", "layers": cfg.layers, "hidden": cfg.hidden, "embed": EMBED, "dropout": dropout}
-    train = {"batch_size": batch, "seq_len": seq_len, "lr": lr_for(cfg.layers, cfg.hidden), "ema": 0.0,
-             "weight_decay": 0.0}
+    train = {"batch_size": batch, "seq_len": seq_len, "lr": lr, "ema": 0.0,
+             "weight_decay": weight_decay_for(dropout, lr, epochs * n_chars / per_step)}
     return Choice(model, train, _reason(model, train, n_chars, budget, epochs, speed))
 
 
@@ -120,7 +137,8 @@ def _capacity_enough(cfg: ModelConfig, n_chars: int) -> bool:
 
 
 def _reason(model, train, n_chars, budget, epochs, speed) -> str:
-    shape = f"{model['layers']}×{model['hidden']}, dropout {model['dropout']:g}, B={train['batch_size']}, " \
+    decay = f", weight decay {train['weight_decay']:g}" if train["weight_decay"] else ""
+    shape = f"{model['layers']}×{model['hidden']}, dropout {model['dropout']:g}{decay}, B={train['batch_size']}, " \
             f"lr {train['lr']:g}"
     size = f"{n_chars / 1e6:.1f} M" if n_chars >= 1e5 else f"{n_chars:,}"
     if speed is None:

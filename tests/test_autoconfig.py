@@ -30,8 +30,20 @@ def test_the_largest_model_that_still_sees_the_text_often_enough_is_chosen():
         params = parameter_count(ModelConfig(vocab_size=65, layers=layers, hidden=hidden, embed=autoconfig.EMBED))
         assert choice.model["dropout"] == autoconfig.dropout_for(epochs, params, 1_000_000)
         assert choice.train["lr"] == autoconfig.lr_for(layers, hidden) and choice.train["ema"] == 0.0
+        steps = epochs * 1e6 / (32 * 50)
+        assert choice.train["weight_decay"] == autoconfig.weight_decay_for(choice.model["dropout"], choice.train["lr"],
+                                                                           steps)
     assert calls == [c for c in autoconfig.CANDIDATES[:len(calls)]]  # stops at the first that is too slow
     assert long.model["dropout"] > short.model["dropout"] >= 0  # a larger model, more dropout
+
+
+def test_weight_decay_comes_with_dropout_and_shrinks_a_run_by_the_same_amount():
+    assert autoconfig.weight_decay_for(0.0, 4e-3, 3700) == 0.0
+    assert autoconfig.weight_decay_for(0.1, 4e-3, 3700) == 0.1  # 1x512 at 5 minutes
+    assert autoconfig.weight_decay_for(0.1, 4e-3, 3700) == autoconfig.weight_decay_for(0.3, 4e-3, 3700)
+    longer = autoconfig.weight_decay_for(0.1, 4e-3, 4 * 3700)
+    assert longer == pytest.approx(0.1 / 4, rel=0.05)  # four times the steps, a quarter of the decay
+    assert 0 < autoconfig.weight_decay_for(0.1, 4e-3, 1) * 4e-3 < 1  # a step never shrinks a weight to nothing
 
 
 def test_dropout_grows_with_passes_times_parameters_per_character():
@@ -60,11 +72,14 @@ def test_a_budget_in_steps_or_epochs_never_asks_for_the_speed():
 def test_the_reason_names_the_choice_and_the_budget():
     choice = autoconfig.choose(1_003_855, 65, TrainConfig(max_time=300.0), fake_speed([]))
     m, t = choice.model, choice.train
-    assert choice.reason.startswith(f"{m['layers']}×{m['hidden']}, dropout {m['dropout']:g}, B=32, lr {t['lr']:g}")
+    decay = f", weight decay {t['weight_decay']:g}" if t["weight_decay"] else ""
+    assert choice.reason.startswith(f"{m['layers']}×{m['hidden']}, dropout {m['dropout']:g}{decay}, B=32, "
+                                    f"lr {t['lr']:g}")
     assert ": 5m on 1.0 M characters at ≈ " in choice.reason and choice.reason.endswith(" epochs")
 
 
-@pytest.mark.parametrize("given", [{"hidden": 256}, {"lr": 4e-3}, {"dropout": 0.0}, {"ema": 0.0}, {"seq_len": 50}])
+@pytest.mark.parametrize("given", [{"hidden": 256}, {"lr": 4e-3}, {"dropout": 0.0}, {"ema": 0.0}, {"seq_len": 50},
+                                   {"weight_decay": 0.0}])
 def test_any_given_setting_turns_the_choice_off(given):
     model = {k: v for k, v in given.items() if k in ("hidden", "dropout")}
     train = {k: v for k, v in given.items() if k not in model}
