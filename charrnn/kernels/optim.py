@@ -43,13 +43,14 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, nthreads,
             vi = b2 * v[i] + (one - b2) * gi * gi
             m[i] = mi
             v[i] = vi
+            update = step_size * mi / (math.sqrt(vi) * inv_root_bc2 + e)
             # Two forms, not p * keep with keep = 1: fused multiply-adds may round the
             # product-and-difference differently, and runs without weight decay must
             # stay bit-for-bit what they were.
             if keep == one:
-                p[i] -= step_size * mi / (math.sqrt(vi) * inv_root_bc2 + e)
+                p[i] -= update
             else:
-                p[i] = p[i] * keep - step_size * mi / (math.sqrt(vi) * inv_root_bc2 + e)
+                p[i] = p[i] * keep - update
 
 
 @parallel_kernel
