@@ -1,7 +1,8 @@
 """The machine's ceilings, one per process: python -m benchmarks.peaks_worker SPEC_JSON.
 
-gemm: a float32 N x N x N matrix product (torch.mm when torch is importable,
-else numpy's matmul), best of several, with the thread count fixed.
+gemm: a float32 N x N x N matrix product by one library (torch.mm, numpy's matmul,
+or charrnn's own tiles through engine.product, B packed once outside the timing as
+training packs its weights once per step), best of several, with the thread count fixed.
 
 bandwidth: the read bandwidth of summing a float32 array of each given size over
 and over, on each given number of threads (each thread sums its own part, `reps` times,
@@ -29,6 +30,16 @@ def gemm(spec) -> dict:
         torch.set_num_threads(spec["threads"])
         a, b = torch.randn(n, n), torch.randn(n, n)
         mm, version, threads = torch.mm, torch.__version__, torch.get_num_threads()
+    elif lib == "charrnn":
+        import charrnn
+        from charrnn import engine
+
+        rng = np.random.default_rng(0)
+        a = rng.standard_normal((n, n), np.float32)
+        b = engine.packed(rng.standard_normal((n, n), np.float32), False, spec["threads"])
+        out = np.zeros((n, n), np.float32)
+        mm, version, threads = lambda a, b: engine.product(out, a, False, b, spec["threads"]), \
+            charrnn.__version__, spec["threads"]
     else:
         rng = np.random.default_rng(0)
         a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)

@@ -1,4 +1,5 @@
-"""Machine peaks: GEMM GFLOP/s (torch and/or numpy), against which the other
+"""Machine peaks: GEMM GFLOP/s (torch, numpy and charrnn's own tiles: the best
+of them, since a BLAS built before a CPU came out may not use it fully), against which the other
 tables give their % of peak, and the read bandwidth of a weights-sized float32
 array on 1 and N threads, the floor of batch-1 sampling."""
 
@@ -14,7 +15,7 @@ def gemm(suite, library: str) -> dict:
     log(f"peaks: {library} GEMM")
     spec = {"task": "gemm", "library": library, "n": suite.args.gemm_n, "reps": suite.args.gemm_reps,
             "threads": suite.threads}
-    return run_worker("peaks_worker", spec, suite.env("torch" if library == "torch" else None))
+    return run_worker("peaks_worker", spec, suite.env(library if library in ("torch", "charrnn") else None))
 
 
 def bandwidth(suite, sizes: dict[str, int]) -> dict:
@@ -32,7 +33,7 @@ def bandwidth(suite, sizes: dict[str, int]) -> dict:
 
 def run(suite) -> None:
     suite.out("Machine peaks")
-    gemms = [gemm(suite, lib) for lib in (["torch"] if suite.torch else []) + ["numpy"]]
+    gemms = [gemm(suite, lib) for lib in (["torch"] if suite.torch else []) + ["numpy", "charrnn"]]
     best = max(gemms, key=lambda r: r["gflops"])
     n = suite.args.gemm_n
     suite.out(f"  GEMM {n}x{n}x{n} float32, {suite.threads} thread{'s' if suite.threads > 1 else ''}: "
