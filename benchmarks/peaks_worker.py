@@ -30,20 +30,16 @@ def gemm(spec) -> dict:
         torch.set_num_threads(spec["threads"])
         a, b = torch.randn(n, n), torch.randn(n, n)
         mm, version, threads = torch.mm, torch.__version__, torch.get_num_threads()
-    elif lib == "charrnn":
-        import charrnn
-        from charrnn import engine
-
-        rng = np.random.default_rng(0)
-        a = rng.standard_normal((n, n), np.float32)
-        b = engine.packed(rng.standard_normal((n, n), np.float32), False, spec["threads"])
-        out = np.zeros((n, n), np.float32)
-        mm, version, threads = lambda a, b: engine.product(out, a, False, b, spec["threads"]), \
-            charrnn.__version__, spec["threads"]
     else:
         rng = np.random.default_rng(0)
         a, b = rng.standard_normal((n, n), np.float32), rng.standard_normal((n, n), np.float32)
         mm, version, threads = np.matmul, np.__version__, spec["threads"]
+        if lib == "charrnn":
+            import charrnn
+            from charrnn import engine
+
+            b, out = engine.packed(b, False, threads), np.zeros((n, n), np.float32)
+            mm, version = lambda a, b: engine.product(out, a, False, b, threads), charrnn.__version__
     mm(a, b)
     mm(a, b)
     times = []

@@ -50,7 +50,8 @@ def test_dropout_grows_with_passes_times_parameters_per_character():
     assert autoconfig.dropout_for(3.5, 350_000, 1_000_000) == 0.0  # a small model, few passes
     assert autoconfig.dropout_for(2.0, 1_000_000, 1_000_000) == 0.05
     assert autoconfig.dropout_for(6.0, 1_200_000, 1_000_000) == 0.1  # 1x512 at 5 minutes
-    assert autoconfig.dropout_for(4.4, 5_400_000, 1_000_000) == 0.1  # 3x512 at 20 minutes on Zen 4
+    assert autoconfig.dropout_for(4.4, 5_400_000, 1_000_000) == 0.1  # the plateau's end, x = 24
+    assert autoconfig.dropout_for(4.8, 5_400_000, 1_000_000) == 0.12  # 3x512 at 20 minutes on Zen 4
     assert autoconfig.dropout_for(9.0, 5_400_000, 1_000_000) == 0.25  # 3x512 at 20 minutes on Zen 5
     assert autoconfig.dropout_for(1000.0, 5_400_000, 10_000) == 0.35  # capped
     steps = [autoconfig.dropout_for(e, 1_000_000, 1_000_000) for e in (1, 2, 4, 8, 32, 64, 128)]

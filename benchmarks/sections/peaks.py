@@ -1,7 +1,7 @@
-"""Machine peaks: GEMM GFLOP/s (torch, numpy and charrnn's own tiles: the best
-of them, since a BLAS built before a CPU came out may not use it fully), against which the other
-tables give their % of peak, and the read bandwidth of a weights-sized float32
-array on 1 and N threads, the floor of batch-1 sampling."""
+"""Machine peaks: GEMM GFLOP/s (torch, numpy and charrnn's own tiles: the best of
+them, since a BLAS built before a CPU came out may not use it fully), against which
+the other tables give their % of peak, and the read bandwidth of a weights-sized
+float32 array on 1 and N threads, the floor of batch-1 sampling."""
 
 from __future__ import annotations
 
