@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from charrnn.config import ModelConfig
-from charrnn.engine import (PackedWeights, Workspace, layer_backward, layer_forward, product,
+from charrnn.engine import (PackedWeights, Workspace, layer_backward, layer_forward, loop_threads, product,
                             recurrent_weight_gradients, step_buffers, threads)
 from charrnn.kernels.dropout import apply_mask, dropout_mask
 from charrnn.kernels.inference import generate, step_logits
@@ -137,15 +137,21 @@ class Network:
         c = np.ascontiguousarray(state.c, dtype=self.params.dtype).copy() if state.c is not None else h[:, :0]
         return ids, h, c
 
+    def _step_threads(self, rows: int) -> int:
+        """Threads for stepping `rows` streams a character at a time: as for a time loop
+        (engine.loop_threads), a small layer's step is over before a second thread's
+        barriers pay for themselves (a row's result is the same on any number)."""
+        return loop_threads(rows, self.cfg.hidden, self.cfg.gates, threads())
+
     def step(self, ids: np.ndarray, state: RecurrentState):
         """One character for each of B independent streams: (logits (B, V), new state).
 
         ids: (B,) ints. Row b's result depends only on row b's input and state, bit
         for bit, whatever B is; state is not modified."""
-        nthreads = threads()
         current, h, c = self._inference_state(ids, state)
+        nthreads = self._step_threads(current.shape[0])
         buffers = step_buffers(self.cfg, current.shape[0], self.params.dtype)
-        step_logits(buffers, current, h, c, CELL_CODES[self.cfg.cell], self.packed(nthreads).inference(), nthreads)
+        step_logits(buffers, current, h, c, CELL_CODES[self.cfg.cell], self.packed(threads()).inference(), nthreads)
         return buffers.logits, RecurrentState(h, c if state.c is not None else None)
 
     def generate(self, ids: np.ndarray, state: RecurrentState, uniforms: np.ndarray, temperature=1.0,
@@ -161,15 +167,15 @@ class Network:
         History for repetition control (updated in place).
         Returns (K, B) characters and the state after them; row b depends only on row
         b's inputs, bit for bit."""
-        nthreads = threads()
         current, h, c = self._inference_state(ids, state)
         B = current.shape[0]
+        nthreads = self._step_threads(B)
         out = np.empty(uniforms.shape, np.int64)
         if decoding is None:
             decoding = make_decoding(B, temperature, top_k, top_p, argmax)
         if history is None:
             history = History(np.zeros((B, 0), np.int64), np.zeros(B, np.int64))
-        generate(out, current, h, c, CELL_CODES[self.cfg.cell], self.packed(nthreads).inference(),
+        generate(out, current, h, c, CELL_CODES[self.cfg.cell], self.packed(threads()).inference(),
                  step_buffers(self.cfg, B, self.params.dtype), np.ascontiguousarray(uniforms), decoding, history,
                  nthreads)
         return out, RecurrentState(h, c if state.c is not None else None)

@@ -239,6 +239,35 @@ def test_generate_equals_stepping_and_sampling_and_each_row_alone(rng, cell, hid
     np.testing.assert_array_equal(greedy[0], first.argmax(axis=1))
 
 
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_small_layers_stream_steps_on_one_thread_bitwise_as_on_all(rng, cell, monkeypatch):
+    """One stream of a small layer is stepped on one thread (engine.SMALL_STEP, which
+    conftest lifts for the other tests), a batch of many on all: a stream's characters,
+    logits and state must not depend on which."""
+    import conftest
+
+    import charrnn.engine as engine
+
+    if engine.threads() < 2:
+        pytest.skip("one thread: nothing to compare it with")
+    cfg, params, net = make_network(cell, rng, dtype=np.float32, hidden=2 * NR)
+    state = RecurrentState.zeros(cfg, 1)
+    state.h[:] = rng.standard_normal(state.h.shape)
+    if state.c is not None:
+        state.c[:] = rng.standard_normal(state.c.shape)
+    ids, uniforms = rng.integers(0, V, 1), rng.random((7, 1))
+    runs = []
+    for small_step in (0, conftest.ENGINE_SMALL_STEP):
+        monkeypatch.setattr(engine, "SMALL_STEP", small_step)
+        runs.append((net._step_threads(1), net.generate(ids, state, uniforms, 0.9, 4, 0.95), net.step(ids, state)))
+    (threads_all, (out_all, end_all), (logits_all, after_all)), (threads_one, (out, end), (logits, after)) = runs
+    assert (threads_all, threads_one) == (engine.threads(), 1)
+    np.testing.assert_array_equal(out, out_all)
+    np.testing.assert_array_equal(logits, logits_all)
+    for a, b in zip([*end.arrays(), *after.arrays()], [*end_all.arrays(), *after_all.arrays()]):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_kernel_cache_folder_is_named_by_the_kernel_sources_and_the_isa_level():
     """Numba keys a cached function on its own file only; the folder name covers all
     kernel files, so changing a helper in one recompiles the kernels that inline it.
