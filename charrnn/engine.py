@@ -32,10 +32,15 @@ def threads() -> int:
 SMALL_STEP = 1 << 17
 
 
+def threads_for(work: int, nthreads: int) -> int:
+    """Threads for a step of `work` multiply-adds between barriers: at most nthreads,
+    and no more than give each thread SMALL_STEP of them."""
+    return max(1, min(nthreads, work // max(1, SMALL_STEP)))
+
+
 def loop_threads(rows: int, hidden: int, gates: int, nthreads: int) -> int:
-    """Threads for a time loop over `rows` streams of a layer of `hidden` units: at
-    most nthreads, and no more than give each thread SMALL_STEP multiply-adds a step."""
-    return max(1, min(nthreads, rows * hidden * gates * hidden // max(1, SMALL_STEP)))
+    """Threads for a time loop over `rows` streams of a layer of `hidden` units."""
+    return threads_for(rows * hidden * gates * hidden, nthreads)
 
 
 def packed(matrix: np.ndarray, transpose: bool, nthreads: int) -> np.ndarray:
