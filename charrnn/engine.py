@@ -15,7 +15,8 @@ import numpy as np
 from charrnn.kernels.gemm import gemm, pack, panels
 from charrnn.kernels.inference import InferenceWeights, StepBuffers
 from charrnn.kernels.linear import add_column_sums, set_rows
-from charrnn.kernels.recurrence import CELL_CODES, BackwardArrays, ForwardArrays, recurrence_backward, recurrence_forward
+from charrnn.kernels.recurrence import (CELL_CODES, BackwardArrays, ForwardArrays, recurrence_backward, recurrence_forward,
+                                       unit_panels)
 from charrnn.kernels.simd import BARRIER_SIZE, NR
 from charrnn.model import Parameters
 
@@ -25,11 +26,14 @@ def threads() -> int:
     return numba.get_num_threads()
 
 
-# The least work, in multiply-adds of one time step's recurrent product, worth a
-# thread of its own in a time loop: below it the barriers cost more than the split
-# saves. Measured (2 cores, one stream): LSTM 1x128 (65k) evaluates at 148k chars/s
-# on 1 thread against 119-129k on 2; LSTM 2x256 (262k) at 19.6k on 1 against 29k on 2.
-SMALL_STEP = 1 << 17
+# The least work, in multiply-adds between two barriers, worth a thread of its own:
+# below it a second thread's barriers cost more than its share of the work saves.
+# Measured, 2 cores, one stream: on Zen 3 (AVX2; a time step of LSTM 1x128 is split
+# by panels, two barriers of 33k each) evaluation ran at 148k chars/s on 1 thread
+# against 119-129k on 2; on Zen 5 (AVX-512; split by units, one barrier of 65k) at
+# 421k on 2 against 330k on 1, while sampling it (four barriers a character, 18k
+# each) ran at 223k on 1 against 156k on 2.
+SMALL_STEP = 1 << 15
 
 
 def threads_for(work: int, nthreads: int) -> int:
@@ -39,8 +43,11 @@ def threads_for(work: int, nthreads: int) -> int:
 
 
 def loop_threads(rows: int, hidden: int, gates: int, nthreads: int) -> int:
-    """Threads for a time loop over `rows` streams of a layer of `hidden` units."""
-    return threads_for(rows * hidden * gates * hidden, nthreads)
+    """Threads for a time loop over `rows` streams of a layer of `hidden` units: a
+    step's product and cell meet at one barrier when split by units, else at two
+    (kernels.recurrence.unit_panels)."""
+    barriers = 1 if unit_panels(hidden, nthreads) else 2
+    return threads_for(rows * hidden * gates * hidden // barriers, nthreads)
 
 
 def packed(matrix: np.ndarray, transpose: bool, nthreads: int) -> np.ndarray:

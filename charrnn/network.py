@@ -139,13 +139,13 @@ class Network:
 
     def _step_threads(self, rows: int) -> int:
         """Threads for stepping `rows` streams a character at a time, from a character's
-        multiply-adds (every layer's products and the decoder's): a small model's
-        character is over before a second thread's barriers pay for themselves (LSTM
-        1x128 at batch 1, 73k, samples faster on one thread; the GRU 2x256, 590k, at
-        two). A row's result is the same on any number."""
+        multiply-adds (every layer's products and the decoder's) over its barriers
+        (two a layer, one after the decoder, one after the draw): LSTM 1x128 at batch
+        1, 18k a barrier, samples faster on one thread, the GRU 2x256, 100k, on two
+        (see engine.SMALL_STEP). A row's result is the same on any number."""
         c = self.cfg
         per_row = c.gates * c.hidden * c.hidden * (2 * c.layers - 1) + c.hidden * c.vocab_size
-        return threads_for(rows * per_row, threads())
+        return threads_for(rows * per_row // (2 * c.layers + 2), threads())
 
     def step(self, ids: np.ndarray, state: RecurrentState):
         """One character for each of B independent streams: (logits (B, V), new state).

@@ -173,14 +173,18 @@ def test_chunks_with_carried_state_equal_the_whole_sequence(rng, cell):
         np.testing.assert_allclose(first[name] + second[name], whole[name], rtol=1e-12, atol=1e-13, err_msg=name)
 
 
-def test_tiny_time_steps_run_on_one_thread(monkeypatch):
+def test_tiny_time_steps_run_on_one_thread_and_larger_ones_on_all(monkeypatch):
     import conftest
 
     import charrnn.engine as engine
 
     monkeypatch.setattr(engine, "SMALL_STEP", conftest.ENGINE_SMALL_STEP)  # the engine's own limit
-    assert engine.loop_threads(1, 128, 4, 2) == 1  # one stream of LSTM 1x128: 65k multiply-adds
+    by_units = engine.unit_panels  # one barrier a step, else two
+    assert engine.loop_threads(1, 64, 4, 2) == 1  # one stream of LSTM 1x64: 16k multiply-adds a step
+    # LSTM 1x128: 65k a step; split by panels, 33k a barrier
+    assert engine.loop_threads(1, 128, 4, 2) == (2 if by_units(128, 2) else 1)
     assert engine.loop_threads(1, 256, 4, 2) == 2  # LSTM 2x256: 262k
     assert engine.loop_threads(50, 128, 4, 2) == 2  # a training batch
-    assert engine.loop_threads(1, 256, 4, 16) == 2  # many cores: each thread keeps enough work
+    # many cores: each thread keeps enough work
+    assert engine.loop_threads(1, 256, 4, 16) == (8 if by_units(256, 16) else 4)
     assert engine.loop_threads(50, 256, 4, 16) == 16

@@ -250,7 +250,7 @@ def test_a_small_layers_stream_steps_on_one_thread_bitwise_as_on_all(rng, cell, 
 
     if engine.threads() < 2:
         pytest.skip("one thread: nothing to compare it with")
-    cfg, params, net = make_network(cell, rng, dtype=np.float32, hidden=2 * NR)
+    cfg, params, net = make_network(cell, rng, dtype=np.float32, hidden=NR)
     state = RecurrentState.zeros(cfg, 1)
     state.h[:] = rng.standard_normal(state.h.shape)
     if state.c is not None:
