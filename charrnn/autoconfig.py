@@ -8,9 +8,10 @@ that still sees the training text at least MIN_EPOCHS times in the budget. Up to
 units one wide layer beat two narrower ones of the same speed (at 1 and 5 minutes),
 so the candidates widen one layer to 512, then deepen (at 20 minutes one 1x1024 run
 was no better than three of 3x512, which spread over 0.02), then widen the three
-layers to 768 (on Zen 5, where 3x512 sees the text ten times in 20 minutes and
-scored 1.4008-1.4053 with dropout 0.25-0.4, 3x768 saw it 4.7 times and scored 1.3940). Dropout grows with how
-much the model can learn by heart -- its passes over the text times its parameters
+layers to 768: on Zen 5, where 3x512 sees the text ten times in 20 minutes and
+scored 1.4008-1.4053 with dropout 0.25-0.4, 3x768 saw it 4.7 times and scored
+1.3940 and 1.3998 (3x1024, 2.3 times: 1.4524). Dropout grows with how much the
+model can learn by heart -- its passes over the text times its parameters
 per character of text -- but gently: a small model seeing the text four times did
 best with none, and more than 0.1 was never better for a larger model measured, up
 to 3x512 seeing the text five times; seeing it nine times (a faster machine), 3x512
