@@ -23,8 +23,8 @@ def make_network(cell, rng, dropout=0.0, layers=2, dtype=np.float64, hidden=H):
     return cfg, params, Network(cfg, params)
 
 
-def random_state(cfg, rng, batch=B):
-    state = RecurrentState.zeros(cfg, batch, np.float64)
+def random_state(cfg, rng, batch=B, dtype=np.float64):
+    state = RecurrentState.zeros(cfg, batch, dtype)
     state.h[:] = rng.standard_normal(state.h.shape)
     if state.c is not None:
         state.c[:] = rng.standard_normal(state.c.shape)
@@ -188,10 +188,7 @@ def test_a_model_overfits_a_short_string(cell):
 def test_step_matches_forward_and_each_row_is_independent_of_the_batch(rng, cell, hidden):
     cfg, params, net = make_network(cell, rng, layers=2, dtype=np.float32, hidden=hidden)
     batch = MR  # whole tiles of MR rows, as a batch of streams takes
-    state = RecurrentState.zeros(cfg, batch)
-    state.h[:] = rng.standard_normal(state.h.shape)
-    if state.c is not None:
-        state.c[:] = rng.standard_normal(state.c.shape)
+    state = random_state(cfg, rng, batch, np.float32)
     ids = rng.integers(0, V, batch)
     logits, new = net.step(ids, state)
     expected, expected_state = net.forward(ids.reshape(1, batch), state)
@@ -211,10 +208,7 @@ def test_generate_equals_stepping_and_sampling_and_each_row_alone(rng, cell, hid
     from charrnn.kernels.sampling import sample_rows
 
     cfg, params, net = make_network(cell, rng, dtype=np.float32, hidden=hidden)
-    state = RecurrentState.zeros(cfg, 3)
-    state.h[:] = rng.standard_normal(state.h.shape)
-    if state.c is not None:
-        state.c[:] = rng.standard_normal(state.c.shape)
+    state = random_state(cfg, rng, 3, np.float32)
     ids, uniforms = rng.integers(0, V, 3), rng.random((6, 3))
     out, end = net.generate(ids, state, uniforms, temperature=0.9, top_k=4, top_p=0.95)
     current, s = ids, state
@@ -251,10 +245,7 @@ def test_a_small_layers_stream_steps_on_one_thread_bitwise_as_on_all(rng, cell, 
     if engine.threads() < 2:
         pytest.skip("one thread: nothing to compare it with")
     cfg, params, net = make_network(cell, rng, dtype=np.float32, hidden=NR)
-    state = RecurrentState.zeros(cfg, 1)
-    state.h[:] = rng.standard_normal(state.h.shape)
-    if state.c is not None:
-        state.c[:] = rng.standard_normal(state.c.shape)
+    state = random_state(cfg, rng, 1, np.float32)
     ids, uniforms = rng.integers(0, V, 1), rng.random((7, 1))
     runs = []
     for small_step in (0, conftest.ENGINE_SMALL_STEP):
