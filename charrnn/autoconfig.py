@@ -37,7 +37,8 @@ from charrnn.config import ModelConfig, TrainConfig, format_duration
 from charrnn.model import parameter_count, parameter_shapes
 
 # The settings chosen together: give any one of them and none is chosen.
-CHOSEN = ("cell", "layers", "hidden", "embed", "dropout", "batch_size", "seq_len", "lr", "ema", "weight_decay")
+CHOSEN = ("cell", "layers", "hidden", "embed", "dropout", "batch_size", "seq_len", "lr", "ema", "weight_decay",
+          "weight_drop")
 # LSTM layers x hidden, fastest first.
 CANDIDATES = ((1, 128), (1, 256), (1, 384), (1, 512), (2, 512), (3, 512), (3, 768))
 MIN_EPOCHS = 2.5

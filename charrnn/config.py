@@ -264,6 +264,9 @@ class ModelConfig(Settings):
     hidden: int = setting(256, "Hidden units per layer.", "int", POSITIVE_INT)
     embed: int = setting(64, "Character embedding size.", "int", POSITIVE_INT)
     dropout: float = setting(0.0, "Dropout between layers and before the output.", "float", FRACTION)
+    weight_drop: float = setting(0.0, "Drop each recurrent (hidden-to-hidden) weight with this probability for "
+                                 "one training step, the same for every stream and time step (DropConnect: "
+                                 "AWD-LSTM's weight drop).", "float", FRACTION)
     lines: bool = setting(False, "One sample per line: each non-empty line is learnt on its own, from a fresh "
                           "state, and ends at its newline; sample and evaluate follow it.", "flag", BOOLEAN)
 

@@ -106,12 +106,22 @@ class PackedLayer:
 class PackedWeights:
     """Every weight matrix packed, for one version of the parameters; plus layer 0's
     input table (V, G*H) = embedding @ w_ih0.T + bias, so that layer 0's input side
-    is a row gather."""
+    is a row gather.
 
-    def __init__(self, cfg, params: Parameters, nthreads: int):
+    hh_masks: None, or one (G*H, H) mask per layer for a training pass with weight
+    drop: each layer's w_hh is packed multiplied by its mask (0 or 1 / (1 - p)).
+    Such a packing is for that pass alone, never for inference."""
+
+    def __init__(self, cfg, params: Parameters, nthreads: int, hh_masks=None):
         self.version = params.version
+        self.hh_masks = hh_masks
         params = params.kernel_view  # the same memory, as the kernels read it
-        self.layers = [PackedLayer(cfg.cell, *params.layer(k), nthreads) for k in range(cfg.layers)]
+        self.layers = []
+        for k in range(cfg.layers):
+            w_ih, w_hh, b_ih, b_hh = params.layer(k)
+            if hh_masks is not None:
+                w_hh = w_hh * hh_masks[k]
+            self.layers.append(PackedLayer(cfg.cell, w_ih, w_hh, b_ih, b_hh, nthreads))
         first = self.layers[0]
         self.table = np.empty((cfg.vocab_size, cfg.gates * cfg.hidden), params.dtype)
         set_rows(self.table, first.bias, nthreads)
@@ -123,6 +133,7 @@ class PackedWeights:
 
     def inference(self) -> InferenceWeights:
         """The weights as the inference kernels take them (see InferenceWeights)."""
+        assert self.hh_masks is None, "weights packed with weight drop are for training only"
         if self._inference is None:
             cfg, p = self._params.cfg, self._params
             upper = self.layers[1:]

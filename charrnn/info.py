@@ -154,7 +154,9 @@ def format_text(info: dict) -> str:
     fields = [
         ("checkpoint", info["checkpoint"] + (" (resumable)" if info["resumable"] else " (weights only)")),
         ("model", f"{c['cell']}, {c['layers']} layer{'s' if c['layers'] != 1 else ''} of {c['hidden']} units, "
-                  f"embedding {c['embed']}, dropout {c['dropout']:g}{', line mode' if c.get('lines') else ''}"),
+                  f"embedding {c['embed']}, dropout {c['dropout']:g}"
+                  f"{f', weight drop {wd:g}' if (wd := c.get('weight_drop')) else ''}"
+                  f"{', line mode' if c.get('lines') else ''}"),
         ("parameters", f"{info['parameters']:,}"),
         ("vocabulary", f"{len(info['vocab']):,} characters: {vocab_preview(info['vocab'])}"),
         ("trained", ", ".join(trained)),

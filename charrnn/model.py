@@ -177,6 +177,13 @@ def step_key(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, step]).generate_state(1, np.uint64)[0])
 
 
-def layer_dropout_keys(key: int, layers: int) -> np.ndarray:
-    """One independent 64-bit mask key per layer (uint64), derived from one step key."""
-    return np.random.SeedSequence([key & 0xFFFFFFFFFFFFFFFF, 0x6D61736B]).generate_state(layers, np.uint64)
+def layer_dropout_keys(key: int, layers: int, purpose: int = 0x6D61736B) -> np.ndarray:
+    """One independent 64-bit mask key per layer (uint64), derived from one step key;
+    each purpose (a 32-bit tag: the outputs' dropout, the weight drop) draws masks
+    independent of the others'."""
+    return np.random.SeedSequence([key & 0xFFFFFFFFFFFFFFFF, purpose]).generate_state(layers, np.uint64)
+
+
+def weight_drop_keys(key: int, layers: int) -> np.ndarray:
+    """The keys of one step's weight-drop masks, one per layer (see layer_dropout_keys)."""
+    return layer_dropout_keys(key, layers, purpose=0x77647270)

@@ -14,7 +14,7 @@ from charrnn.kernels.linear import gather_rows, scatter_add_rows, set_rows
 from charrnn.kernels.loss import softmax_xent, softmax_xent_backward, softmax_xent_rows
 from charrnn.kernels.recurrence import CELL_CODES
 from charrnn.kernels.sampling import Decoding, History
-from charrnn.model import ParamBuffer, Parameters, RecurrentState, layer_dropout_keys
+from charrnn.model import ParamBuffer, Parameters, RecurrentState, layer_dropout_keys, weight_drop_keys
 
 
 class Network:
@@ -30,7 +30,10 @@ class Network:
         self.params = params
         self._workspaces: dict[tuple, object] = {}
         self._packed = None
-        self._last = None  # (workspace, ids, dropout used) of the last forward, for backward (which clears it)
+        self._hh_masks = None  # one (G*H, H) array per layer, refilled by each pass with weight drop
+        self._dw_hh = None  # (G*H, H): one layer's w_hh gradient under weight drop, before its mask
+        # (workspace, ids, dropout used, packed weights) of the last forward, for backward (which clears it)
+        self._last = None
 
     def _workspace(self, T: int, B: int, dropout: bool) -> Workspace:
         key = (T, B, dropout)
@@ -45,12 +48,28 @@ class Network:
             self._packed = PackedWeights(self.cfg, self.params, nthreads)
         return self._packed
 
+    def _pass_weights(self, dropout_key: int | None, nthreads: int) -> PackedWeights:
+        """The packed weights a pass reads: the parameters', or for a training pass with
+        weight drop, a packing of its own in which each w_hh is masked by this step's
+        masks. Training changes the parameters every step, so they would be packed
+        anew anyway: the masks cost their draw and one multiply, not a packing."""
+        cfg = self.cfg
+        if dropout_key is None or cfg.weight_drop <= 0.0:
+            return self.packed(nthreads)
+        if self._hh_masks is None:
+            shape = (cfg.gates * cfg.hidden, cfg.hidden)
+            self._hh_masks = [np.empty(shape, self.params.dtype) for _ in range(cfg.layers)]
+        for mask, key in zip(self._hh_masks, weight_drop_keys(dropout_key, cfg.layers)):
+            dropout_mask(mask, key, cfg.weight_drop, nthreads)
+        return PackedWeights(cfg, self.params, nthreads, hh_masks=self._hh_masks)
+
     def forward(self, ids: np.ndarray, state: RecurrentState, dropout_key: int | None = None):
         """Logits for every position, and the state after the last step.
 
         ids: (T, B) ints; state: initial state of the B streams (not modified).
         dropout_key: None for evaluation; an integer key for a training pass, which
-        then applies dropout (if the config has any) with masks derived from the key.
+        then applies dropout and weight drop (if the config has any) with masks
+        derived from the key.
         Returns logits: (T * B, V), row t * B + b for stream b at step t, and the new state.
         """
         cfg, nthreads = self.cfg, threads()
@@ -58,7 +77,7 @@ class Network:
         T, B = ids.shape
         use_dropout = dropout_key is not None and cfg.dropout > 0.0
         ws = self._workspace(T, B, use_dropout)
-        packed = self.packed(nthreads)
+        packed = self._pass_weights(dropout_key, nthreads)
         keys = layer_dropout_keys(dropout_key, cfg.layers) if use_dropout else None
         below = None
         for layer, (buf, weights) in enumerate(zip(ws.layers, packed.layers)):
@@ -78,7 +97,7 @@ class Network:
         new_state = RecurrentState(
             np.stack([buf.hs_buf[T] for buf in ws.layers]),
             np.stack([buf.cs_buf[T] for buf in ws.layers]) if cfg.cell == "lstm" else None)
-        self._last = (ws, ids, use_dropout)
+        self._last = (ws, ids, use_dropout, packed)
         return ws.logits, new_state
 
     def backward(self, dlogits: np.ndarray, grads: ParamBuffer,
@@ -91,10 +110,10 @@ class Network:
         if self._last is None:
             raise RuntimeError("backward needs a forward pass of its own: the last one was used up")
         cfg, nthreads = self.cfg, threads()
-        (ws, ids, use_dropout), self._last = self._last, None
+        (ws, ids, use_dropout, packed), self._last = self._last, None
         T, B = ids.shape
         H, TB = cfg.hidden, T * B
-        packed = self.packed(nthreads).for_backward(nthreads)
+        packed = packed.for_backward(nthreads)
         dstate0 = RecurrentState.zeros(cfg, B, self.params.dtype)
         top = ws.layers[-1].output.reshape(TB, H)
         dy = ws.dy[0]
@@ -104,7 +123,7 @@ class Network:
                 row_sums=grads["decoder.bias"])
         for layer in range(cfg.layers - 1, -1, -1):
             buf, weights = ws.layers[layer], packed.layers[layer]
-            dw_ih, dw_hh, db_ih, db_hh = grads.layer(layer)
+            dw_ih = grads.layer(layer)[0]
             if use_dropout:
                 apply_mask(dy, dy, buf.mask, nthreads)
             ws.dh[...] = 0.0 if dstate_last is None else dstate_last.h[layer]
@@ -113,7 +132,7 @@ class Network:
             dstate0.h[layer] = ws.dh
             if dstate0.c is not None:
                 dstate0.c[layer] = ws.dc
-            recurrent_weight_gradients(ws, buf, dxg, dhg, dw_hh, db_ih, db_hh, nthreads)
+            self._recurrent_weight_gradients(ws, buf, dxg, dhg, packed.hh_masks, layer, grads, nthreads)
             dxg2 = dxg.reshape(TB, cfg.gates * H)
             if layer > 0:
                 below = ws.layers[layer - 1].output.reshape(TB, H)
@@ -130,6 +149,20 @@ class Network:
                 product(dw_ih, ws.dtable, True, ws.packed_activations(emb, nthreads), nthreads)
                 product(grads["embedding.weight"], ws.dtable, False, weights.ih, nthreads)
         return dstate0
+
+    def _recurrent_weight_gradients(self, ws, buf, dxg, dhg, hh_masks, layer: int, grads: ParamBuffer,
+                                    nthreads: int) -> None:
+        """Add layer's w_hh and bias gradients to grads. Under weight drop the pass ran
+        on w_hh * mask, so w_hh's gradient is that product's gradient times the mask."""
+        _, dw_hh, db_ih, db_hh = grads.layer(layer)
+        if hh_masks is None:
+            recurrent_weight_gradients(ws, buf, dxg, dhg, dw_hh, db_ih, db_hh, nthreads)
+            return
+        if self._dw_hh is None or self._dw_hh.dtype != dw_hh.dtype:
+            self._dw_hh = np.empty_like(dw_hh)
+        self._dw_hh[...] = 0.0
+        recurrent_weight_gradients(ws, buf, dxg, dhg, self._dw_hh, db_ih, db_hh, nthreads)
+        dw_hh += np.multiply(self._dw_hh, hh_masks[layer], out=self._dw_hh)
 
     def _inference_state(self, ids, state):
         ids = np.array(ids, dtype=np.int64)  # a copy: the kernels update it

@@ -108,7 +108,8 @@ def measure(cfg: ModelConfig, batch: int, seq_len: int) -> float:
 
     def optimiser_step(step: int) -> None:
         grads.flat[:] = 0.0
-        net.loss_and_grad(x, y, RecurrentState.zeros(cfg, batch), grads, dropout_key=step if cfg.dropout else None)
+        net.loss_and_grad(x, y, RecurrentState.zeros(cfg, batch), grads,
+                          dropout_key=step if cfg.dropout or cfg.weight_drop else None)
         adam.step(grads, 1e-4, step + 1, global_norm(grads), 5.0)
 
     for step in range(WARM_STEPS):

@@ -262,6 +262,7 @@ class Trainer:
     def describe(self) -> str:
         c = self.cfg
         return (f"{c.cell} {c.layers}x{c.hidden}, embedding {c.embed}, dropout {c.dropout:g}"
+                f"{f', weight drop {c.weight_drop:g}' if c.weight_drop else ''}"
                 f"{', line mode' if c.lines else ''}, "
                 f"{self.params.flat.size:,} parameters, vocabulary {len(self.vocab)}; "
                 f"{self.data.describe()}; starting at step {self.step}")

@@ -16,8 +16,9 @@ from charrnn.network import Network
 CELLS = ["lstm", "gru", "rnn"]
 
 
-def make_network(cell, rng, dropout=0.0, layers=2, dtype=np.float64, hidden=H):
-    cfg = ModelConfig(vocab_size=V, cell=cell, layers=layers, hidden=hidden, embed=D, dropout=dropout)
+def make_network(cell, rng, dropout=0.0, layers=2, dtype=np.float64, hidden=H, weight_drop=0.0):
+    cfg = ModelConfig(vocab_size=V, cell=cell, layers=layers, hidden=hidden, embed=D, dropout=dropout,
+                      weight_drop=weight_drop)
     params = Parameters(cfg, dtype)
     init_params(params, rng)
     return cfg, params, Network(cfg, params)
@@ -51,7 +52,8 @@ def test_views_share_the_flat_buffer():
 
 
 @pytest.mark.parametrize("bad", [dict(cell="lstmx"), dict(layers=0), dict(hidden=0), dict(embed=-1),
-                                 dict(dropout=1.0), dict(dropout=-0.1)])
+                                 dict(dropout=1.0), dict(dropout=-0.1), dict(weight_drop=1.0),
+                                 dict(weight_drop=-0.1)])
 def test_config_refuses_bad_values(bad):
     with pytest.raises(CharrnnError):
         ModelConfig(vocab_size=V, **bad)
@@ -67,28 +69,62 @@ def test_forget_bias_is_added_to_both_forget_blocks(rng):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("dropout", [0.0, 0.4])
-def test_loss_matches_naive_reference(rng, cell, dropout):
-    cfg, params, net = make_network(cell, rng, dropout)
+@pytest.mark.parametrize("dropout, weight_drop", [(0.0, 0.0), (0.4, 0.0), (0.0, 0.3), (0.4, 0.3)])
+def test_loss_matches_naive_reference(rng, cell, dropout, weight_drop):
+    """With weight drop, the reference runs on each w_hh times the pass's mask."""
+    cfg, params, net = make_network(cell, rng, dropout, weight_drop=weight_drop)
     ids, targets = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
     state = random_state(cfg, rng)
     logits, _ = net.forward(ids, state, dropout_key=99)
     from charrnn.kernels.loss import softmax_xent
 
     total = softmax_xent(logits, targets.reshape(-1), 2)
+    ws, _, _, packed = net._last
     masks = None
     if dropout:
-        ws = net._last[0]
         masks = [buf.mask.copy() for buf in ws.layers]
         kept = np.concatenate([m.ravel() for m in masks])
         assert set(np.unique(kept)) <= {0.0, 1.0 / (1.0 - dropout)}
-    expected = ref.network_loss(params.views, cfg, ids, targets, state.h, state.c, masks)
+    views = dict(params.views)
+    if weight_drop:
+        for layer, mask in enumerate(packed.hh_masks):
+            assert set(np.unique(mask)) == {0.0, 1.0 / (1.0 - weight_drop)}
+            views[f"rnn.weight_hh_l{layer}"] = views[f"rnn.weight_hh_l{layer}"] * mask
+    else:
+        assert packed.hh_masks is None
+    expected = ref.network_loss(views, cfg, ids, targets, state.h, state.c, masks)
     assert total == pytest.approx(expected, rel=1e-12)
 
 
+def test_weight_drop_masks_come_from_the_key_and_evaluation_uses_every_weight(rng):
+    """The same key draws the same masks, another key others; each layer's mask is its
+    own, with about a fraction p of zeros; a pass without a key (evaluation) equals the
+    same weights' pass with no weight drop at all."""
+    p = 0.3
+    cfg, params, net = make_network("lstm", rng, weight_drop=p, hidden=32)
+    ids, state = rng.integers(0, V, (T, B)), random_state(cfg, rng)
+
+    def masks(key):
+        net.forward(ids, state, dropout_key=key)
+        return [m.copy() for m in net._last[3].hh_masks]
+
+    first, again, other = masks(5), masks(5), masks(6)
+    for a, b, c in zip(first, again, other):
+        np.testing.assert_array_equal(a, b)
+        assert not np.array_equal(a, c)
+        assert abs((a == 0).mean() - p) < 0.05
+    assert not np.array_equal(first[0], first[1])
+    plain = Network(cfg.replace(weight_drop=0.0), params)
+    np.testing.assert_array_equal(net.forward(ids, state)[0], plain.forward(ids, state)[0])
+    assert not np.allclose(net.forward(ids, state, dropout_key=5)[0], plain.forward(ids, state)[0])
+
+
 @pytest.mark.parametrize("cell", CELLS)
-def test_gradients_of_every_parameter_and_the_initial_state(rng, cell):
-    cfg, params, net = make_network(cell, rng, dropout=0.3)
+@pytest.mark.parametrize("weight_drop", [0.0, 0.3])
+def test_gradients_of_every_parameter_and_the_initial_state(rng, cell, weight_drop):
+    """With dropout, and with weight drop or without: a fixed key draws the same masks
+    for every evaluation of the loss, so the loss is a smooth function of the weights."""
+    cfg, params, net = make_network(cell, rng, dropout=0.3, weight_drop=weight_drop)
     ids, targets = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
     state = random_state(cfg, rng)
     key = 12345

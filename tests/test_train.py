@@ -11,7 +11,7 @@ from charrnn.errors import CharrnnError
 from charrnn.schedule import lr_factor
 from charrnn.training import Trainer
 
-TINY_MODEL = dict(cell="lstm", layers=2, hidden=16, embed=8, dropout=0.2)
+TINY_MODEL = dict(cell="lstm", layers=2, hidden=16, embed=8, dropout=0.2, weight_drop=0.2)
 TINY_TRAIN = dict(batch_size=4, seq_len=16, eval_every=10, seed=3, warmup_steps=10)
 
 
