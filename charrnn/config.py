@@ -275,6 +275,15 @@ class ModelConfig(Settings):
         return GATES[self.cell]
 
 
+def describe_options(config: dict) -> str:
+    """A model's dropout, weight drop (when any) and line mode (when on), as the run's
+    first line and `charrnn info` show them; config: ModelConfig.to_dict(), or a
+    checkpoint's, which may predate weight drop and line mode."""
+    weight_drop = config.get("weight_drop")
+    return (f"dropout {config['dropout']:g}{f', weight drop {weight_drop:g}' if weight_drop else ''}"
+            f"{', line mode' if config.get('lines') else ''}")
+
+
 # ----- training ---------------------------------------------------------------------
 
 # The budget: a resumed run given any of these replaces the saved budget with them.

@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from charrnn.checkpoint import load_checkpoint
-from charrnn.config import ModelConfig, TrainConfig, settings_of
+from charrnn.config import ModelConfig, TrainConfig, describe_options, settings_of
 from charrnn.errors import CharrnnError, as_flag
 from charrnn.rundir import BEST, LAST, METRICS, overfitting, read_metrics
 
@@ -154,9 +154,7 @@ def format_text(info: dict) -> str:
     fields = [
         ("checkpoint", info["checkpoint"] + (" (resumable)" if info["resumable"] else " (weights only)")),
         ("model", f"{c['cell']}, {c['layers']} layer{'s' if c['layers'] != 1 else ''} of {c['hidden']} units, "
-                  f"embedding {c['embed']}, dropout {c['dropout']:g}"
-                  f"{f', weight drop {wd:g}' if (wd := c.get('weight_drop')) else ''}"
-                  f"{', line mode' if c.get('lines') else ''}"),
+                  f"embedding {c['embed']}, {describe_options(c)}"),
         ("parameters", f"{info['parameters']:,}"),
         ("vocabulary", f"{len(info['vocab']):,} characters: {vocab_preview(info['vocab'])}"),
         ("trained", ", ".join(trained)),

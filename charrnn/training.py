@@ -12,7 +12,7 @@ import numpy as np
 from tqdm import tqdm
 
 from charrnn.checkpoint import Checkpoint, TrainingState
-from charrnn.config import ModelConfig, TrainConfig
+from charrnn.config import ModelConfig, TrainConfig, describe_options
 from charrnn.corpus import load_corpus
 from charrnn.data import check_text_file, file_sha256
 from charrnn.errors import CharrnnError, UnknownCharactersError, named
@@ -261,9 +261,7 @@ class Trainer:
 
     def describe(self) -> str:
         c = self.cfg
-        return (f"{c.cell} {c.layers}x{c.hidden}, embedding {c.embed}, dropout {c.dropout:g}"
-                f"{f', weight drop {c.weight_drop:g}' if c.weight_drop else ''}"
-                f"{', line mode' if c.lines else ''}, "
+        return (f"{c.cell} {c.layers}x{c.hidden}, embedding {c.embed}, {describe_options(c.to_dict())}, "
                 f"{self.params.flat.size:,} parameters, vocabulary {len(self.vocab)}; "
                 f"{self.data.describe()}; starting at step {self.step}")
 
