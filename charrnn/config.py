@@ -28,6 +28,7 @@ from charrnn.errors import CharrnnError, SettingError, UnknownSettingError, name
 
 GATES = {"lstm": 4, "gru": 3, "rnn": 1}  # gate blocks of each cell's weight matrices
 SCHEDULES = ("cosine", "linear", "constant")
+PRECISIONS = ("float32", "bf16")
 
 
 # ----- rules --------------------------------------------------------------------
@@ -331,6 +332,10 @@ class TrainConfig(Settings):
     patience: int | None = setting(None, "Stop after N evaluations in a row without a new best validation loss.",
                                    "int", POSITIVE_INT, optional=True)
     seed: int = setting(0, "Seed for initialisation and dropout.", "int", NON_NEGATIVE_INT)
+    precision: str = setting("float32", "bf16: train with the large matrix products in bfloat16 on the CPU's AMX "
+                             "tiles (Intel Xeon Sapphire Rapids or later; float32 weights, optimiser and sums; "
+                             "the time loops, validation, sampling and evaluation stay float32).", "choice",
+                             one_of(PRECISIONS), choices=PRECISIONS)
     forget_bias: float = setting(0.0, "Added to the LSTM's forget-gate biases at initialisation (new runs only).",
                                  "float", FINITE)
     init: str | None = setting(None, "Start from this checkpoint's weights (fine-tuning): a new run with a fresh "

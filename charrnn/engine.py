@@ -5,13 +5,21 @@ gather from a (V, G*H) table, embedding @ w_ih.T + biases; above it one matrix
 product over T*B rows), then the time loop (one parallel region). Backward is the
 time loop in reverse, then every weight gradient as one product over T*B rows.
 Weights are packed into panels once per version of the parameters.
+
+Training in bfloat16 (precision "bf16") runs the whole-batch products on AMX tiles
+(kernels/amx.py): their weights and activations are packed as bfloat16 pairs, and
+product() takes either packing. The time loops stay float32.
 """
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 
+from charrnn import isa
+from charrnn.kernels import amx
 from charrnn.kernels.gemm import gemm, pack, panels
 from charrnn.kernels.inference import InferenceWeights, StepBuffers
 from charrnn.kernels.linear import add_column_sums, set_rows
@@ -50,12 +58,34 @@ def loop_threads(rows: int, hidden: int, gates: int, nthreads: int) -> int:
     return threads_for(rows * hidden * gates * hidden // barriers, nthreads)
 
 
-def packed(matrix: np.ndarray, transpose: bool, nthreads: int) -> np.ndarray:
-    """matrix (K, N), or matrix.T when transpose, as panels (panels(N), K, NR)."""
+def packed(matrix: np.ndarray, transpose: bool, nthreads: int, bf16: bool = False) -> np.ndarray:
+    """matrix (K, N), or matrix.T when transpose, as panels (panels(N), K, NR); or with
+    bf16 as bfloat16 pairs (see kernels.amx), which product() then multiplies on AMX
+    tiles."""
     k, n = matrix.shape[::-1] if transpose else matrix.shape
+    if bf16:
+        out = np.empty((-(-n // amx.BLOCK), amx.padded(k) // 2, 2 * amx.BLOCK), np.uint16)
+        amx.pack_bf16(out, matrix, transpose, nthreads)
+        return out
     out = np.empty((panels(n), k, NR), matrix.dtype)
     pack(out, matrix, transpose, nthreads)
     return out
+
+
+_TILE_CONFIG = amx.tile_config()
+_bf16_buffers = threading.local()  # per Python thread: a product's A in bfloat16, kept by shape
+
+
+def _bf16_workspace(copies: int, rows: int, cols: int) -> np.ndarray:
+    """A (copies, padded(rows), padded(cols)) uint16 array for gemm_bf16, reused
+    between calls of the same shape (a new one would be faulted in page by page)."""
+    cache = getattr(_bf16_buffers, "arrays", None)
+    if cache is None:
+        cache = _bf16_buffers.arrays = {}
+    key = (copies, amx.padded(rows), amx.padded(cols))
+    if key not in cache:
+        cache[key] = np.empty(key, np.uint16)
+    return cache[key]
 
 
 def product(out: np.ndarray, a: np.ndarray, trans_a: bool, b_packed: np.ndarray, nthreads: int,
@@ -70,6 +100,14 @@ def product(out: np.ndarray, a: np.ndarray, trans_a: bool, b_packed: np.ndarray,
         raise ValueError("row_sums come with the packing of a transposed A only")
     elif row_sums.shape != (out.shape[0],):  # the kernels do not check bounds
         raise ValueError(f"row_sums has shape {row_sums.shape}, not ({out.shape[0]},)")
+    if b_packed.dtype == np.uint16:  # bfloat16 pairs: AMX tiles
+        isa.enable_amx()  # once per process (cached); a tile instruction without it would kill the process
+        M, K = out.shape[0], a.shape[0] if trans_a else a.shape[1]
+        # Enough rows: each thread rounds and multiplies its own; else each rounds all of A.
+        by_rows = row_sums.size > 0 or amx.padded(M) >= 2 * amx.BLOCK * nthreads or b_packed.shape[0] < nthreads
+        a_bf = _bf16_workspace(1 if by_rows else nthreads, M, K)
+        amx.gemm_bf16(a, trans_a, b_packed, out, row_sums, a_bf, _TILE_CONFIG, nthreads)
+        return
     gemm(a, trans_a, b_packed, out, row_sums, nthreads)
 
 
@@ -81,10 +119,11 @@ class PackedLayer:
     is added inside the cell, after the reset gate); b_hn: (H,) for the GRU.
     For backward: hh: w_hh (G*H, H) and ih: w_ih (G*H, D)."""
 
-    def __init__(self, cell: str, w_ih, w_hh, b_ih, b_hh, nthreads: int):
+    def __init__(self, cell: str, w_ih, w_hh, b_ih, b_hh, nthreads: int, bf16: bool = False):
         h = w_hh.shape[1]
+        self.bf16 = bf16  # ih_t and ih in bfloat16 pairs (the time loops' hh_t and hh stay float32)
         self.hh_t = packed(w_hh, True, nthreads)
-        self.ih_t = packed(w_ih, True, nthreads)
+        self.ih_t = packed(w_ih, True, nthreads, bf16)
         if cell == "gru":
             self.bias = b_ih.copy()
             self.bias[:2 * h] += b_hh[:2 * h]
@@ -99,7 +138,7 @@ class PackedLayer:
         if self.hh is None:
             w_ih, w_hh = self._weights
             self.hh = packed(w_hh, False, nthreads)
-            self.ih = packed(w_ih, False, nthreads)
+            self.ih = packed(w_ih, False, nthreads, self.bf16)
         return self
 
 
@@ -110,30 +149,33 @@ class PackedWeights:
 
     hh_masks: None, or one (G*H, H) mask per layer for a training pass with weight
     drop: each layer's w_hh is packed multiplied by its mask (0 or 1 / (1 - p)).
-    Such a packing is for that pass alone, never for inference."""
+    Such a packing is for that pass alone, never for inference.
+    bf16: the whole-batch products' weights (each w_ih and the decoder's) packed as
+    bfloat16 pairs, for a training pass in precision bf16; never for inference."""
 
-    def __init__(self, cfg, params: Parameters, nthreads: int, hh_masks=None):
+    def __init__(self, cfg, params: Parameters, nthreads: int, hh_masks=None, bf16: bool = False):
         self.version = params.version
         self.hh_masks = hh_masks
+        self.bf16 = bf16
         params = params.kernel_view  # the same memory, as the kernels read it
         self.layers = []
         for k in range(cfg.layers):
             w_ih, w_hh, b_ih, b_hh = params.layer(k)
             if hh_masks is not None:
                 w_hh = w_hh * hh_masks[k]
-            self.layers.append(PackedLayer(cfg.cell, w_ih, w_hh, b_ih, b_hh, nthreads))
+            self.layers.append(PackedLayer(cfg.cell, w_ih, w_hh, b_ih, b_hh, nthreads, bf16))
         first = self.layers[0]
         self.table = np.empty((cfg.vocab_size, cfg.gates * cfg.hidden), params.dtype)
         set_rows(self.table, first.bias, nthreads)
         product(self.table, params["embedding.weight"], False, first.ih_t, nthreads)
-        self.dec_t = packed(params["decoder.weight"], True, nthreads)
+        self.dec_t = packed(params["decoder.weight"], True, nthreads, bf16)
         self.dec = None
         self._params = params
         self._inference = None
 
     def inference(self) -> InferenceWeights:
         """The weights as the inference kernels take them (see InferenceWeights)."""
-        assert self.hh_masks is None, "weights packed with weight drop are for training only"
+        assert self.hh_masks is None and not self.bf16, "weights packed with weight drop or bf16 are for training only"
         if self._inference is None:
             cfg, p = self._params.cfg, self._params
             upper = self.layers[1:]
@@ -149,7 +191,7 @@ class PackedWeights:
         if self.dec is None:
             for layer in self.layers:
                 layer.for_backward(nthreads)
-            self.dec = packed(self._params["decoder.weight"], False, nthreads)
+            self.dec = packed(self._params["decoder.weight"], False, nthreads, self.bf16)
         return self
 
 
@@ -213,14 +255,19 @@ class Workspace:
         self.dtable = np.zeros((cfg.vocab_size, GH), dtype)
         self._packed_activations: dict[tuple[int, int], np.ndarray] = {}
 
-    def packed_activations(self, x2: np.ndarray, nthreads: int) -> np.ndarray:
-        """x2 (K, N) packed as the B of a weight-gradient product, into a buffer kept
-        per shape (whole arrays, not views: one compiled signature for the kernels)."""
+    def packed_activations(self, x2: np.ndarray, nthreads: int, bf16: bool = False) -> np.ndarray:
+        """x2 (K, N) packed as the B of a weight-gradient product (bf16: as bfloat16
+        pairs), into a buffer kept per shape (whole arrays, not views: one compiled
+        signature for the kernels)."""
         k, n = x2.shape
-        out = self._packed_activations.get((k, n))
+        out = self._packed_activations.get((k, n, bf16))
         if out is None:
-            out = self._packed_activations[(k, n)] = np.empty((panels(n), k, NR), x2.dtype)
-        pack(out, x2, False, nthreads)
+            out = packed(x2, False, nthreads, bf16)
+            self._packed_activations[(k, n, bf16)] = out
+        elif bf16:
+            amx.pack_bf16(out, x2, False, nthreads)
+        else:
+            pack(out, x2, False, nthreads)
         return out
 
 
@@ -255,15 +302,16 @@ def layer_backward(cell: str, buf: LayerBuffers, ws: Workspace, layer: PackedLay
 
 
 def recurrent_weight_gradients(ws: Workspace, buf: LayerBuffers, dxg, dhg, dw_hh, db_ih, db_hh,
-                               nthreads: int) -> None:
+                               nthreads: int, bf16: bool = False) -> None:
     """dw_hh += dhg^T [h0; hs[:-1]], and both bias gradients, each one product or
-    sum over all T*B rows (db_hh's sums taken in the product)."""
+    sum over all T*B rows (db_hh's sums taken in the product); bf16: that product
+    in bfloat16 on AMX tiles."""
     T, B, GH = dxg.shape
     H = buf.hs_buf.shape[2]
     dxg2, dhg2 = dxg.reshape(T * B, GH), dhg.reshape(T * B, GH)
     same = dxg is dhg  # LSTM, RNN: both biases get the same gradient
     sums = np.zeros_like(db_hh) if same else db_hh
-    product(dw_hh, dhg2, True, ws.packed_activations(buf.hs_buf[:T].reshape(T * B, H), nthreads), nthreads,
+    product(dw_hh, dhg2, True, ws.packed_activations(buf.hs_buf[:T].reshape(T * B, H), nthreads, bf16), nthreads,
             row_sums=sums)
     if same:
         db_ih += sums

@@ -127,6 +127,46 @@ def active() -> Isa:
     return select()
 
 
+# Linux's arch_prctl: a process must ask for the AMX tile data state before its
+# first tile instruction, or that instruction faults (Documentation/arch/x86/xstate.rst).
+_SYS_ARCH_PRCTL = 158  # x86-64
+_ARCH_REQ_XCOMP_PERM = 0x1023
+_XFEATURE_XTILEDATA = 18
+AMX_FEATURES = ("amx-tile", "amx-bf16")
+
+
+def amx_missing(isa: Isa, environ=os.environ) -> str | None:
+    """Why this process cannot run AMX bfloat16 tiles, or None if it can (as far as
+    the CPU's features tell; the OS is asked in enable_amx)."""
+    if isa.level != "avx512":
+        return f"the engine's level is {isa.describe()}, and bfloat16 tiles need avx512 with AMX"
+    features = parse_features(isa.cpu_features) if isa.cpu_features is not None else compiled_features(environ)[1]
+    missing = [f for f in AMX_FEATURES if not features.get(f, False)]
+    if missing:
+        return f"this CPU lacks {' and '.join(missing).upper()} (Intel Sapphire Rapids or later has them)"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def enable_amx() -> None:
+    """Make sure this process may run the AMX bfloat16 kernels: the CPU has AMX-BF16
+    and Linux granted the tile state; a CharrnnError saying why not otherwise.
+    Asked once per process (the permission is the whole process's)."""
+    import ctypes
+    import platform
+
+    reason = amx_missing(active())
+    if reason is None and (platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64")):
+        reason = "AMX is used on x86-64 Linux only"
+    if reason is None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) != 0:
+            reason = f"Linux refused the AMX tile state ({os.strerror(ctypes.get_errno())}; kernel 5.16 or later)"
+    if reason is not None:
+        raise CharrnnError(f"precision bf16 is not available here: {reason}; train in float32 (a resumed run "
+                           "may change its precision)")
+
+
 def configure_numba(isa: Isa) -> None:
     """Make Numba compile everything for the level: set its CPU name and features
     before its first compilation. Refused if Numba already compiled something for

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from charrnn import isa
 from charrnn.config import ModelConfig
 from charrnn.engine import (PackedWeights, Workspace, layer_backward, layer_forward, product,
                             recurrent_weight_gradients, step_buffers, threads, threads_for)
@@ -21,13 +22,26 @@ class Network:
     """The model's forward and backward passes over (T, B) batches of character ids.
 
     params are read, never written; the packed copies the kernels read are rebuilt
-    whenever params.version has moved on, or while params are being written."""
+    whenever params.version has moved on, or while params are being written.
 
-    def __init__(self, cfg: ModelConfig, params: Parameters):
+    precision "bf16": training passes (those given a dropout key) run their
+    whole-batch products in bfloat16 on AMX tiles, float32 parameters and sums
+    (refused with a CharrnnError where the CPU or OS cannot); evaluation and
+    inference stay float32."""
+
+    def __init__(self, cfg: ModelConfig, params: Parameters, precision: str = "float32"):
         if not isinstance(params, Parameters):
             raise TypeError("a Network runs on Parameters (whose writes are versioned), not a plain ParamBuffer")
+        if precision not in ("float32", "bf16"):
+            raise ValueError(f"precision must be float32 or bf16, not {precision!r}")
+        self.bf16 = precision == "bf16"
+        if self.bf16:
+            if params.dtype != np.float32:
+                raise ValueError("precision bf16 trains float32 parameters")
+            isa.enable_amx()
         self.cfg = cfg
         self.params = params
+        self._packed_bf16 = None  # the training passes' packing in precision bf16
         self._workspaces: dict[tuple, object] = {}
         self._packed = None
         self._hh_masks = None  # one (G*H, H) array per layer, refilled by each pass with weight drop
@@ -53,15 +67,22 @@ class Network:
         weight drop, a packing of its own in which each w_hh is masked by this step's
         masks. Training changes the parameters every step, so they would be packed
         anew anyway: the masks cost their draw and one multiply, not a packing."""
-        cfg = self.cfg
-        if dropout_key is None or cfg.weight_drop <= 0.0:
+        cfg, p = self.cfg, self.params
+        if dropout_key is None:
             return self.packed(nthreads)
+        if cfg.weight_drop <= 0.0:
+            if not self.bf16:
+                return self.packed(nthreads)
+            packing = self._packed_bf16
+            if packing is None or packing.version != p.version or p.writing:
+                packing = self._packed_bf16 = PackedWeights(cfg, p, nthreads, bf16=True)
+            return packing
         if self._hh_masks is None:
             shape = (cfg.gates * cfg.hidden, cfg.hidden)
             self._hh_masks = [np.empty(shape, self.params.dtype) for _ in range(cfg.layers)]
         for mask, key in zip(self._hh_masks, weight_drop_keys(dropout_key, cfg.layers)):
             dropout_mask(mask, key, cfg.weight_drop, nthreads)
-        return PackedWeights(cfg, self.params, nthreads, hh_masks=self._hh_masks)
+        return PackedWeights(cfg, self.params, nthreads, hh_masks=self._hh_masks, bf16=self.bf16)
 
     def forward(self, ids: np.ndarray, state: RecurrentState, dropout_key: int | None = None):
         """Logits for every position, and the state after the last step.
@@ -119,7 +140,8 @@ class Network:
         dy = ws.dy[0]
         dy[...] = 0.0
         product(dy.reshape(TB, H), dlogits, False, packed.dec, nthreads)
-        product(grads["decoder.weight"], dlogits, True, ws.packed_activations(top, nthreads), nthreads,
+        bf16 = packed.bf16
+        product(grads["decoder.weight"], dlogits, True, ws.packed_activations(top, nthreads, bf16), nthreads,
                 row_sums=grads["decoder.bias"])
         for layer in range(cfg.layers - 1, -1, -1):
             buf, weights = ws.layers[layer], packed.layers[layer]
@@ -132,11 +154,11 @@ class Network:
             dstate0.h[layer] = ws.dh
             if dstate0.c is not None:
                 dstate0.c[layer] = ws.dc
-            self._recurrent_weight_gradients(ws, buf, dxg, dhg, packed.hh_masks, layer, grads, nthreads)
+            self._recurrent_weight_gradients(ws, buf, dxg, dhg, packed, layer, grads, nthreads)
             dxg2 = dxg.reshape(TB, cfg.gates * H)
             if layer > 0:
                 below = ws.layers[layer - 1].output.reshape(TB, H)
-                product(dw_ih, dxg2, True, ws.packed_activations(below, nthreads), nthreads)
+                product(dw_ih, dxg2, True, ws.packed_activations(below, nthreads, bf16), nthreads)
                 dy = ws.dy[(cfg.layers - layer) % 2]
                 dy[...] = 0.0
                 product(dy.reshape(TB, H), dxg2, False, weights.ih, nthreads)
@@ -146,22 +168,23 @@ class Network:
                 ws.dtable[...] = 0.0
                 scatter_add_rows(ws.dtable, dxg2, ids.reshape(-1), nthreads)
                 emb = self.params.kernel_view["embedding.weight"]
-                product(dw_ih, ws.dtable, True, ws.packed_activations(emb, nthreads), nthreads)
+                product(dw_ih, ws.dtable, True, ws.packed_activations(emb, nthreads, bf16), nthreads)
                 product(grads["embedding.weight"], ws.dtable, False, weights.ih, nthreads)
         return dstate0
 
-    def _recurrent_weight_gradients(self, ws, buf, dxg, dhg, hh_masks, layer: int, grads: ParamBuffer,
-                                    nthreads: int) -> None:
+    def _recurrent_weight_gradients(self, ws, buf, dxg, dhg, packed: PackedWeights, layer: int,
+                                    grads: ParamBuffer, nthreads: int) -> None:
         """Add layer's w_hh and bias gradients to grads. Under weight drop the pass ran
         on w_hh * mask, so w_hh's gradient is that product's gradient times the mask."""
         _, dw_hh, db_ih, db_hh = grads.layer(layer)
+        hh_masks = packed.hh_masks
         if hh_masks is None:
-            recurrent_weight_gradients(ws, buf, dxg, dhg, dw_hh, db_ih, db_hh, nthreads)
+            recurrent_weight_gradients(ws, buf, dxg, dhg, dw_hh, db_ih, db_hh, nthreads, packed.bf16)
             return
         if self._dw_hh is None or self._dw_hh.dtype != dw_hh.dtype:
             self._dw_hh = np.empty_like(dw_hh)
         self._dw_hh[...] = 0.0
-        recurrent_weight_gradients(ws, buf, dxg, dhg, self._dw_hh, db_ih, db_hh, nthreads)
+        recurrent_weight_gradients(ws, buf, dxg, dhg, self._dw_hh, db_ih, db_hh, nthreads, packed.bf16)
         dw_hh += np.multiply(self._dw_hh, hh_masks[layer], out=self._dw_hh)
 
     def _inference_state(self, ids, state):

@@ -72,11 +72,11 @@ def _choose(corpus, cfg: ModelConfig, tcfg: TrainConfig, log) -> autoconfig.Choi
     told = []
 
     def speed_of(candidate, batch, seq_len):
-        if not told and log is not None and not speed.known(candidate, batch, seq_len):
+        if not told and log is not None and not speed.known(candidate, batch, seq_len, tcfg.precision):
             log("measuring this machine's training speed for the model sizes to choose from (once; remembered in "
                 f"{speed.cache_path()})")
             told.append(True)
-        return speed.chars_per_second(candidate, batch, seq_len)[0]
+        return speed.chars_per_second(candidate, batch, seq_len, tcfg.precision)[0]
 
     return autoconfig.choose(n_chars, cfg.vocab_size, tcfg, speed_of)
 

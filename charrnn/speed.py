@@ -49,10 +49,10 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
-def key(cfg: ModelConfig, batch: int, seq_len: int) -> str:
+def key(cfg: ModelConfig, batch: int, seq_len: int, precision: str = "float32") -> str:
     engine = os.path.basename(numba.config.CACHE_DIR.rstrip(os.sep))
     return (f"{_cpu()}|{engine}|{threads()} threads|{cfg.cell} {cfg.layers}x{cfg.hidden} e{cfg.embed} "
-            f"v{cfg.vocab_size}|{batch}x{seq_len}")
+            f"v{cfg.vocab_size}|{batch}x{seq_len}" + ("" if precision == "float32" else f"|{precision}"))
 
 
 def _load() -> dict:
@@ -63,12 +63,12 @@ def _load() -> dict:
         return {}
 
 
-def remember(cfg: ModelConfig, batch: int, seq_len: int, chars_per_sec: float) -> None:
+def remember(cfg: ModelConfig, batch: int, seq_len: int, chars_per_sec: float, precision: str = "float32") -> None:
     """Record a measured speed: the entry moves halfway to it (KEEP), so that one
     unusually fast or slow measurement does not decide the next plan alone (best
     effort: a cache that cannot be written is skipped)."""
     data = _load()
-    k = key(cfg, batch, seq_len)
+    k = key(cfg, batch, seq_len, precision)
     old = data.get(k)
     known = isinstance(old, (int, float)) and old > 0
     data[k] = round(KEEP * old + (1.0 - KEEP) * chars_per_sec if known else chars_per_sec, 1)
@@ -79,29 +79,29 @@ def remember(cfg: ModelConfig, batch: int, seq_len: int, chars_per_sec: float) -
         pass
 
 
-def known(cfg: ModelConfig, batch: int, seq_len: int) -> bool:
-    value = _load().get(key(cfg, batch, seq_len))
+def known(cfg: ModelConfig, batch: int, seq_len: int, precision: str = "float32") -> bool:
+    value = _load().get(key(cfg, batch, seq_len, precision))
     return isinstance(value, (int, float)) and value > 0
 
 
-def chars_per_second(cfg: ModelConfig, batch: int, seq_len: int) -> tuple[float, bool]:
+def chars_per_second(cfg: ModelConfig, batch: int, seq_len: int, precision: str = "float32") -> tuple[float, bool]:
     """(chars/s, whether it was measured now rather than remembered)."""
-    known = _load().get(key(cfg, batch, seq_len))
+    known = _load().get(key(cfg, batch, seq_len, precision))
     if isinstance(known, (int, float)) and known > 0:
         return float(known), False
-    speed = measure(cfg, batch, seq_len)
-    remember(cfg, batch, seq_len, speed)
+    speed = measure(cfg, batch, seq_len, precision)
+    remember(cfg, batch, seq_len, speed, precision)
     return speed, True
 
 
-def measure(cfg: ModelConfig, batch: int, seq_len: int) -> float:
+def measure(cfg: ModelConfig, batch: int, seq_len: int, precision: str = "float32") -> float:
     """Training speed of cfg's shape: characters over the time of full optimiser steps
     (forward, backward, clipping, Adam) on random weights and text, after WARM_STEPS
     untimed ones, for at least MIN_TIMED_STEPS steps and MIN_SECONDS."""
     rng = np.random.default_rng(0)
     params = Parameters(cfg, np.float32)
     init_params(params, rng)
-    net, adam = Network(cfg, params), Adam(params)
+    net, adam = Network(cfg, params, precision), Adam(params)
     x = rng.integers(0, cfg.vocab_size, (seq_len, batch))
     y = rng.integers(0, cfg.vocab_size, (seq_len, batch))
     grads = params.zeros_like()
@@ -109,7 +109,7 @@ def measure(cfg: ModelConfig, batch: int, seq_len: int) -> float:
     def optimiser_step(step: int) -> None:
         grads.flat[:] = 0.0
         net.loss_and_grad(x, y, RecurrentState.zeros(cfg, batch), grads,
-                          dropout_key=step if cfg.dropout or cfg.weight_drop else None)
+                          dropout_key=step if cfg.dropout or cfg.weight_drop or precision != "float32" else None)
         adam.step(grads, 1e-4, step + 1, global_norm(grads), 5.0)
 
     for step in range(WARM_STEPS):

@@ -16,7 +16,7 @@ from charrnn.config import ModelConfig, TrainConfig, describe_options
 from charrnn.corpus import load_corpus
 from charrnn.data import check_text_file, file_sha256
 from charrnn.errors import CharrnnError, UnknownCharactersError, named
-from charrnn import speed
+from charrnn import isa, speed
 from charrnn.interrupts import handled
 from charrnn.model import RecurrentState, memory_for, step_key
 from charrnn.network import Network
@@ -51,6 +51,8 @@ class Trainer:
             start = new_run(self.corpus, given_model, given_train, vocab_path, self.log)
         self.cfg, self.tcfg, self.vocab, self.params = start.cfg, start.tcfg, start.vocab, start.params
         self.optimizer, self.state, self.carry = start.optimizer, start.state, start.carry
+        if self.tcfg.precision == "bf16":
+            isa.enable_amx()  # refused here, before the run directory is touched
         self.data = self._load_corpus(start, resume, vocab_path)
         self.budget = Budget(self.tcfg, self.data.steps_per_epoch)
         self.state.steps_per_epoch = self.data.steps_per_epoch
@@ -59,7 +61,7 @@ class Trainer:
         for note in (start.note, self._corpus_note(start.fingerprint)):
             if note:
                 self.log(note)
-        self.net = Network(self.cfg, self.params)
+        self.net = Network(self.cfg, self.params, self.tcfg.precision)
         with memory_for(self.cfg):
             self.grads = self.params.zeros_like()
             self.average = WeightAverage(self.params, self.tcfg.ema, start.average) if self.tcfg.ema else None
@@ -155,7 +157,8 @@ class Trainer:
         self.state.since_best = 0 if improved else (self.state.since_best or 0) + 1
         self.state.val_loss = val
         if self.state.chosen and self.data.carries_state and chars_per_sec > 0:
-            speed.remember(self.cfg, self.tcfg.batch_size, self.tcfg.seq_len, chars_per_sec)  # for the next choice
+            speed.remember(self.cfg, self.tcfg.batch_size, self.tcfg.seq_len, chars_per_sec,
+                           self.tcfg.precision)  # for the next choice
         self.metrics.append({"step": self.step, "epoch": round(self.step / self.data.steps_per_epoch, 4),
                              "train_loss": train_loss, "val_loss": val,
                              "val_bits_per_char": None if val is None else val / math.log(2),

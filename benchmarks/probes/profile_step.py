@@ -70,7 +70,7 @@ def instrument(clock: Clock) -> None:
     PackedWeights.for_backward = clock.timed("packing", PackedWeights.for_backward)
 
 
-def profile(row, steps: int, warmup: int):
+def profile(row, steps: int, warmup: int, precision: str = "float32"):
     """(total seconds of each timed step, {phase: seconds} of each), threads."""
     import numpy as np
 
@@ -85,7 +85,7 @@ def profile(row, steps: int, warmup: int):
     cfg = ModelConfig(vocab_size=VOCAB, cell=row.cell, layers=row.layers, hidden=row.hidden, embed=EMBED)
     params = Parameters(cfg, np.float32)
     init_params(params, np.random.default_rng(0))
-    net, optimizer, grads = Network(cfg, params), Adam(params), params.zeros_like()
+    net, optimizer, grads = Network(cfg, params, precision), Adam(params), params.zeros_like()
     rng = np.random.default_rng(1)
     state = RecurrentState.zeros(cfg, BATCH)
     totals, phases = [], []
@@ -94,7 +94,7 @@ def profile(row, steps: int, warmup: int):
         clock.spent.clear()
         t0 = perf()
         grads.flat[:] = 0.0
-        _, state = net.loss_and_grad(ids[:-1], ids[1:], state, grads)
+        _, state = net.loss_and_grad(ids[:-1], ids[1:], state, grads, dropout_key=step)  # a training pass
         t1 = perf()
         optimizer.step(grads, 1e-3, step + 1, global_norm(grads), GRAD_CLIP)
         t2 = perf()
@@ -111,12 +111,14 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="lstm-2x512", help="CELL-LAYERSxHIDDEN (default lstm-2x512)")
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                   help="the training setting precision (bf16: whole-batch products on AMX tiles)")
     args = p.parse_args(argv)
     try:
         row = parse_row(args.model)
     except ValueError as e:
         p.error(str(e))
-    totals, phases, nthreads = profile(row, args.steps, args.warmup)
+    totals, phases, nthreads = profile(row, args.steps, args.warmup, args.precision)
     total = median(totals)
     print(f"charrnn training step, {args.model}, B={BATCH}, T={SEQ}, embedding {EMBED}, {nthreads} threads: "
           f"median {total * 1e3:.1f} ms = {BATCH * SEQ / total:,.0f} chars/s, "
