@@ -31,12 +31,16 @@ def test_the_cache_moves_halfway_to_each_new_measurement_instead_of_keeping_the_
     assert speed.chars_per_second(CFG, 2, 3)[0] == pytest.approx(1000.0 * speed.KEEP + 600.0 * (1 - speed.KEEP))
     assert not speed.known(ModelConfig(vocab_size=11, layers=1, hidden=16, embed=4), 2, 3)  # another shape
     assert not speed.known(CFG, 4, 3)  # another batch
+    assert not speed.known(CFG, 2, 3, "bf16")  # another precision
+    speed.remember(CFG, 2, 3, 5000.0, "bf16")
+    assert speed.chars_per_second(CFG, 2, 3, "bf16") == (5000.0, False)
+    assert speed.key(CFG, 2, 3) == speed.key(CFG, 2, 3, "float32")  # float32 keys are as before precision existed
 
 
 def test_an_unknown_shape_is_measured_once_then_remembered(monkeypatch):
-    monkeypatch.setattr(speed, "measure", lambda cfg, batch, seq_len: 1234.5)
+    monkeypatch.setattr(speed, "measure", lambda cfg, batch, seq_len, precision: 1234.5)
     assert speed.chars_per_second(CFG, 2, 3) == (1234.5, True)
-    monkeypatch.setattr(speed, "measure", lambda cfg, batch, seq_len: pytest.fail("measured twice"))
+    monkeypatch.setattr(speed, "measure", lambda *args: pytest.fail("measured twice"))
     assert speed.chars_per_second(CFG, 2, 3) == (1234.5, False)
 
 
