@@ -88,7 +88,7 @@ def train(spec) -> dict:
     from charrnn.model import RecurrentState
 
     t0 = perf()
-    trainer = _trainer(spec, "train-", lr=LR, grad_clip=GRAD_CLIP)
+    trainer = _trainer(spec, "train-", lr=LR, grad_clip=GRAD_CLIP, precision=spec.get("precision", "float32"))
     setup_s = perf() - t0
     state = RecurrentState.zeros(trainer.cfg, BATCH)
     total = spec["warmup"] + spec["steps"]
@@ -105,7 +105,7 @@ def train(spec) -> dict:
     step_s = median(timed)
     return {"import_s": import_s, "setup_s": setup_s, "first_step_s": times[0], "step_times": timed,
             "median_step_s": step_s, "chars_per_s": BATCH * SEQ / step_s, "losses": losses,
-            **_facts()}
+            "precision": trainer.tcfg.precision, **_facts()}
 
 
 def sample(spec) -> dict:

@@ -66,10 +66,13 @@ TARGETS = {
     "evaluate": {row.key: 1.1 for row in ROWS},
 }
 AVX2_TARGETS = {"train": {"lstm-2x256": 1.2, "lstm-2x512": 1.2}}
+BF16_TARGETS = {"train": {"lstm-2x256": 1.0}}  # --precision bf16 against PyTorch's bfloat16 autocast
 
 
-def target(section: str, key: str, isa_limit: str | None) -> float | None:
-    """A table row's target ratio under an ISA limit (None: no limit), if it has one."""
+def target(section: str, key: str, isa_limit: str | None, precision: str = "float32") -> float | None:
+    """A table row's target ratio under an ISA limit (None: no limit) and a precision, if it has one."""
+    if precision == "bf16":
+        return BF16_TARGETS.get(section, {}).get(key) if isa_limit in (None, "avx512") else None
     if isa_limit is None or isa_limit == "avx512":
         return TARGETS.get(section, {}).get(key)
     return AVX2_TARGETS.get(section, {}).get(key) if isa_limit == "avx2" else None

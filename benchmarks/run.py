@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "ATEN_CPU_CAPABILITY and ONEDNN_MAX_CPU_ISA (avx512: avx512, AVX512_CORE; avx2: avx2, AVX2; "
                         "portable: default, SSE41). Default: no limit, each library's own choice (these variables "
                         "are removed from the workers' environment)")
+    p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
+                   help="training section: charrnn's precision setting, and PyTorch under "
+                        "torch.autocast('cpu', dtype=torch.bfloat16) for bf16 (default float32 for both)")
     for name, default in FULL.items():
         kind = str if isinstance(default, str) else float if isinstance(default, float) else int
         p.add_argument("--" + name.replace("_", "-"), type=kind, default=None,

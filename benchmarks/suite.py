@@ -21,6 +21,7 @@ class Suite:
         self.rows: list[Row] = args.rows
         self.sections: list[str] = args.sections
         self.isa: str | None = args.isa
+        self.precision: str = getattr(args, "precision", "float32")
         self.prep: dict = {}  # checkpoints and texts (sections/prepare.py)
         self.torch: dict | None = None  # torch's version and CPU capability; None without torch
         self.results: dict = {}  # the raw data, by section (--json writes it)

@@ -118,16 +118,21 @@ def _detach(state):
     return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
 
 
-def train_step(model, opt, params, x, y, state):
+def train_step(model, opt, params, x, y, state, bf16: bool = False):
     """One optimiser step as charrnn takes it, for both torch workers: forward on
     (T, B) ids x with the carried state, cross-entropy against y, backward,
-    clip_grad_norm_ to GRAD_CLIP, Adam. Returns (loss, the state detached)."""
+    clip_grad_norm_ to GRAD_CLIP, Adam. bf16: the forward pass (and so its
+    products' backward) under torch.autocast('cpu', dtype=torch.bfloat16), the
+    loss in float32. Returns (loss, the state detached)."""
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
     opt.zero_grad(set_to_none=True)
-    logits, state = model(x, state)
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+    with torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext():
+        logits, state = model(x, state)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), y.reshape(-1))
     loss.backward()
     torch.nn.utils.clip_grad_norm_(params, GRAD_CLIP)
     opt.step()
@@ -150,7 +155,7 @@ def train(spec) -> dict:
     for k in range(spec["warmup"] + spec["steps"]):
         t0 = perf()
         x, y = (torch.from_numpy(a) for a in batches.batch(k))
-        loss, state = train_step(model, opt, params, x, y, state)
+        loss, state = train_step(model, opt, params, x, y, state, spec.get("precision") == "bf16")
         losses.append(loss)
         times.append(perf() - t0)
     timed = times[spec["warmup"]:]

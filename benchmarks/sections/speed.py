@@ -33,8 +33,8 @@ def pct_peak(gflops, peak) -> str:
     return f"{gflops:.1f}" + (f" ({100 * gflops / peak:.0f}%)" if peak else "")
 
 
-def target_cell(kind: str, row: Row, ratio, isa_limit) -> str:
-    goal = target(kind, row.key, isa_limit)
+def target_cell(kind: str, row: Row, ratio, isa_limit, precision: str = "float32") -> str:
+    goal = target(kind, row.key, isa_limit, precision)
     return f"≥{goal:g} {mark(ratio, goal)}" if goal else ""
 
 
@@ -50,7 +50,8 @@ def table_cells(suite, row: Row, s: dict, kind: str) -> list[str]:
     """model, charrnn, torch, ratio, target, charrnn GFLOP/s, torch GFLOP/s, RSS MB c/t, noise."""
     peak = suite.peak_gflops
     return [row.name, fmt_int(s["charrnn_chars_per_s"]), fmt_int(s.get("torch_chars_per_s")), fmt(s.get("ratio")),
-            target_cell(kind, row, s.get("ratio"), suite.isa), pct_peak(s["charrnn_gflops"], peak),
+            target_cell(kind, row, s.get("ratio"), suite.isa, suite.precision if kind == "train" else "float32"),
+            pct_peak(s["charrnn_gflops"], peak),
             pct_peak(s.get("torch_gflops"), peak), rss_cell(s), noise_cell(s)]
 
 

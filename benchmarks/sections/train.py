@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from statistics import median
 
-from benchmarks.common import fmt_s, table
+from benchmarks.common import fmt_s, table, target
 from benchmarks.sections import speed
 
 HEADERS = ["model", "charrnn", "torch", "ratio", "target", "charrnn GFLOP/s", "torch GFLOP/s", "RSS MB c/t", "noise",
@@ -25,7 +25,7 @@ def measure(suite, row) -> dict:
     a = suite.args
     spec = {"task": "train", "cell": row.cell, "layers": row.layers, "hidden": row.hidden, "warmup": a.warmup,
             "steps": a.steps, "workdir": str(suite.workdir), "threads": suite.threads,
-            "checkpoint": suite.prep["checkpoints"][row.key]}
+            "checkpoint": suite.prep["checkpoints"][row.key], "precision": suite.precision}
     jobs = [("charrnn", "charrnn_worker", spec)] + ([("torch", "torch_worker", spec)] if suite.torch else [])
     runs = suite.run_alternating("train", row, jobs, lambda r: f", first step {r['first_step_s']:.2f} s")
     s = speed.summarise(suite, row, runs, train=True)
@@ -46,8 +46,11 @@ def run(suite) -> None:
         diff = s.get("loss_diff_first_step")
         lines.append(speed.table_cells(suite, row, s, "train")
                      + [fmt_s(first_step_s(res[row.key])), "-" if diff is None else f"{diff:.1e}"])
+    precision = ("" if suite.precision == "float32" else
+                 "; precision bf16: charrnn --precision bf16 against PyTorch under torch.autocast('cpu', "
+                 "dtype=torch.bfloat16)")
     suite.out(f"Training: chars/s = B*T / median step time; {a.repeats} process(es) per library, alternating, "
-              f"{a.steps} steps each after {a.warmup} warm-up")
+              f"{a.steps} steps each after {a.warmup} warm-up{precision}")
     suite.out(table(HEADERS, lines))
     suite.out(FOOTNOTE)
     suite.out()
@@ -55,6 +58,12 @@ def run(suite) -> None:
 
 def summary(results: dict) -> list[dict]:
     def extra(entry):
-        return {"first_step_s": first_step_s(entry), "loss_diff_step1": entry["summary"].get("loss_diff_first_step")}
+        runs = entry["runs"]["charrnn"]
+        return {"first_step_s": first_step_s(entry), "loss_diff_step1": entry["summary"].get("loss_diff_first_step"),
+                "precision": runs[0].get("precision", "float32") if runs else "float32"}
 
-    return speed.summary_lines(results, "train", extra)
+    lines = speed.summary_lines(results, "train", extra)
+    isa_limit = results.get("meta", {}).get("isa_limit")
+    for line in lines:  # a bf16 row is held to the bf16 target
+        line["target"] = target("train", line["model"], isa_limit, line["precision"])
+    return lines
