@@ -1,5 +1,10 @@
 """charrnn's matrix products against NumPy's BLAS on the shapes of an LSTM training
-step: python -m benchmarks.probes.gemm_shapes [--hidden 512] [--processes 3] [--threads 2].
+step: python -m benchmarks.probes.gemm_shapes [--hidden 512] [--processes 3] [--threads 2] [--bf16].
+
+--bf16 adds charrnn's bfloat16 products on AMX tiles (precision bf16; the
+rounding of A to bfloat16 is inside the timing, as in training, the packing of B
+is not) and PyTorch's bfloat16 matmul (if torch is installed; in its own processes;
+its operands are converted to bfloat16 before the timing).
 
 Each library runs in processes of its own (their worker threads disturb each other
 in one process), alternating; each process times every shape --reps times and
@@ -15,6 +20,7 @@ reports medians, and the table gives the median over processes in GFLOP/s.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from statistics import median
@@ -22,6 +28,7 @@ from statistics import median
 from benchmarks.common import BATCH, SEQ, run_worker, thread_env, worker_main
 
 LIBRARIES = ("charrnn", "numpy")
+BF16_LIBRARIES = ("charrnn-bf16", "torch-bf16")
 
 
 def shapes(hidden: int) -> list[tuple]:
@@ -38,12 +45,19 @@ def product_of(library: str, a, trans_a: bool, b, c):
     """A function computing c = op(a) @ b (charrnn: c += op(a) @ b) with `library`."""
     import numpy as np
 
-    if library == "charrnn":
+    if library.startswith("charrnn"):
         from charrnn.engine import packed, product, threads
 
         n = threads()
-        bp = packed(b, False, n)
+        bp = packed(b, False, n, bf16=library == "charrnn-bf16")
         return lambda: product(c, a, trans_a, bp, n)
+    if library == "torch-bf16":
+        import torch
+
+        ta, tb = (torch.from_numpy(x).bfloat16() for x in (a, b))
+        ta = ta.T if trans_a else ta
+        tc = torch.empty((c.shape[0], c.shape[1]), dtype=torch.bfloat16)
+        return lambda: torch.matmul(ta, tb, out=tc)
     op_a = a.T if trans_a else a
     return lambda: np.matmul(op_a, b, out=c)
 
@@ -76,20 +90,24 @@ def main(argv=None) -> int:
     p.add_argument("--processes", type=int, default=3, help="processes per library (default 3)")
     p.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
     p.add_argument("--reps", type=int, default=9, help="timings per shape and process (default 9)")
+    p.add_argument("--bf16", action="store_true", help="also charrnn's AMX bfloat16 products and PyTorch's bfloat16")
     args = p.parse_args(argv)
     env = thread_env(args.threads)
-    runs = {lib: [] for lib in LIBRARIES}
+    libraries = LIBRARIES + (BF16_LIBRARIES if args.bf16 else ())
+    if args.bf16 and importlib.util.find_spec("torch") is None:
+        libraries = libraries[:-1]
+    runs = {lib: [] for lib in libraries}
     for _ in range(args.processes):
-        for lib in LIBRARIES:
+        for lib in libraries:
             spec = {"task": "time", "library": lib, "reps": args.reps, "hidden": args.hidden}
             runs[lib].append(run_worker("probes.gemm_shapes", spec, env)["seconds"])
-    print(f"float32 products, B={BATCH}, T={SEQ}, H={args.hidden}, {args.threads} threads, GFLOP/s, median over "
-          f"{args.processes} processes per library")
-    print(f"  {'shape':<16} {'M x K x N':>16} {'charrnn':>8} {'numpy':>8} {'ratio':>6}")
+    print(f"products, B={BATCH}, T={SEQ}, H={args.hidden}, {args.threads} threads, GFLOP/s, median over "
+          f"{args.processes} processes per library; ratio: charrnn / numpy (float32)")
+    print(f"  {'shape':<16} {'M x K x N':>16} " + " ".join(f"{lib:>12}" for lib in runs) + f" {'ratio':>6}")
     for name, M, K, N, _, _ in shapes(args.hidden):
         rate = {lib: 2 * M * K * N / median([r[name] for r in rs]) / 1e9 for lib, rs in runs.items()}
-        print(f"  {name:<16} {f'{M}x{K}x{N}':>16} {rate['charrnn']:8.1f} {rate['numpy']:8.1f} "
-              f"{rate['charrnn'] / rate['numpy']:6.2f}")
+        print(f"  {name:<16} {f'{M}x{K}x{N}':>16} " + " ".join(f"{rate[lib]:12.1f}" for lib in runs)
+              + f" {rate['charrnn'] / rate['numpy']:6.2f}")
     return 0
 
 

@@ -2,8 +2,8 @@
 
 Intel's AMX (Sapphire Rapids and later) multiplies whole tiles: one tdpbf16ps adds a
 (16, 32) bfloat16 tile times a (32, 16) one into a (16, 16) float32 tile. Measured
-on a 2-core Xeon, 2 threads, (1600, 512) @ (512, 2048): about 400 GFLOP/s, against
-140 for the float32 tiles of gemm.py (`benchmarks/probes/gemm_bf16.py`). Only the
+on a 2-core Xeon, 2 threads, the products of a training step run 2-3 times as fast
+as gemm.py's float32 tiles (`python -m benchmarks.probes.gemm_shapes --bf16`). Only the
 operands are rounded to bfloat16; every sum is float32, onto C's float32 values.
 
 Layouts (bfloat16 values kept as uint16 bits):
