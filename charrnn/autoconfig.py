@@ -25,11 +25,7 @@ nats/char either way, paired, in every run measured).
 
 A time budget needs the speed of each candidate on this machine (speed.py: measured
 once, then remembered); a budget in steps or epochs never depends on speed, so such
-runs are reproducible from their settings. A time budget on a CPU with AMX tiles also
-trains in bfloat16 (precision bf16) unless a precision is given: the same minutes buy
-about 1.1-1.2 times the steps at no cost in quality (1x512 at 5 minutes on an Intel
-Xeon, three runs each, alternating: 1.4224-1.4330 held out, mean 1.4280, against
-float32's 1.4319-1.4503, mean 1.4389).
+runs are reproducible from their settings.
 """
 
 from __future__ import annotations
@@ -99,19 +95,10 @@ def lr_for(layers: int, hidden: int) -> float:
     return float(f"{lr:.2g}")
 
 
-def precision_for(budget: TrainConfig, amx_ready: bool) -> str:
-    """bf16 for a budget in time alone (where more steps a second buy a better model)
-    on a machine that can run bfloat16 tiles; float32 otherwise, so that a budget in
-    steps or epochs trains alike on every machine."""
-    timed = budget.max_steps is None and budget.max_epochs is None
-    return "bf16" if timed and amx_ready else "float32"
-
-
 def choose(n_chars: int, vocab_size: int, budget: TrainConfig, speed_of=None) -> Choice:
     """The settings for a corpus of n_chars training characters (a line-mode corpus:
-    its lines with their ends) and budget's max_time, max_steps or max_epochs, trained
-    in budget's precision; speed_of(ModelConfig, batch, seq_len) -> chars/s (at that
-    precision) is asked only for a time budget."""
+    its lines with their ends) and budget's max_time, max_steps or max_epochs;
+    speed_of(ModelConfig, batch, seq_len) -> chars/s is asked only for a time budget."""
     batch, seq_len = TrainConfig().batch_size, TrainConfig().seq_len
     per_step = batch * seq_len
     fixed_epochs = _epochs_without_speed(n_chars, budget, per_step)
@@ -134,7 +121,7 @@ def choose(n_chars: int, vocab_size: int, budget: TrainConfig, speed_of=None) ->
     lr = lr_for(cfg.layers, cfg.hidden)
     model = {"cell": "lstm", "layers": cfg.layers, "hidden": cfg.hidden, "embed": EMBED, "dropout": dropout}
     train = {"batch_size": batch, "seq_len": seq_len, "lr": lr, "ema": 0.0,
-             "weight_decay": weight_decay_for(dropout, lr, epochs * n_chars / per_step), "precision": budget.precision}
+             "weight_decay": weight_decay_for(dropout, lr, epochs * n_chars / per_step)}
     return Choice(model, train, _reason(model, train, n_chars, budget, epochs, speed))
 
 
@@ -159,9 +146,8 @@ def _capacity_enough(cfg: ModelConfig, n_chars: int) -> bool:
 
 def _reason(model, train, n_chars, budget, epochs, speed) -> str:
     decay = f", weight decay {train['weight_decay']:g}" if train["weight_decay"] else ""
-    bf16 = ", bfloat16 products" if train["precision"] == "bf16" else ""
     shape = f"{model['layers']}×{model['hidden']}, dropout {model['dropout']:g}{decay}, B={train['batch_size']}, " \
-            f"lr {train['lr']:g}{bf16}"
+            f"lr {train['lr']:g}"
     size = f"{n_chars / 1e6:.1f} M" if n_chars >= 1e5 else f"{n_chars:,}"
     if speed is None:
         spent = f"{budget.max_steps:,} steps" if budget.max_steps is not None else f"{budget.max_epochs:g} epochs"
