@@ -49,10 +49,11 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
-def key(cfg: ModelConfig, batch: int, seq_len: int, precision: str = "float32") -> str:
+def key(cfg: ModelConfig, batch: int, seq_len: int, precision: str = "float32", what: str = "training") -> str:
     engine = os.path.basename(numba.config.CACHE_DIR.rstrip(os.sep))
     return (f"{_cpu()}|{engine}|{threads()} threads|{cfg.cell} {cfg.layers}x{cfg.hidden} e{cfg.embed} "
-            f"v{cfg.vocab_size}|{batch}x{seq_len}" + ("" if precision == "float32" else f"|{precision}"))
+            f"v{cfg.vocab_size}|{batch}x{seq_len}" + ("" if precision == "float32" else f"|{precision}")
+            + ("" if what == "training" else f"|{what}"))
 
 
 def _load() -> dict:
@@ -67,8 +68,11 @@ def remember(cfg: ModelConfig, batch: int, seq_len: int, chars_per_sec: float, p
     """Record a measured speed: the entry moves halfway to it (KEEP), so that one
     unusually fast or slow measurement does not decide the next plan alone (best
     effort: a cache that cannot be written is skipped)."""
+    _store(key(cfg, batch, seq_len, precision), chars_per_sec)
+
+
+def _store(k: str, chars_per_sec: float) -> None:
     data = _load()
-    k = key(cfg, batch, seq_len, precision)
     old = data.get(k)
     known = isinstance(old, (int, float)) and old > 0
     data[k] = round(KEEP * old + (1.0 - KEEP) * chars_per_sec if known else chars_per_sec, 1)
@@ -85,12 +89,22 @@ def known(cfg: ModelConfig, batch: int, seq_len: int, precision: str = "float32"
 
 
 def chars_per_second(cfg: ModelConfig, batch: int, seq_len: int, precision: str = "float32") -> tuple[float, bool]:
-    """(chars/s, whether it was measured now rather than remembered)."""
-    known = _load().get(key(cfg, batch, seq_len, precision))
+    """(training chars/s, whether it was measured now rather than remembered)."""
+    return _remembered(key(cfg, batch, seq_len, precision), lambda: measure(cfg, batch, seq_len, precision))
+
+
+def validation_chars_per_second(cfg: ModelConfig, batch: int, seq_len: int) -> tuple[float, bool]:
+    """(chars/s of validation as training runs it, whether it was measured now rather
+    than remembered)."""
+    return _remembered(key(cfg, batch, seq_len, what="validation"), lambda: measure_validation(cfg, batch, seq_len))
+
+
+def _remembered(k: str, measure_now) -> tuple[float, bool]:
+    known = _load().get(k)
     if isinstance(known, (int, float)) and known > 0:
         return float(known), False
-    speed = measure(cfg, batch, seq_len, precision)
-    remember(cfg, batch, seq_len, speed, precision)
+    speed = measure_now()
+    _store(k, speed)
     return speed, True
 
 
@@ -117,5 +131,25 @@ def measure(cfg: ModelConfig, batch: int, seq_len: int, precision: str = "float3
     timed, t0 = 0, time.perf_counter()
     while timed < MIN_TIMED_STEPS or time.perf_counter() - t0 < MIN_SECONDS:
         optimiser_step(WARM_STEPS + timed)
+        timed += 1
+    return timed * batch * seq_len / (time.perf_counter() - t0)
+
+
+def measure_validation(cfg: ModelConfig, batch: int, seq_len: int) -> float:
+    """Validation speed of cfg's shape: characters over the time of float32 forward
+    passes of `batch` streams of seq_len characters with the state carried (how training
+    validates), after one untimed pass, for at least MIN_TIMED_STEPS passes and half of
+    MIN_SECONDS. A large model can spend much of each minute validating: 3x768 took
+    about 36 s of every minute on a 2-core Xeon."""
+    rng = np.random.default_rng(0)
+    params = Parameters(cfg, np.float32)
+    init_params(params, rng)
+    net = Network(cfg, params)
+    x = rng.integers(0, cfg.vocab_size, (seq_len, batch))
+    y = rng.integers(0, cfg.vocab_size, (seq_len, batch))
+    _, state = net.loss_sum(x, y, RecurrentState.zeros(cfg, batch))
+    timed, t0 = 0, time.perf_counter()
+    while timed < MIN_TIMED_STEPS or time.perf_counter() - t0 < MIN_SECONDS / 2:
+        _, state = net.loss_sum(x, y, state)
         timed += 1
     return timed * batch * seq_len / (time.perf_counter() - t0)

@@ -36,6 +36,16 @@ def split_even_tiny_time_steps(monkeypatch):
     monkeypatch.setattr(charrnn.engine, "SMALL_STEP", 0)
 
 
+@pytest.fixture(autouse=True)
+def own_speed_cache(tmp_path_factory, monkeypatch):
+    """Runs with settings chosen record their speed (speed.remember): keep the tests'
+    tiny runs out of the user's own cache, where they would mislead the next plan."""
+    import charrnn.speed
+
+    path = tmp_path_factory.mktemp("speed") / "speed.json"
+    monkeypatch.setattr(charrnn.speed, "cache_path", lambda: path)
+
+
 @contextlib.contextmanager
 def raises_as_cli(match: str):
     """pytest.raises(CharrnnError, match=...), the message as the command line shows

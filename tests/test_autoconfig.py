@@ -3,9 +3,10 @@
 import pytest
 from conftest import SHAKESPEARE
 
-from charrnn import autoconfig
+from charrnn import autoconfig, isa, runstart, speed
 from charrnn.checkpoint import load_checkpoint
 from charrnn.config import ModelConfig, TrainConfig
+from charrnn.errors import CharrnnError
 from charrnn.model import parameter_count
 from charrnn.training import Trainer
 
@@ -78,6 +79,66 @@ def test_the_reason_names_the_choice_and_the_budget():
     assert choice.reason.startswith(f"{m['layers']}×{m['hidden']}, dropout {m['dropout']:g}{decay}, B=32, "
                                     f"lr {t['lr']:g}")
     assert ": 5m on 1.0 M characters at ≈ " in choice.reason and choice.reason.endswith(" epochs")
+
+
+def test_the_time_left_to_training_is_what_validation_leaves():
+    budget = TrainConfig(max_time=300.0)  # eval_every 60s: validations at 1, 2, 3 and 4 minutes, the 5th after
+    assert autoconfig.training_share(budget, 900_000, 100_000.0) == pytest.approx(1 - 4 * 1.0 / 300)
+    assert autoconfig.training_share(TrainConfig(max_time=60.0), 900_000, 1.0) == 1.0  # only the one at the end
+    assert autoconfig.training_share(TrainConfig(max_time=90.0), 900_000, 100_000.0) == pytest.approx(1 - 1 / 90)
+    assert autoconfig.training_share(budget, 900_000, 1.0) == 0.05  # validation would take it all
+    assert autoconfig.training_share(budget, 900_000, None) == autoconfig.EVAL_SHARE
+    assert autoconfig.training_share(budget.replace(eval_every=500), 900_000, 1e5) == autoconfig.EVAL_SHARE
+    assert autoconfig.training_share(budget.replace(val_frac=0.0), 900_000, 1.0) == 1.0
+
+
+def test_a_model_whose_validation_would_eat_the_budget_is_not_chosen():
+    budget = TrainConfig(max_time=1200.0)
+    plain = autoconfig.choose(1_000_000, 65, budget, fake_speed([]))
+    fast = autoconfig.choose(1_000_000, 65, budget, fake_speed([]), lambda cfg, b, t: 1e9)
+    slow = autoconfig.choose(1_000_000, 65, budget, fake_speed([]), lambda cfg, b, t: fake_speed([])(cfg, b, t) / 2)
+    size = lambda c: (c.model["layers"], c.model["hidden"])  # noqa: E731
+    assert size(fast) >= size(plain) > size(slow)
+    assert "bfloat16" not in plain.reason
+
+
+def test_a_time_budget_alone_trains_in_bfloat16_where_the_cpu_can():
+    assert autoconfig.precision_for(TrainConfig(max_time=300.0), True) == "bf16"
+    assert autoconfig.precision_for(TrainConfig(max_time=300.0), False) == "float32"
+    assert autoconfig.precision_for(TrainConfig(max_time=300.0, max_steps=100), True) == "float32"
+    assert autoconfig.precision_for(TrainConfig(max_epochs=2.0), True) == "float32"
+    choice = autoconfig.choose(1_003_855, 65, TrainConfig(max_time=300.0, precision="bf16"), fake_speed([]))
+    assert choice.train["precision"] == "bf16" and ", bfloat16 products: 5m on " in choice.reason
+    assert "bfloat16" not in autoconfig.choose(1_003_855, 65, TrainConfig(max_time=300.0), fake_speed([])).reason
+
+
+@pytest.mark.parametrize("amx, model, train, precision, chosen", [
+    (True, {}, {}, "bf16", True),
+    (False, {}, {}, "float32", True),  # no AMX tiles (or Linux refuses them)
+    (True, {}, {"precision": "float32"}, "float32", True),  # a given precision is kept, the rest still chosen
+    (True, {}, {"max_steps": 3}, "float32", True),  # a budget in steps trains alike everywhere
+    (True, {"hidden": 64}, {}, "float32", False),  # given settings: the fixed default
+])
+def test_a_new_run_chooses_its_precision_with_its_other_settings(corpus, monkeypatch, amx, model, train, precision,
+                                                                 chosen):
+    def enable_amx():
+        if not amx:
+            raise CharrnnError("precision bf16 is not available here")
+
+    asked = []
+
+    def chars_per_second(cfg, batch, seq_len, precision="float32"):
+        asked.append(precision)
+        return fake_speed([])(cfg, batch, seq_len), False
+
+    monkeypatch.setattr(isa, "enable_amx", enable_amx)
+    monkeypatch.setattr(speed, "chars_per_second", chars_per_second)
+    monkeypatch.setattr(speed, "validation_chars_per_second", lambda cfg, batch, seq_len: (1e6, False))
+    start = runstart.new_run(corpus, model, {"max_time": 1.0, **train}, None)
+    assert start.tcfg.precision == precision and bool(start.state.chosen) == chosen
+    assert set(asked) <= {precision}  # the speeds it chose by were measured at the precision it trains at
+    if chosen:
+        assert ("bfloat16 products" in start.state.chosen) == (precision == "bf16")
 
 
 @pytest.mark.parametrize("given", [{"hidden": 256}, {"lr": 4e-3}, {"dropout": 0.0}, {"ema": 0.0}, {"seq_len": 50},

@@ -8,11 +8,6 @@ from charrnn.config import ModelConfig
 CFG = ModelConfig(vocab_size=11, layers=1, hidden=8, embed=4)
 
 
-@pytest.fixture(autouse=True)
-def own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-
-
 def test_a_measurement_times_at_least_the_minimum_steps_and_seconds(monkeypatch):
     monkeypatch.setattr(speed, "MIN_SECONDS", 0.05)
     steps = []
@@ -42,6 +37,20 @@ def test_an_unknown_shape_is_measured_once_then_remembered(monkeypatch):
     assert speed.chars_per_second(CFG, 2, 3) == (1234.5, True)
     monkeypatch.setattr(speed, "measure", lambda *args: pytest.fail("measured twice"))
     assert speed.chars_per_second(CFG, 2, 3) == (1234.5, False)
+
+
+def test_validation_is_measured_as_training_validates_and_remembered_under_its_own_key(monkeypatch):
+    monkeypatch.setattr(speed, "MIN_SECONDS", 0.05)
+    calls = []
+    real = speed.Network.loss_sum
+    monkeypatch.setattr(speed.Network, "loss_sum", lambda self, x, y, state: (calls.append(x.shape), real(self, x, y,
+                                                                                                       state))[1])
+    chars_per_sec, measured = speed.validation_chars_per_second(CFG, 2, 3)
+    assert measured and chars_per_sec > 0 and set(calls) == {(3, 2)}  # seq_len x streams, as training validates
+    assert len(calls) >= 1 + speed.MIN_TIMED_STEPS
+    assert speed.validation_chars_per_second(CFG, 2, 3) == (round(chars_per_sec, 1), False)
+    assert not speed.known(CFG, 2, 3)  # training's speed is another entry
+    assert speed.key(CFG, 2, 3, what="validation") == speed.key(CFG, 2, 3) + "|validation"
 
 
 def test_an_unreadable_cache_counts_as_empty():
