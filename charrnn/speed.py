@@ -73,9 +73,8 @@ def remember(cfg: ModelConfig, batch: int, seq_len: int, chars_per_sec: float, p
 
 def _store(k: str, chars_per_sec: float) -> None:
     data = _load()
-    old = data.get(k)
-    known = isinstance(old, (int, float)) and old > 0
-    data[k] = round(KEEP * old + (1.0 - KEEP) * chars_per_sec if known else chars_per_sec, 1)
+    old = _speed(data.get(k))
+    data[k] = round(KEEP * old + (1.0 - KEEP) * chars_per_sec if old is not None else chars_per_sec, 1)
     try:
         cache_path().parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(cache_path(), json.dumps(data, indent=1, sort_keys=True) + "\n")
@@ -83,9 +82,13 @@ def _store(k: str, chars_per_sec: float) -> None:
         pass
 
 
+def _speed(entry) -> float | None:
+    """A cache entry's speed, None for a missing or unusable one."""
+    return float(entry) if isinstance(entry, (int, float)) and entry > 0 else None
+
+
 def known(cfg: ModelConfig, batch: int, seq_len: int, precision: str = "float32") -> bool:
-    value = _load().get(key(cfg, batch, seq_len, precision))
-    return isinstance(value, (int, float)) and value > 0
+    return _speed(_load().get(key(cfg, batch, seq_len, precision))) is not None
 
 
 def chars_per_second(cfg: ModelConfig, batch: int, seq_len: int, precision: str = "float32") -> tuple[float, bool]:
@@ -100,9 +103,9 @@ def validation_chars_per_second(cfg: ModelConfig, batch: int, seq_len: int) -> t
 
 
 def _remembered(k: str, measure_now) -> tuple[float, bool]:
-    known = _load().get(k)
-    if isinstance(known, (int, float)) and known > 0:
-        return float(known), False
+    known = _speed(_load().get(k))
+    if known is not None:
+        return known, False
     speed = measure_now()
     _store(k, speed)
     return speed, True
@@ -112,13 +115,9 @@ def measure(cfg: ModelConfig, batch: int, seq_len: int, precision: str = "float3
     """Training speed of cfg's shape: characters over the time of full optimiser steps
     (forward, backward, clipping, Adam) on random weights and text, after WARM_STEPS
     untimed ones, for at least MIN_TIMED_STEPS steps and MIN_SECONDS."""
-    rng = np.random.default_rng(0)
-    params = Parameters(cfg, np.float32)
-    init_params(params, rng)
-    net, adam = Network(cfg, params, precision), Adam(params)
-    x = rng.integers(0, cfg.vocab_size, (seq_len, batch))
-    y = rng.integers(0, cfg.vocab_size, (seq_len, batch))
-    grads = params.zeros_like()
+    net, x, y = _random_network(cfg, batch, seq_len, precision)
+    adam = Adam(net.params)
+    grads = net.params.zeros_like()
 
     def optimiser_step(step: int) -> None:
         grads.flat[:] = 0.0
@@ -126,13 +125,7 @@ def measure(cfg: ModelConfig, batch: int, seq_len: int, precision: str = "float3
                           dropout_key=step if cfg.dropout or cfg.weight_drop or precision != "float32" else None)
         adam.step(grads, 1e-4, step + 1, global_norm(grads), 5.0)
 
-    for step in range(WARM_STEPS):
-        optimiser_step(step)
-    timed, t0 = 0, time.perf_counter()
-    while timed < MIN_TIMED_STEPS or time.perf_counter() - t0 < MIN_SECONDS:
-        optimiser_step(WARM_STEPS + timed)
-        timed += 1
-    return timed * batch * seq_len / (time.perf_counter() - t0)
+    return _rate(optimiser_step, batch * seq_len, WARM_STEPS, MIN_SECONDS)
 
 
 def measure_validation(cfg: ModelConfig, batch: int, seq_len: int) -> float:
@@ -141,15 +134,33 @@ def measure_validation(cfg: ModelConfig, batch: int, seq_len: int) -> float:
     validates), after one untimed pass, for at least MIN_TIMED_STEPS passes and half of
     MIN_SECONDS. A large model can spend much of each minute validating: 3x768 took
     about 36 s of every minute on a 2-core Xeon."""
+    net, x, y = _random_network(cfg, batch, seq_len)
+    state = RecurrentState.zeros(cfg, batch)
+
+    def forward(_: int) -> None:
+        nonlocal state
+        _, state = net.loss_sum(x, y, state)
+
+    return _rate(forward, batch * seq_len, 1, MIN_SECONDS / 2)
+
+
+def _random_network(cfg: ModelConfig, batch: int, seq_len: int, precision: str = "float32"):
+    """A Network of cfg's shape on random weights, and random (seq_len, batch) ids x, y."""
     rng = np.random.default_rng(0)
     params = Parameters(cfg, np.float32)
     init_params(params, rng)
-    net = Network(cfg, params)
     x = rng.integers(0, cfg.vocab_size, (seq_len, batch))
     y = rng.integers(0, cfg.vocab_size, (seq_len, batch))
-    _, state = net.loss_sum(x, y, RecurrentState.zeros(cfg, batch))
+    return Network(cfg, params, precision), x, y
+
+
+def _rate(run_once, chars: int, warm: int, min_seconds: float) -> float:
+    """chars per second of run_once(i), called `warm` times untimed, then timed for at
+    least MIN_TIMED_STEPS calls and min_seconds."""
+    for i in range(warm):
+        run_once(i)
     timed, t0 = 0, time.perf_counter()
-    while timed < MIN_TIMED_STEPS or time.perf_counter() - t0 < MIN_SECONDS / 2:
-        _, state = net.loss_sum(x, y, state)
+    while timed < MIN_TIMED_STEPS or time.perf_counter() - t0 < min_seconds:
+        run_once(warm + timed)
         timed += 1
-    return timed * batch * seq_len / (time.perf_counter() - t0)
+    return timed * chars / (time.perf_counter() - t0)
