@@ -93,9 +93,8 @@ def main(argv=None) -> int:
     p.add_argument("--bf16", action="store_true", help="also charrnn's AMX bfloat16 products and PyTorch's bfloat16")
     args = p.parse_args(argv)
     env = thread_env(args.threads)
-    libraries = LIBRARIES + (BF16_LIBRARIES if args.bf16 else ())
-    if args.bf16 and importlib.util.find_spec("torch") is None:
-        libraries = libraries[:-1]
+    have_torch = importlib.util.find_spec("torch") is not None
+    libraries = LIBRARIES + tuple(lib for lib in BF16_LIBRARIES if args.bf16 and (have_torch or lib != "torch-bf16"))
     runs = {lib: [] for lib in libraries}
     for _ in range(args.processes):
         for lib in libraries:

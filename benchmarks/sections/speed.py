@@ -59,11 +59,11 @@ def pct(gflops, peak):
     return 100 * gflops / peak if gflops is not None and peak else None
 
 
-def summary_line(section: str, key: str, s: dict, peak, isa_limit=None) -> dict:
+def summary_line(section: str, key: str, s: dict, peak, isa_limit=None, precision: str = "float32") -> dict:
     """The summary.jsonl line of one table row (None values are dropped on writing)."""
     return {"section": section, "model": key,
             "charrnn_chars_per_s": s["charrnn_chars_per_s"], "torch_chars_per_s": s.get("torch_chars_per_s"),
-            "ratio": s.get("ratio"), "target": target(section, key, isa_limit),
+            "ratio": s.get("ratio"), "target": target(section, key, isa_limit, precision),
             "charrnn_gflops": s["charrnn_gflops"], "charrnn_pct_peak": pct(s["charrnn_gflops"], peak),
             "torch_gflops": s.get("torch_gflops"), "torch_pct_peak": pct(s.get("torch_gflops"), peak),
             "charrnn_rss_mb": s["charrnn_rss_mb"], "torch_rss_mb": s.get("torch_rss_mb"),
@@ -72,8 +72,13 @@ def summary_line(section: str, key: str, s: dict, peak, isa_limit=None) -> dict:
 
 def summary_lines(results: dict, section: str, extra=lambda entry: {}) -> list[dict]:
     """One line per row of a throughput table; extra(entry) adds the section's own
-    columns from the row's raw data ({"runs": ..., "summary": ...})."""
+    columns from the row's raw data ({"runs": ..., "summary": ...}), and a "precision"
+    among them holds the row to that precision's target."""
     peak = results.get("peaks", {}).get("gemm_gflops")
     isa_limit = results.get("meta", {}).get("isa_limit")
-    return [{**summary_line(section, key, entry["summary"], peak, isa_limit), **extra(entry)}
-            for key, entry in results.get(section, {}).items()]
+    lines = []
+    for key, entry in results.get(section, {}).items():
+        own = extra(entry)
+        line = summary_line(section, key, entry["summary"], peak, isa_limit, own.get("precision", "float32"))
+        lines.append({**line, **own})
+    return lines

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from statistics import median
 
-from benchmarks.common import fmt_s, table, target
+from benchmarks.common import fmt_s, table
 from benchmarks.sections import speed
 
 HEADERS = ["model", "charrnn", "torch", "ratio", "target", "charrnn GFLOP/s", "torch GFLOP/s", "RSS MB c/t", "noise",
@@ -62,8 +62,4 @@ def summary(results: dict) -> list[dict]:
         return {"first_step_s": first_step_s(entry), "loss_diff_step1": entry["summary"].get("loss_diff_first_step"),
                 "precision": runs[0].get("precision", "float32") if runs else "float32"}
 
-    lines = speed.summary_lines(results, "train", extra)
-    isa_limit = results.get("meta", {}).get("isa_limit")
-    for line in lines:  # a bf16 row is held to the bf16 target
-        line["target"] = target("train", line["model"], isa_limit, line["precision"])
-    return lines
+    return speed.summary_lines(results, "train", extra)
