@@ -8,7 +8,8 @@ Weights are packed into panels once per version of the parameters.
 
 Training in bfloat16 (precision "bf16") runs the whole-batch products on AMX tiles
 (kernels/amx.py): their weights and activations are packed as bfloat16 pairs, and
-product() takes either packing. The time loops stay float32.
+product() takes either packing; so are w_hh's packings, for the time loops'
+recurrent products (kernels/recurrence_bf16.py). The cells stay float32.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from charrnn.kernels.inference import InferenceWeights, StepBuffers
 from charrnn.kernels.linear import add_column_sums, set_rows
 from charrnn.kernels.recurrence import (CELL_CODES, BackwardArrays, ForwardArrays, recurrence_backward, recurrence_forward,
                                        unit_panels)
+from charrnn.kernels.recurrence_bf16 import recurrence_backward_bf16, recurrence_forward_bf16
 from charrnn.kernels.simd import BARRIER_SIZE, NR
 from charrnn.model import Parameters
 
@@ -72,7 +74,7 @@ def packed(matrix: np.ndarray, transpose: bool, nthreads: int, bf16: bool = Fals
     return out
 
 
-_TILE_CONFIG = amx.tile_config()
+_TILE_CONFIGS = amx.tile_configs()
 _bf16_buffers = threading.local()  # per Python thread: a product's A in bfloat16, kept by shape
 
 
@@ -106,7 +108,7 @@ def product(out: np.ndarray, a: np.ndarray, trans_a: bool, b_packed: np.ndarray,
         # Enough rows: each thread rounds and multiplies its own; else each rounds all of A.
         by_rows = row_sums.size > 0 or amx.padded(M) >= 2 * amx.BLOCK * nthreads or b_packed.shape[0] < nthreads
         a_bf = _bf16_workspace(1 if by_rows else nthreads, M, K)
-        amx.gemm_bf16(a, trans_a, b_packed, out, row_sums, a_bf, _TILE_CONFIG, nthreads)
+        amx.gemm_bf16(a, trans_a, b_packed, out, row_sums, a_bf, _TILE_CONFIGS, nthreads)
         return
     gemm(a, trans_a, b_packed, out, row_sums, nthreads)
 
@@ -121,8 +123,8 @@ class PackedLayer:
 
     def __init__(self, cell: str, w_ih, w_hh, b_ih, b_hh, nthreads: int, bf16: bool = False):
         h = w_hh.shape[1]
-        self.bf16 = bf16  # ih_t and ih in bfloat16 pairs (the time loops' hh_t and hh stay float32)
-        self.hh_t = packed(w_hh, True, nthreads)
+        self.bf16 = bf16  # every packing in bfloat16 pairs
+        self.hh_t = packed(w_hh, True, nthreads, bf16)
         self.ih_t = packed(w_ih, True, nthreads, bf16)
         if cell == "gru":
             self.bias = b_ih.copy()
@@ -137,7 +139,7 @@ class PackedLayer:
     def for_backward(self, nthreads: int) -> "PackedLayer":
         if self.hh is None:
             w_ih, w_hh = self._weights
-            self.hh = packed(w_hh, False, nthreads)
+            self.hh = packed(w_hh, False, nthreads, self.bf16)
             self.ih = packed(w_ih, False, nthreads, self.bf16)
         return self
 
@@ -150,8 +152,7 @@ class PackedWeights:
     hh_masks: None, or one (G*H, H) mask per layer for a training pass with weight
     drop: each layer's w_hh is packed multiplied by its mask (0 or 1 / (1 - p)).
     Such a packing is for that pass alone, never for inference.
-    bf16: the whole-batch products' weights (each w_ih and the decoder's) packed as
-    bfloat16 pairs, for a training pass in precision bf16; never for inference."""
+    bf16: every weight packed as bfloat16 pairs, for a training pass in precision bf16; never for inference."""
 
     def __init__(self, cfg, params: Parameters, nthreads: int, hh_masks=None, bf16: bool = False):
         self.version = params.version
@@ -280,7 +281,12 @@ def layer_forward(cell: str, buf: LayerBuffers, layer: PackedLayer, h0, c0, nthr
         buf.cs_buf[0] = c0
     arrays = ForwardArrays(buf.hs, buf.cs_buf[1:], buf.acts, buf.hn, buf.hg, buf.hs_buf[0], buf.cs_buf[0],
                            layer.b_hn)
-    recurrence_forward(CELL_CODES[cell], arrays, layer.hh_t, nthreads)
+    if layer.bf16:
+        isa.enable_amx()  # as in product()
+        h_bf = np.zeros((2, amx.padded(B), amx.padded(H)), np.uint16)  # h_prev rounded, alternate steps
+        recurrence_forward_bf16(CELL_CODES[cell], arrays, layer.hh_t, h_bf, _TILE_CONFIGS, nthreads)
+    else:
+        recurrence_forward(CELL_CODES[cell], arrays, layer.hh_t, nthreads)
 
 
 def layer_backward(cell: str, buf: LayerBuffers, ws: Workspace, layer: PackedLayer, dhs, dh, dc,
@@ -295,7 +301,13 @@ def layer_backward(cell: str, buf: LayerBuffers, ws: Workspace, layer: PackedLay
     nthreads = loop_threads(B, H, layer.bias.shape[0] // H, nthreads)
     arrays = BackwardArrays(buf.acts, ws.dgates, ws.dgates_h, dh, dc, dhs, buf.hs, buf.hs_buf[0], buf.cs_buf[1:],
                             buf.cs_buf[0], buf.hn)
-    recurrence_backward(CELL_CODES[cell], arrays, layer.hh, nthreads)
+    if layer.bf16:
+        isa.enable_amx()
+        gh = layer.bias.shape[0]
+        d_bf = np.zeros((2, amx.padded(B), amx.padded(gh)), np.uint16)  # the recurrent gradients rounded, alternate steps
+        recurrence_backward_bf16(CELL_CODES[cell], arrays, layer.hh, d_bf, _TILE_CONFIGS, nthreads)
+    else:
+        recurrence_backward(CELL_CODES[cell], arrays, layer.hh, nthreads)
     if cell == "lstm":
         return buf.acts, buf.acts  # the gradients replaced the activations
     return (ws.dgates, ws.dgates_h) if cell == "gru" else (ws.dgates, ws.dgates)

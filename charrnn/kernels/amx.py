@@ -61,7 +61,7 @@ def _bytes(context, builder, array_type, value):
 
 @intrinsic
 def tile_configure(typingctx, config):
-    """Load the tile configuration (a 64-byte uint8 array, see tile_config) into
+    """Load the tile configuration (a 64-byte uint8 array, a row of tile_configs) into
     this thread's tile registers."""
     sig = types.void(config)
 
@@ -86,48 +86,61 @@ def tile_release(typingctx):
     return sig, codegen
 
 
-@intrinsic
-def block_product(typingctx, a, a0, bp, p, c, c0, cj, kblocks):
-    """C[c0:c0+32, cj:cj+32] += A[a0:a0+32, :32*kblocks] @ (panel p of bp)[:32*kblocks].
+def _block_product(halves):
+    """An intrinsic for C[c0:c0+rows, cj:cj+32] += A[a0:a0+rows, :32*kblocks] @
+    (panel p of bp)[:32*kblocks], where rows are those the loaded tile configuration
+    gives the tiles of its `halves` row halves (16 each, fewer in a last block).
 
     A (Mp, Kp) and bp (npan, Kp/2, 64) uint16 as the module describes; C float32.
-    Tiles 0-3 hold C's four (16, 16) quarters, 4-5 A's two row halves, 6-7 B's two
-    column halves; each k block is four tile products. No bounds checks."""
-    sig = types.void(a, a0, bp, p, c, c0, cj, kblocks)
+    Tiles 0-1 (2-3) hold C's upper (lower) two (16, 16) quarters, 4 (5) A's upper
+    (lower) rows, 6-7 B's two column halves; each k block is 2 * halves tile
+    products. No bounds checks."""
 
-    def codegen(context, builder, signature, args):
-        pa, arr_a = _bytes(context, builder, signature.args[0], args[0])
-        pb, arr_b = _bytes(context, builder, signature.args[2], args[2])
-        pc, arr_c = _bytes(context, builder, signature.args[4], args[4])
-        a0_, p_, c0_, cj_, kb_ = (context.cast(builder, args[i], signature.args[i], types.int64)
-                                  for i in (1, 3, 5, 6, 7))
-        lda = cgutils.unpack_tuple(builder, arr_a.strides, 2)[0]  # bytes
-        ldc = cgutils.unpack_tuple(builder, arr_c.strides, 2)[0]
-        panel_stride, ldb = cgutils.unpack_tuple(builder, arr_b.strides, 3)[:2]
-        load, store = ("llvm.x86.tileloadd64", [_I8, _P8, _I64]), ("llvm.x86.tilestored64", [_I8, _P8, _I64])
-        c_base = builder.add(builder.mul(c0_, ldc), builder.mul(cj_, _I64(4)))
-        c_ptrs = [builder.gep(pc, [builder.add(c_base, builder.add(builder.mul(ldc, _I64(TILE_ROWS * (t // 2))),
-                                                                  _I64(64 * (t % 2))))]) for t in range(4)]
-        for t in range(4):
-            _call(builder, *load, [_I8(t), c_ptrs[t], ldc])
-        a_base = builder.mul(a0_, lda)
-        a_half = builder.mul(lda, _I64(TILE_ROWS))
-        b_base = builder.mul(p_, panel_stride)
-        b_step = builder.mul(ldb, _I64(KB // 2))
-        with cgutils.for_range(builder, kb_) as loop:
-            a_ptr = builder.gep(pa, [builder.add(a_base, builder.mul(loop.index, _I64(2 * KB)))])
-            b_ptr = builder.gep(pb, [builder.add(b_base, builder.mul(loop.index, b_step))])
-            _call(builder, *load, [_I8(4), a_ptr, lda])
-            _call(builder, *load, [_I8(5), builder.gep(a_ptr, [a_half]), lda])
-            _call(builder, *load, [_I8(6), b_ptr, ldb])
-            _call(builder, *load, [_I8(7), builder.gep(b_ptr, [_I64(64)]), ldb])
-            for dst, src_a, src_b in ((0, 4, 6), (1, 4, 7), (2, 5, 6), (3, 5, 7)):
-                _call(builder, "llvm.x86.tdpbf16ps", [_I8, _I8, _I8], [_I8(dst), _I8(src_a), _I8(src_b)])
-        for t in range(4):
-            _call(builder, *store, [_I8(t), c_ptrs[t], ldc])
-        return context.get_dummy_value()
+    @intrinsic
+    def product(typingctx, a, a0, bp, p, c, c0, cj, kblocks):
+        sig = types.void(a, a0, bp, p, c, c0, cj, kblocks)
 
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            pa, arr_a = _bytes(context, builder, signature.args[0], args[0])
+            pb, arr_b = _bytes(context, builder, signature.args[2], args[2])
+            pc, arr_c = _bytes(context, builder, signature.args[4], args[4])
+            a0_, p_, c0_, cj_, kb_ = (context.cast(builder, args[i], signature.args[i], types.int64)
+                                      for i in (1, 3, 5, 6, 7))
+            lda = cgutils.unpack_tuple(builder, arr_a.strides, 2)[0]  # bytes
+            ldc = cgutils.unpack_tuple(builder, arr_c.strides, 2)[0]
+            panel_stride, ldb = cgutils.unpack_tuple(builder, arr_b.strides, 3)[:2]
+            load, store = ("llvm.x86.tileloadd64", [_I8, _P8, _I64]), ("llvm.x86.tilestored64", [_I8, _P8, _I64])
+            c_base = builder.add(builder.mul(c0_, ldc), builder.mul(cj_, _I64(4)))
+            c_tiles = range(2 * halves)
+            c_ptrs = [builder.gep(pc, [builder.add(c_base, builder.add(builder.mul(ldc, _I64(TILE_ROWS * (t // 2))),
+                                                                      _I64(64 * (t % 2))))]) for t in c_tiles]
+            for t in c_tiles:
+                _call(builder, *load, [_I8(t), c_ptrs[t], ldc])
+            a_base = builder.mul(a0_, lda)
+            a_half = builder.mul(lda, _I64(TILE_ROWS))
+            b_base = builder.mul(p_, panel_stride)
+            b_step = builder.mul(ldb, _I64(KB // 2))
+            with cgutils.for_range(builder, kb_) as loop:
+                a_ptr = builder.gep(pa, [builder.add(a_base, builder.mul(loop.index, _I64(2 * KB)))])
+                b_ptr = builder.gep(pb, [builder.add(b_base, builder.mul(loop.index, b_step))])
+                _call(builder, *load, [_I8(4), a_ptr, lda])
+                if halves == 2:
+                    _call(builder, *load, [_I8(5), builder.gep(a_ptr, [a_half]), lda])
+                _call(builder, *load, [_I8(6), b_ptr, ldb])
+                _call(builder, *load, [_I8(7), builder.gep(b_ptr, [_I64(64)]), ldb])
+                for dst, src_a, src_b in ((0, 4, 6), (1, 4, 7), (2, 5, 6), (3, 5, 7))[:2 * halves]:
+                    _call(builder, "llvm.x86.tdpbf16ps", [_I8, _I8, _I8], [_I8(dst), _I8(src_a), _I8(src_b)])
+            for t in c_tiles:
+                _call(builder, *store, [_I8(t), c_ptrs[t], ldc])
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return product
+
+
+block_product = _block_product(2)  # a whole block, or a last one of more than 16 rows
+half_block_product = _block_product(1)  # a last block of at most 16 rows
 
 
 @intrinsic
@@ -145,14 +158,24 @@ def bf16_bits(typingctx, x):
     return sig, codegen
 
 
-def tile_config() -> np.ndarray:
-    """The 64-byte tile configuration every kernel here uses: palette 1, all eight
-    tiles 16 rows of 64 bytes (16 float32 or 32 bfloat16)."""
-    config = np.zeros(64, np.uint8)
-    config[0] = 1
-    config[16:32].view(np.uint16)[:8] = 64
-    config[48:56] = TILE_ROWS
-    return config
+def tile_configs() -> np.ndarray:
+    """(BLOCK + 1, 64) uint8: row r the tile configuration for blocks of r rows
+    (row BLOCK for whole blocks, which every kernel here loads first; row 0 unused).
+    Palette 1; tiles 6-7 (B) 16 rows of 64 bytes; C's and A's tiles 16 rows each,
+    but for a block of r < BLOCK rows the last ones hold what is left of r (a block
+    of at most 16 rows uses its upper half only, half_block_product). A last block
+    of fewer rows is then loaded, multiplied and stored as it is: a block that went
+    through a scratch copy cost as much again as a whole one, as AMX tile stores and
+    the scalar loads after them (and scalar stores and the tile loads after those)
+    do not forward to each other."""
+    configs = np.zeros((BLOCK + 1, 64), np.uint8)
+    for rows in range(1, BLOCK + 1):
+        config = configs[rows]
+        config[0] = 1
+        config[16:32].view(np.uint16)[:8] = 64
+        upper, lower = min(rows, TILE_ROWS), max(rows - TILE_ROWS, 0) or TILE_ROWS
+        config[48:56] = (upper, upper, lower, lower, upper, lower, TILE_ROWS, TILE_ROWS)
+    return configs
 
 
 @kernel
@@ -231,28 +254,47 @@ def pack_bf16(bp, b, transpose, nthreads):
 
 
 @kernel
-def _blocks(a_bf, bp, c, i0, i1, p0, p1, scratch):
-    """C's blocks of rows i0..i1 (multiples of BLOCK, i1 up to Mp) and panels p0..p1.
-    A block that C does not hold whole is computed in scratch (BLOCK, BLOCK) from
-    C's values and zeros, and copied back."""
-    M, N = c.shape
+def product_blocks(a_bf, bp, c, i0, i1, p0, p1, scratch, configs):
+    """C's blocks of rows i0..i1 (multiples of BLOCK, i1 up to Mp) and panels p0..p1,
+    with configs[BLOCK] loaded (tile_configs). A last block of r < BLOCK rows runs
+    under configs[r]; a block short of columns (a last panel) is computed in scratch
+    (BLOCK, BLOCK) from C's values and zeros, and copied back."""
+    M = c.shape[0]
     kblocks = a_bf.shape[1] // KB
-    for ib in range(i0, i1, 4 * BLOCK):  # 128 rows of A (128 KB at K = 512) against each panel
+    last = M // BLOCK * BLOCK  # where a last block of fewer rows starts
+    whole = min(i1, last)
+    for ib in range(i0, whole, 4 * BLOCK):  # 128 rows of A (128 KB at K = 512) against each panel
         for p in range(p0, p1):
-            cj = p * BLOCK
-            for i in range(ib, min(i1, ib + 4 * BLOCK), BLOCK):
-                if i + BLOCK <= M and cj + BLOCK <= N:
-                    block_product(a_bf, i, bp, p, c, i, cj, kblocks)
-                else:
-                    rows, cols = min(BLOCK, M - i), min(BLOCK, N - cj)
-                    scratch[:] = 0.0
-                    scratch[:rows, :cols] = c[i:i + rows, cj:cj + cols]
-                    block_product(a_bf, i, bp, p, scratch, 0, 0, kblocks)
-                    c[i:i + rows, cj:cj + cols] = scratch[:rows, :cols]
+            for i in range(ib, min(whole, ib + 4 * BLOCK), BLOCK):
+                _block(a_bf, bp, c, i, p, kblocks, BLOCK, scratch)
+    if i0 <= last < min(i1, M):
+        rows = M - last
+        tile_configure(configs[rows])
+        for p in range(p0, p1):
+            _block(a_bf, bp, c, last, p, kblocks, rows, scratch)
+        tile_configure(configs[BLOCK])
+
+
+@kernel
+def _block(a_bf, bp, c, i, p, kblocks, rows, scratch):
+    """C[i:i+rows, one panel's columns] += their products, under configs[rows]."""
+    cj = p * BLOCK
+    cols = min(BLOCK, c.shape[1] - cj)
+    target, r0, c0 = c, i, cj
+    if cols < BLOCK:
+        scratch[:rows] = 0.0
+        scratch[:rows, :cols] = c[i:i + rows, cj:cj + cols]
+        target, r0, c0 = scratch, 0, 0
+    if rows > TILE_ROWS:
+        block_product(a_bf, i, bp, p, target, r0, c0, kblocks)
+    else:
+        half_block_product(a_bf, i, bp, p, target, r0, c0, kblocks)
+    if cols < BLOCK:
+        c[i:i + rows, cj:cj + cols] = scratch[:rows, :cols]
 
 
 @parallel_kernel
-def gemm_bf16(a, trans_a, bp, c, sums, a_bf, config, nthreads):
+def gemm_bf16(a, trans_a, bp, c, sums, a_bf, configs, nthreads):
     """c += opA @ B in bfloat16 products and float32 sums. a: (M, K), or (K, M) when
     trans_a; bp: B packed by pack_bf16; c: (M, N) float32. sums: (0,), or (M,) to which
     opA's row sums are added (float32). a_bf: (nthreads, padded(M), padded(K)) uint16
@@ -263,14 +305,14 @@ def gemm_bf16(a, trans_a, bp, c, sums, a_bf, config, nthreads):
     npan = bp.shape[0]
     by_rows = sums.shape[0] > 0 or Mp >= 2 * BLOCK * nthreads or npan < nthreads
     for t in prange(nthreads):
-        tile_configure(config)
+        tile_configure(configs[BLOCK])
         scratch = np.empty((BLOCK, BLOCK), np.float32)
         if by_rows:
             r0, r1 = split(Mp, nthreads, t, BLOCK)
             to_bf16_rows(a_bf[0], a, trans_a, sums, r0, r1)
-            _blocks(a_bf[0], bp, c, r0, r1, 0, npan, scratch)
+            product_blocks(a_bf[0], bp, c, r0, r1, 0, npan, scratch, configs)
         else:
             p0, p1 = split(npan, nthreads, t, 1)
             to_bf16_rows(a_bf[t], a, trans_a, sums, 0, Mp)
-            _blocks(a_bf[t], bp, c, 0, Mp, p0, p1, scratch)
+            product_blocks(a_bf[t], bp, c, 0, Mp, p0, p1, scratch, configs)
         tile_release()

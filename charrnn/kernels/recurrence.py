@@ -98,14 +98,7 @@ def _forward_worker(worker, nthreads, sync, cell, a, w_hh_t):
     scratch = tile_scratch(a.hs)
     for t in range(T):
         h_prev = a.h0 if t == 0 else a.hs[t - 1]
-        # Where the recurrent product goes: onto the input side, but for the GRU,
-        # whose n gate needs it apart (r multiplies it).
-        if cell == GRU:
-            product = a.hg
-        elif cell == LSTM:
-            product = a.acts[t]
-        else:
-            product = a.hs[t]
+        product = step_product(cell, a, t)
         for g in range(gates):
             q0, q1 = p0 + g * gate_panels, p1 + g * gate_panels
             if cell == GRU:
@@ -113,13 +106,30 @@ def _forward_worker(worker, nthreads, sync, cell, a, w_hh_t):
             gemm_block_n(h_prev, w_hh_t, product, 0, B, q0, q1, scratch)
         if not by_units:
             barrier(sync, nthreads)
-        if cell == LSTM:
-            lstm_cell_forward(a.hs[t], a.cs[t], a.acts[t], a.c0 if t == 0 else a.cs[t - 1], u0, u1)
-        elif cell == GRU:
-            gru_cell_forward(a.hs[t], a.acts[t], a.hn[t], a.hg, h_prev, a.b_hn, u0, u1)
-        else:
-            rnn_cell_forward(a.hs[t], u0, u1)
+        cell_forward(cell, a, t, u0, u1)
         barrier(sync, nthreads)
+
+
+@kernel
+def step_product(cell, a, t):
+    """Where step t's recurrent product goes: onto the input side, but for the GRU,
+    whose n gate needs it apart (r multiplies it)."""
+    if cell == GRU:
+        return a.hg
+    if cell == LSTM:
+        return a.acts[t]
+    return a.hs[t]
+
+
+@kernel
+def cell_forward(cell, a, t, u0, u1):
+    """Units u0..u1 of step t's cell, its recurrent product in step_product."""
+    if cell == LSTM:
+        lstm_cell_forward(a.hs[t], a.cs[t], a.acts[t], a.c0 if t == 0 else a.cs[t - 1], u0, u1)
+    elif cell == GRU:
+        gru_cell_forward(a.hs[t], a.acts[t], a.hn[t], a.hg, a.h0 if t == 0 else a.hs[t - 1], a.b_hn, u0, u1)
+    else:
+        rnn_cell_forward(a.hs[t], u0, u1)
 
 
 @parallel_kernel
@@ -145,23 +155,28 @@ def _backward_worker(worker, nthreads, sync, cell, g, w_hh):
     scratch = tile_scratch(g.dh)
     tc, dct = np.empty(H, g.dh.dtype), np.empty(H, g.dh.dtype)
     for t in range(T - 1, -1, -1):
-        # The cell leaves in dh what reaches h_prev other than through w_hh (the
-        # GRU's z * h_prev; nothing for the others), and the gradient w.r.t. the
-        # recurrent pre-activations in `recurrent`.
-        if cell == LSTM:
-            lstm_cell_backward(g.acts[t], g.dh, g.dc, g.dhs[t], g.cs[t], g.c0 if t == 0 else g.cs[t - 1],
-                               u0, u1, tc, dct)
-            recurrent = g.acts[t]
-        elif cell == GRU:
-            gru_cell_backward(g.dxg[t], g.dhg[t], g.dh, g.dhs[t], g.acts[t], g.hn[t], g.h0 if t == 0 else g.hs[t - 1],
-                              u0, u1)
-            recurrent = g.dhg[t]
-        else:
-            rnn_cell_backward(g.dxg[t], g.dh, g.dhs[t], g.hs[t], u0, u1)
-            recurrent = g.dxg[t]
+        recurrent = cell_backward(cell, g, t, u0, u1, tc, dct)
         barrier(sync, nthreads)  # every thread's gradients of step t are in `recurrent`
         if cell != GRU:
             g.dh[:, p0 * NR:min(H, p1 * NR)] = 0.0
         gemm_block_n(recurrent, w_hh, g.dh, 0, B, p0, p1, scratch)
         if not by_units:  # by units, the next step's cell reads only dh's columns this thread wrote
             barrier(sync, nthreads)
+
+
+@kernel
+def cell_backward(cell, g, t, u0, u1, tc, dct):
+    """Units u0..u1 of step t's cell, backward. Leaves in dh what reaches h_prev
+    other than through w_hh (the GRU's z * h_prev; nothing for the others), and
+    returns the gradient w.r.t. the recurrent pre-activations, (B, G*H), which the
+    recurrent product takes back to h_prev. tc, dct: (H,) workspaces."""
+    if cell == LSTM:
+        lstm_cell_backward(g.acts[t], g.dh, g.dc, g.dhs[t], g.cs[t], g.c0 if t == 0 else g.cs[t - 1],
+                           u0, u1, tc, dct)
+        return g.acts[t]
+    if cell == GRU:
+        gru_cell_backward(g.dxg[t], g.dhg[t], g.dh, g.dhs[t], g.acts[t], g.hn[t], g.h0 if t == 0 else g.hs[t - 1],
+                          u0, u1)
+        return g.dhg[t]
+    rnn_cell_backward(g.dxg[t], g.dh, g.dhs[t], g.hs[t], u0, u1)
+    return g.dxg[t]

@@ -1,0 +1,130 @@
+"""The time loops of recurrence.py with their recurrent products in bfloat16 on AMX
+tiles, for training in precision bf16.
+
+Per step, h_prev @ w_hh.T (forward) and the recurrent pre-activations' gradient @
+w_hh (backward) are multiplied as amx.py multiplies the whole-batch products:
+operands rounded to bfloat16, sums in float32 onto the float32 input side (forward)
+or dh (backward). Measured on a 2-core Xeon, these step-sized products run twice as
+fast as float32 tiles (`python -m benchmarks.probes.gemm_shapes --bf16`, "step"
+rows), and they were more than half of a bf16 training step. The cells and every
+state stay float32, as in PyTorch's bfloat16 autocast of an LSTM.
+
+Each thread rounds the columns its own cell wrote into a shared (Mp, Kp) bfloat16
+copy, which every thread's product then reads whole. There are two copies, used by
+alternate steps: a thread that has finished step t may round step t+1's columns
+while another thread still multiplies step t's, and the barrier at the end of each
+step keeps any thread from getting two steps ahead. The threads split the products
+by BLOCK columns as recurrence.py splits them by NR: by units, one barrier per
+step, when H is a whole number of blocks per thread (unit_blocks), else by blocks
+of all columns, two. These kernels compile only for a CPU with AMX-BF16.
+"""
+
+import numpy as np
+from numba import prange
+
+from charrnn.kernels import kernel, parallel_kernel
+from charrnn.kernels.amx import BLOCK, bf16_bits, product_blocks, tile_configure, tile_release
+from charrnn.kernels.gemm import split
+from charrnn.kernels.recurrence import GRU, UNIT_ALIGN, cell_backward, cell_forward, step_product
+from charrnn.kernels.simd import BARRIER_SIZE, barrier
+
+
+@kernel
+def unit_blocks(H, nthreads):
+    """Whether each thread can own whole BLOCKs of every gate block's columns (see
+    recurrence.unit_panels, which this is with BLOCK for NR)."""
+    return H % BLOCK == 0 and (H // BLOCK) % nthreads == 0
+
+
+@kernel
+def round_columns(dst, src, c0, c1):
+    """dst[:B, c0:c1] = src[:, c0:c1] (B, *) rounded to bfloat16 bits."""
+    for r in range(src.shape[0]):
+        line, out = src[r, c0:c1], dst[r, c0:c1]
+        for j in range(c1 - c0):
+            out[j] = bf16_bits(line[j])
+
+
+@parallel_kernel
+def recurrence_forward_bf16(cell, a, w_hh_bf, h_bf, configs, nthreads):
+    """recurrence.recurrence_forward with bfloat16 products.  a: ForwardArrays
+    (float32); w_hh_bf: w_hh.T packed by amx.pack_bf16 (panels(G*H), Kp/2, 2*BLOCK);
+    h_bf: (2, Mp, Kp) uint16 zeros, Mp = padded(B), Kp = padded(H); configs:
+    amx.tile_configs()."""
+    sync = np.zeros(BARRIER_SIZE, np.int64)
+    for worker in prange(nthreads):
+        _forward_worker(worker, nthreads, sync, cell, a, w_hh_bf, h_bf, configs)
+
+
+@kernel
+def _forward_worker(worker, nthreads, sync, cell, a, w_hh_bf, h_bf, configs):
+    """Units u0..u1 of every step's cell, and of its product the columns of those
+    units in every gate block (unit_blocks), else blocks p0..p1 of it. Step t reads
+    h_prev from h_bf[(t + 1) % 2] and rounds its h into h_bf[t % 2]."""
+    T, B, H = a.hs.shape
+    npan = w_hh_bf.shape[0]
+    by_units = unit_blocks(H, nthreads)
+    if by_units:
+        u0, u1 = split(H, nthreads, worker, BLOCK)
+        p0, p1 = u0 // BLOCK, u1 // BLOCK  # in the first gate block; gate g's are g * H / BLOCK further
+        gates, gate_panels = npan * BLOCK // H, H // BLOCK
+    else:
+        u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
+        p0, p1 = split(npan, nthreads, worker, 1)
+        gates, gate_panels = 1, 0
+    tile_configure(configs[BLOCK])
+    scratch = np.empty((BLOCK, BLOCK), np.float32)
+    Mp = h_bf.shape[1]
+    round_columns(h_bf[1], a.h0, u0, u1)
+    barrier(sync, nthreads)
+    for t in range(T):
+        product = step_product(cell, a, t)
+        for g in range(gates):
+            q0, q1 = p0 + g * gate_panels, p1 + g * gate_panels
+            if cell == GRU:
+                product[:, q0 * BLOCK:min(product.shape[1], q1 * BLOCK)] = 0.0
+            product_blocks(h_bf[(t + 1) % 2], w_hh_bf, product, 0, Mp, q0, q1, scratch, configs)
+        if not by_units:
+            barrier(sync, nthreads)
+        cell_forward(cell, a, t, u0, u1)
+        round_columns(h_bf[t % 2], a.hs[t], u0, u1)
+        barrier(sync, nthreads)
+    tile_release()
+
+
+@parallel_kernel
+def recurrence_backward_bf16(cell, g, w_hh_bf, d_bf, configs, nthreads):
+    """recurrence.recurrence_backward with bfloat16 products.  g: BackwardArrays
+    (float32); w_hh_bf: w_hh packed by amx.pack_bf16 (panels(H), padded(G*H)/2,
+    2*BLOCK); d_bf: (2, Mp, padded(G*H)) uint16 zeros; configs: amx.tile_configs()."""
+    sync = np.zeros(BARRIER_SIZE, np.int64)
+    for worker in prange(nthreads):
+        _backward_worker(worker, nthreads, sync, cell, g, w_hh_bf, d_bf, configs)
+
+
+@kernel
+def _backward_worker(worker, nthreads, sync, cell, g, w_hh_bf, d_bf, configs):
+    """Units u0..u1 of the cell and blocks p0..p1 of the product, the same columns
+    when unit_blocks. Step t rounds its recurrent gradient into d_bf[t % 2]."""
+    T, B, H = g.dhs.shape
+    by_units = unit_blocks(H, nthreads)
+    p0, p1 = split(w_hh_bf.shape[0], nthreads, worker, 1)
+    if by_units:
+        u0, u1 = p0 * BLOCK, p1 * BLOCK
+    else:
+        u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
+    tile_configure(configs[BLOCK])
+    scratch = np.empty((BLOCK, BLOCK), np.float32)
+    tc, dct = np.empty(H, g.dh.dtype), np.empty(H, g.dh.dtype)
+    Mp = d_bf.shape[1]
+    for t in range(T - 1, -1, -1):
+        recurrent = cell_backward(cell, g, t, u0, u1, tc, dct)
+        for gate in range(recurrent.shape[1] // H):
+            round_columns(d_bf[t % 2], recurrent, gate * H + u0, gate * H + u1)
+        barrier(sync, nthreads)  # every thread's gradients of step t are in d_bf[t % 2]
+        if cell != GRU:
+            g.dh[:, p0 * BLOCK:min(H, p1 * BLOCK)] = 0.0
+        product_blocks(d_bf[t % 2], w_hh_bf, g.dh, 0, Mp, p0, p1, scratch, configs)
+        if not by_units:  # by units, the next step's cell reads only dh's columns this thread wrote
+            barrier(sync, nthreads)
+    tile_release()
