@@ -332,9 +332,9 @@ class TrainConfig(Settings):
     patience: int | None = setting(None, "Stop after N evaluations in a row without a new best validation loss.",
                                    "int", POSITIVE_INT, optional=True)
     seed: int = setting(0, "Seed for initialisation and dropout.", "int", NON_NEGATIVE_INT)
-    precision: str = setting("float32", "bf16: train with the large matrix products in bfloat16 on the CPU's AMX "
-                             "tiles (Intel Xeon Sapphire Rapids or later; float32 weights, optimiser and sums; "
-                             "the time loops, validation, sampling and evaluation stay float32).", "choice",
+    precision: str = setting("float32", "bf16: train with the matrix products (the time loops' too) in bfloat16 on the "
+                             "CPU's AMX tiles (Intel Xeon Sapphire Rapids or later; float32 weights, optimiser, "
+                             "sums and cells; validation, sampling and evaluation stay float32).", "choice",
                              one_of(PRECISIONS), choices=PRECISIONS)
     forget_bias: float = setting(0.0, "Added to the LSTM's forget-gate biases at initialisation (new runs only).",
                                  "float", FINITE)

@@ -263,10 +263,12 @@ def product_blocks(a_bf, bp, c, i0, i1, p0, p1, scratch, configs):
     kblocks = a_bf.shape[1] // KB
     last = M // BLOCK * BLOCK  # where a last block of fewer rows starts
     whole = min(i1, last)
-    for ib in range(i0, whole, 4 * BLOCK):  # 128 rows of A (128 KB at K = 512) against each panel
+    # One block of A's rows against every panel in turn: its tiles stay in L1 while B
+    # streams. Measured (2 threads, B=50, T=50), against 128 rows of A per panel: input
+    # side 2500x256x1024 260 -> 620 GFLOP/s, dy below 2500x1024x256 290 -> 760.
+    for i in range(i0, whole, BLOCK):
         for p in range(p0, p1):
-            for i in range(ib, min(whole, ib + 4 * BLOCK), BLOCK):
-                _block(a_bf, bp, c, i, p, kblocks, BLOCK, scratch)
+            _block(a_bf, bp, c, i, p, kblocks, BLOCK, scratch)
     if i0 <= last < min(i1, M):
         rows = M - last
         tile_configure(configs[rows])
