@@ -148,7 +148,7 @@ def compile_cold(spec) -> dict:
     from charrnn.model import RecurrentState
     from charrnn.sample import generate
 
-    trainer = _trainer(spec, "compile-")
+    trainer = _trainer(spec, "compile-", precision=spec.get("precision", "float32"))  # bf16 kernels are others
     state = RecurrentState.zeros(trainer.cfg, BATCH)
     t0 = perf()
     trainer.train_step(state, 0.0)

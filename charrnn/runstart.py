@@ -12,7 +12,7 @@ import numpy as np
 
 from charrnn.checkpoint import TrainingState, load_checkpoint
 from charrnn.config import ModelConfig, TrainConfig, new_run_settings, resumed_run_settings
-from charrnn import autoconfig, speed
+from charrnn import autoconfig, isa, speed
 from charrnn.data import iter_text, scan_vocab
 from charrnn.errors import CharrnnError, named
 from charrnn.lines import END, read_lines
@@ -52,6 +52,8 @@ def new_run(corpus, given_model: dict, given_train: dict, vocab_path, log=None) 
     cfg, tcfg = new_run_settings(given_model, given_train, len(vocab))
     chosen = None
     if autoconfig.wanted(given_model, given_train):
+        if "precision" not in given_train:
+            tcfg = tcfg.replace(precision=autoconfig.precision_for(tcfg, _amx_ready()))
         chosen = _choose(corpus, cfg, tcfg, log)
         cfg, tcfg = new_run_settings({**chosen.model, **given_model}, {**chosen.train, **given_train}, len(vocab))
     with memory_for(cfg):
@@ -61,6 +63,15 @@ def new_run(corpus, given_model: dict, given_train: dict, vocab_path, log=None) 
     state = TrainingState(step=0, elapsed=0.0, chosen=None if chosen is None else chosen.reason)
     note = None if chosen is None else f"settings chosen for this budget: {chosen.reason}"
     return Start(cfg, tcfg, vocab, params, optimizer, state, note=note)
+
+
+def _amx_ready() -> bool:
+    """Whether this process can train in bfloat16 (precision bf16)."""
+    try:
+        isa.enable_amx()
+    except CharrnnError:
+        return False
+    return True
 
 
 def _choose(corpus, cfg: ModelConfig, tcfg: TrainConfig, log) -> autoconfig.Choice:

@@ -3,9 +3,10 @@
 import pytest
 from conftest import SHAKESPEARE
 
-from charrnn import autoconfig, runstart, speed
+from charrnn import autoconfig, isa, runstart, speed
 from charrnn.checkpoint import load_checkpoint
 from charrnn.config import ModelConfig, TrainConfig
+from charrnn.errors import CharrnnError
 from charrnn.model import parameter_count
 from charrnn.training import Trainer
 
@@ -98,25 +99,46 @@ def test_a_model_whose_validation_would_eat_the_budget_is_not_chosen():
     slow = autoconfig.choose(1_000_000, 65, budget, fake_speed([]), lambda cfg, b, t: fake_speed([])(cfg, b, t) / 2)
     size = lambda c: (c.model["layers"], c.model["hidden"])  # noqa: E731
     assert size(fast) >= size(plain) > size(slow)
+    assert "bfloat16" not in plain.reason
 
 
-def test_a_new_run_plans_with_each_candidates_training_and_validation_speed(corpus, monkeypatch):
+def test_a_time_budget_alone_trains_in_bfloat16_where_the_cpu_can():
+    assert autoconfig.precision_for(TrainConfig(max_time=300.0), True) == "bf16"
+    assert autoconfig.precision_for(TrainConfig(max_time=300.0), False) == "float32"
+    assert autoconfig.precision_for(TrainConfig(max_time=300.0, max_steps=100), True) == "float32"
+    assert autoconfig.precision_for(TrainConfig(max_epochs=2.0), True) == "float32"
+    choice = autoconfig.choose(1_003_855, 65, TrainConfig(max_time=300.0, precision="bf16"), fake_speed([]))
+    assert choice.train["precision"] == "bf16" and ", bfloat16 products: 5m on " in choice.reason
+    assert "bfloat16" not in autoconfig.choose(1_003_855, 65, TrainConfig(max_time=300.0), fake_speed([])).reason
+
+
+@pytest.mark.parametrize("amx, model, train, precision, chosen", [
+    (True, {}, {}, "bf16", True),
+    (False, {}, {}, "float32", True),  # no AMX tiles (or Linux refuses them)
+    (True, {}, {"precision": "float32"}, "float32", True),  # a given precision is kept, the rest still chosen
+    (True, {}, {"max_steps": 3}, "float32", True),  # a budget in steps trains alike everywhere
+    (True, {"hidden": 64}, {}, "float32", False),  # given settings: the fixed default
+])
+def test_a_new_run_chooses_its_precision_with_its_other_settings(corpus, monkeypatch, amx, model, train, precision,
+                                                                 chosen):
+    def enable_amx():
+        if not amx:
+            raise CharrnnError("precision bf16 is not available here")
+
     asked = []
 
-    def measured(what):
-        def chars_per_second(cfg, batch, seq_len, *precision):
-            asked.append((what, cfg.layers, cfg.hidden))
-            return 1e3, False
-        return chars_per_second
+    def chars_per_second(cfg, batch, seq_len, precision="float32"):
+        asked.append(precision)
+        return fake_speed([])(cfg, batch, seq_len), False
 
-    monkeypatch.setattr(speed, "chars_per_second", measured("training"))
-    monkeypatch.setattr(speed, "validation_chars_per_second", measured("validation"))
-    start = runstart.new_run(corpus, {}, {"max_time": 600.0}, None)
-    assert start.state.chosen and ("validation", 1, 128) in asked and ("training", 1, 128) in asked
-    # 1,000 chars/s of validation: 2,000 held-out characters take 2 s of each of 9 minutes
-    share = autoconfig.training_share(start.tcfg, 18_000, 1e3)
-    assert share == pytest.approx(1 - 9 * 2 / 600, abs=1e-3)
-    assert f"≈ {1e3 * 600 * share / 18_000:.1f} epochs" in start.state.chosen
+    monkeypatch.setattr(isa, "enable_amx", enable_amx)
+    monkeypatch.setattr(speed, "chars_per_second", chars_per_second)
+    monkeypatch.setattr(speed, "validation_chars_per_second", lambda cfg, batch, seq_len: (1e6, False))
+    start = runstart.new_run(corpus, model, {"max_time": 1.0, **train}, None)
+    assert start.tcfg.precision == precision and bool(start.state.chosen) == chosen
+    assert set(asked) <= {precision}  # the speeds it chose by were measured at the precision it trains at
+    if chosen:
+        assert ("bfloat16 products" in start.state.chosen) == (precision == "bf16")
 
 
 @pytest.mark.parametrize("given", [{"hidden": 256}, {"lr": 4e-3}, {"dropout": 0.0}, {"ema": 0.0}, {"seq_len": 50},

@@ -1,7 +1,7 @@
 """Cold compile: per cell, a charrnn process with an empty Numba cache times its
-first training step, sample and evaluation. It runs before every section that
-starts charrnn, chosen or not: it fills the cache their processes load, so that
-they measure warm starts."""
+first training step (in the suite's precision), sample and evaluation. It runs
+before every section that starts charrnn, chosen or not: it fills the cache their
+processes load, so that they measure warm starts."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def compile_cell(suite, cell: str) -> dict:
     log(f"compile: {cell}, {'reused' if reuse else 'empty'} cache")
     spec = {"task": "compile", "cell": cell, "layers": row.layers, "hidden": row.hidden,
             "workdir": str(suite.workdir), "checkpoint": suite.prep["checkpoints"][row.key],
-            "text": suite.prep["eval_path"]}
+            "text": suite.prep["eval_path"], "precision": suite.precision}
     return run_worker("charrnn_worker", spec, suite.env("charrnn", cell))
 
 
