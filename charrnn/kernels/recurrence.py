@@ -61,13 +61,47 @@ BackwardArrays = namedtuple("BackwardArrays", ["acts", "dxg", "dhg", "dh", "dc",
 
 
 @kernel
+def units_split(H, width, nthreads):
+    """Whether each thread can own whole panels (of `width` columns) of every gate
+    block: H a multiple of width, split evenly. The threads then split the
+    recurrent product by units, as they split the cell, so that a thread's cell
+    reads only gates it computed itself (forward) and its product writes only the
+    state gradient its own cell reads next (backward): one barrier per step instead
+    of two."""
+    return H % width == 0 and (H // width) % nthreads == 0
+
+
+@kernel
 def unit_panels(H, nthreads):
-    """Whether each thread can own whole panels of every gate block: H a multiple
-    of NR, split evenly. The threads then split the recurrent product by units, as
-    they split the cell, so that a thread's cell reads only gates it computed
-    itself (forward) and its product writes only the state gradient its own cell
-    reads next (backward): one barrier per step instead of two."""
-    return H % NR == 0 and (H // NR) % nthreads == 0
+    """units_split for the float32 tiles' panels of NR columns."""
+    return units_split(H, NR, nthreads)
+
+
+@kernel
+def forward_share(worker, nthreads, H, npan, width):
+    """A worker's share of a forward loop whose product has npan panels of `width`
+    columns: (by_units, u0, u1, p0, p1, gates, gate_panels). Units u0..u1 of every
+    step's cell; of the product, by units (units_split), the columns of those units
+    in every gate block (panels p0..p1 in the first, gate g's g * gate_panels
+    further), else panels p0..p1 of all columns (one "gate")."""
+    if units_split(H, width, nthreads):
+        u0, u1 = split(H, nthreads, worker, width)
+        return True, u0, u1, u0 // width, u1 // width, npan * width // H, H // width
+    u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
+    p0, p1 = split(npan, nthreads, worker, 1)
+    return False, u0, u1, p0, p1, 1, 0
+
+
+@kernel
+def backward_share(worker, nthreads, H, npan, width):
+    """A worker's share of a backward loop whose product (into dh) has npan panels
+    of `width` columns: (by_units, u0, u1, p0, p1), units u0..u1 of the cell and
+    panels p0..p1 of the product, the same columns by units (units_split)."""
+    p0, p1 = split(npan, nthreads, worker, 1)
+    if units_split(H, width, nthreads):
+        return True, p0 * width, p1 * width, p0, p1
+    u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
+    return False, u0, u1, p0, p1
 
 
 @parallel_kernel
@@ -81,20 +115,9 @@ def recurrence_forward(cell, a, w_hh_t, nthreads):
 
 @kernel
 def _forward_worker(worker, nthreads, sync, cell, a, w_hh_t):
-    """One worker's share of recurrence_forward: units u0..u1 of every step's cell,
-    and of its recurrent product the columns of those units in every gate block
-    (unit_panels), else panels p0..p1 of it."""
+    """One worker's share of recurrence_forward (forward_share)."""
     T, B, H = a.hs.shape
-    by_units = unit_panels(H, nthreads)
-    if by_units:
-        u0, u1 = split(H, nthreads, worker, NR)
-        p0, p1 = u0 // NR, u1 // NR  # in the first gate block; gate g's are g * H / NR further
-        gates = w_hh_t.shape[0] * NR // H
-    else:
-        u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
-        p0, p1 = split(w_hh_t.shape[0], nthreads, worker, 1)
-        gates = 1
-    gate_panels = H // NR if by_units else 0
+    by_units, u0, u1, p0, p1, gates, gate_panels = forward_share(worker, nthreads, H, w_hh_t.shape[0], NR)
     scratch = tile_scratch(a.hs)
     for t in range(T):
         h_prev = a.h0 if t == 0 else a.hs[t - 1]
@@ -143,15 +166,9 @@ def recurrence_backward(cell, g, w_hh, nthreads):
 
 @kernel
 def _backward_worker(worker, nthreads, sync, cell, g, w_hh):
-    """One worker's share of recurrence_backward: units u0..u1 of the cell and
-    panels p0..p1 of the product, the same columns when unit_panels."""
+    """One worker's share of recurrence_backward (backward_share)."""
     T, B, H = g.dhs.shape
-    by_units = unit_panels(H, nthreads)
-    p0, p1 = split(w_hh.shape[0], nthreads, worker, 1)
-    if by_units:
-        u0, u1 = p0 * NR, p1 * NR
-    else:
-        u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
+    by_units, u0, u1, p0, p1 = backward_share(worker, nthreads, H, w_hh.shape[0], NR)
     scratch = tile_scratch(g.dh)
     tc, dct = np.empty(H, g.dh.dtype), np.empty(H, g.dh.dtype)
     for t in range(T - 1, -1, -1):

@@ -15,7 +15,7 @@ alternate steps: a thread that has finished step t may round step t+1's columns
 while another thread still multiplies step t's, and the barrier at the end of each
 step keeps any thread from getting two steps ahead. The threads split the products
 by BLOCK columns as recurrence.py splits them by NR: by units, one barrier per
-step, when H is a whole number of blocks per thread (unit_blocks), else by blocks
+step, when H is a whole number of blocks per thread (recurrence.units_split), else by blocks
 of all columns, two. These kernels compile only for a CPU with AMX-BF16.
 """
 
@@ -24,16 +24,8 @@ from numba import prange
 
 from charrnn.kernels import kernel, parallel_kernel
 from charrnn.kernels.amx import BLOCK, bf16_bits, product_blocks, tile_configure, tile_release
-from charrnn.kernels.gemm import split
-from charrnn.kernels.recurrence import GRU, UNIT_ALIGN, cell_backward, cell_forward, step_product
+from charrnn.kernels.recurrence import GRU, backward_share, cell_backward, cell_forward, forward_share, step_product
 from charrnn.kernels.simd import BARRIER_SIZE, barrier
-
-
-@kernel
-def unit_blocks(H, nthreads):
-    """Whether each thread can own whole BLOCKs of every gate block's columns (see
-    recurrence.unit_panels, which this is with BLOCK for NR)."""
-    return H % BLOCK == 0 and (H // BLOCK) % nthreads == 0
 
 
 @kernel
@@ -58,20 +50,10 @@ def recurrence_forward_bf16(cell, a, w_hh_bf, h_bf, configs, nthreads):
 
 @kernel
 def _forward_worker(worker, nthreads, sync, cell, a, w_hh_bf, h_bf, configs):
-    """Units u0..u1 of every step's cell, and of its product the columns of those
-    units in every gate block (unit_blocks), else blocks p0..p1 of it. Step t reads
-    h_prev from h_bf[(t + 1) % 2] and rounds its h into h_bf[t % 2]."""
+    """One worker's share (recurrence.forward_share, in blocks of BLOCK columns).
+    Step t reads h_prev from h_bf[(t + 1) % 2] and rounds its h into h_bf[t % 2]."""
     T, B, H = a.hs.shape
-    npan = w_hh_bf.shape[0]
-    by_units = unit_blocks(H, nthreads)
-    if by_units:
-        u0, u1 = split(H, nthreads, worker, BLOCK)
-        p0, p1 = u0 // BLOCK, u1 // BLOCK  # in the first gate block; gate g's are g * H / BLOCK further
-        gates, gate_panels = npan * BLOCK // H, H // BLOCK
-    else:
-        u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
-        p0, p1 = split(npan, nthreads, worker, 1)
-        gates, gate_panels = 1, 0
+    by_units, u0, u1, p0, p1, gates, gate_panels = forward_share(worker, nthreads, H, w_hh_bf.shape[0], BLOCK)
     tile_configure(configs[BLOCK])
     scratch = np.empty((BLOCK, BLOCK), np.float32)
     Mp = h_bf.shape[1]
@@ -104,15 +86,10 @@ def recurrence_backward_bf16(cell, g, w_hh_bf, d_bf, configs, nthreads):
 
 @kernel
 def _backward_worker(worker, nthreads, sync, cell, g, w_hh_bf, d_bf, configs):
-    """Units u0..u1 of the cell and blocks p0..p1 of the product, the same columns
-    when unit_blocks. Step t rounds its recurrent gradient into d_bf[t % 2]."""
+    """One worker's share (recurrence.backward_share, in blocks of BLOCK columns).
+    Step t rounds its recurrent gradient into d_bf[t % 2]."""
     T, B, H = g.dhs.shape
-    by_units = unit_blocks(H, nthreads)
-    p0, p1 = split(w_hh_bf.shape[0], nthreads, worker, 1)
-    if by_units:
-        u0, u1 = p0 * BLOCK, p1 * BLOCK
-    else:
-        u0, u1 = split(H, nthreads, worker, UNIT_ALIGN)
+    by_units, u0, u1, p0, p1 = backward_share(worker, nthreads, H, w_hh_bf.shape[0], BLOCK)
     tile_configure(configs[BLOCK])
     scratch = np.empty((BLOCK, BLOCK), np.float32)
     tc, dct = np.empty(H, g.dh.dtype), np.empty(H, g.dh.dtype)
