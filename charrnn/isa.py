@@ -106,19 +106,31 @@ def select(environ=os.environ) -> Isa:
     name, features = compiled_features(environ)
     supported = supported_levels(features)
     wanted = environ.get(ENV, "").strip().lower()
-    if not wanted:
-        return Isa(supported[0], False, supported)
-    if wanted not in LEVELS:
+    if wanted and wanted not in LEVELS:
         raise CharrnnError(f"{ENV} must be one of {', '.join(LEVELS)}, got {environ[ENV]!r}")
-    if wanted not in supported:
+    if wanted and wanted not in supported:
         raise CharrnnError(f"{ENV}={wanted}: this CPU lacks it; it supports {', '.join(supported)}")
-    if wanted == supported[0]:
-        return Isa(wanted, True, supported)
-    if wanted == "portable":
+    level, forced = wanted or supported[0], bool(wanted)
+    if level == supported[0]:
+        return Isa(level, forced, supported, *_full_width(level, name, features, environ))
+    if level == "portable":
         # The architecture's baseline: for x86-64 SSE2, no AVX and no FMA.
-        return Isa(wanted, True, supported, "generic", "")
+        return Isa(level, forced, supported, "generic", "")
     narrowed = {k: v and not k.startswith(_WIDE_PREFIXES) for k, v in features.items()}
-    return Isa(wanted, True, supported, name, format_features(narrowed))
+    return Isa(level, forced, supported, name, format_features(narrowed))
+
+
+def _full_width(level: str, name: str, features: dict[str, bool], environ) -> tuple[str | None, str | None]:
+    """What Numba is told at the CPU's own level: nothing, except at avx512 (unless
+    the user set NUMBA_CPU_FEATURES), where LLVM's "prefer-256-bit" tuning is switched
+    off. LLVM sets it for Intel's AVX-512 CPUs (Skylake-SP to Sapphire Rapids), and
+    then vectorises every plain loop -- the cells, the bfloat16 rounding passes, Adam
+    -- with 256-bit vectors, half the width. Measured on a 2-core Xeon (family 6 model
+    167), LSTM 2x256 bf16 training step: 94.1 -> 80.4 ms (`python -m
+    benchmarks.probes.profile_step --model lstm-2x256 --precision bf16`)."""
+    if level != "avx512" or "NUMBA_CPU_FEATURES" in environ:
+        return None, None
+    return name, format_features({**features, "prefer-256-bit": False})
 
 
 @functools.lru_cache(maxsize=None)
@@ -169,18 +181,20 @@ def enable_amx() -> None:
 
 def configure_numba(isa: Isa) -> None:
     """Make Numba compile everything for the level: set its CPU name and features
-    before its first compilation. Refused if Numba already compiled something for
-    other features in this process (the level would then apply to charrnn's tiles
-    but not to the rest)."""
+    before its first compilation. A level forced below the CPU's is refused if Numba
+    already compiled something for other features in this process (the level would
+    then apply to charrnn's tiles but not to the rest); at the CPU's own level the
+    features Numba already has are kept (only _full_width's tuning is lost)."""
     import numba
     from numba.core import registry
 
     if isa.cpu_name is None:
         return
-    numba.config.CPU_NAME = isa.cpu_name
-    numba.config.CPU_FEATURES = isa.cpu_features
     target = registry.cpu_target
     if "_toplevel_target_context" in vars(target):  # Numba's codegen already exists
         codegen = target.target_context.codegen()
-        if codegen._tm_features != isa.cpu_features:
-            raise CharrnnError(f"{ENV}={isa.level} must be set before anything in the process compiles with Numba")
+        if codegen._tm_features == isa.cpu_features or isa.level == isa.supported[0]:
+            return  # at the CPU's own level only the width preferred for plain loops differs
+        raise CharrnnError(f"{ENV}={isa.level} must be set before anything in the process compiles with Numba")
+    numba.config.CPU_NAME = isa.cpu_name
+    numba.config.CPU_FEATURES = isa.cpu_features

@@ -31,11 +31,25 @@ def host(monkeypatch):
 @pytest.mark.parametrize("name,features,level", [("znver4", AVX512_HOST, "avx512"), ("haswell", AVX2_HOST, "avx2"),
                                                  ("neoverse-v1", ARM_HOST, "portable"),
                                                  ("sandybridge", {"avx": True, "sse2": True}, "portable")])
-def test_the_best_level_of_the_cpu_is_chosen_and_numba_left_alone(host, name, features, level):
+def test_the_best_level_of_the_cpu_is_chosen_and_numba_left_alone_but_for_avx512s_width(host, name, features,
+                                                                                         level):
     host(name, features)
     chosen = isa.select({})
-    assert (chosen.level, chosen.forced, chosen.cpu_name, chosen.cpu_features) == (level, False, None, None)
+    assert (chosen.level, chosen.forced) == (level, False)
     assert chosen.supported[-1] == "portable"
+    if level != "avx512":
+        assert (chosen.cpu_name, chosen.cpu_features) == (None, None)
+        return
+    # The host's features, with LLVM's preference for 256-bit vectors in plain loops off.
+    assert chosen.cpu_name == name
+    assert isa.parse_features(chosen.cpu_features) == {**features, "prefer-256-bit": False}
+    assert isa.select({"CHARRNN_ISA": "avx512"}).cpu_features == chosen.cpu_features
+
+
+def test_features_the_user_gives_numba_are_kept_at_avx512(host):
+    host("znver4", AVX512_HOST)
+    chosen = isa.select({"NUMBA_CPU_FEATURES": "+avx512f,+avx2,+fma"})
+    assert (chosen.level, chosen.cpu_name, chosen.cpu_features) == ("avx512", None, None)
 
 
 def test_forcing_avx2_removes_every_avx512_feature_from_what_numba_compiles_for(host):
@@ -129,8 +143,9 @@ def test_compiled_code_stays_within_the_level(wide_fma):
     """Every kernel, not only the tiles, is compiled for the level: a forced avx2 has
     no 512-bit register anywhere, even where the IR asks for 512-bit vectors; a forced
     portable (on x86, the x86-64 baseline) no 256-bit one and no fused multiply-add;
-    avx512's tiles are made of 512-bit multiply-adds. (Fresh, uncached compilations:
-    Numba cannot show the code of a kernel loaded from its cache.)"""
+    avx512's tiles are made of 512-bit multiply-adds, and so is its cell (a plain
+    loop). (Fresh, uncached compilations: Numba cannot show the code of a kernel
+    loaded from its cache.)"""
     import numba
     import numpy as np
 
@@ -159,6 +174,8 @@ def test_compiled_code_stays_within_the_level(wide_fma):
     zmm = {name: "%zmm" in code for name, code in asm.items()}
     if ISA.level == "avx512":
         assert zmm["wide_fma"] and zmm["tile"], zmm
+        if ISA.cpu_features is not None:  # plain loops too, at full width (isa._full_width)
+            assert zmm["cell"], zmm
     else:
         assert not any(zmm.values()), zmm
     if ISA.level == "portable" and ISA.forced:

@@ -1,7 +1,9 @@
 """How much of a recurrent layer's time loop is its recurrent product, and what a
-wavefront could save: python -m benchmarks.probes.loop_overhead [--hidden 512] [--reps 15].
+wavefront could save: python -m benchmarks.probes.loop_overhead [--hidden 512] [--reps 15]
+[--precision bf16].
 
-One layer, B=50, T=50 (the benchmark's shapes), float32, in one process, through
+One layer, B=50, T=50 (the benchmark's shapes), float32 (or its products in
+bfloat16 on AMX tiles, --precision bf16), in one process, through
 the engine's own entry points; the variants take turns, --reps times each, and the
 report gives medians (min in brackets):
 
@@ -36,7 +38,7 @@ perf = time.perf_counter
 class Layer:
     """One layer's weights, buffers and inputs, as charrnn.network sets them up."""
 
-    def __init__(self, cell: str, T: int, B: int, H: int):
+    def __init__(self, cell: str, T: int, B: int, H: int, bf16: bool = False):
         import numpy as np
 
         from charrnn import engine
@@ -48,7 +50,7 @@ class Layer:
         self.cell, self.n = cell, engine.threads()
         self.loop_n = engine.loop_threads(B, H, G, self.n)  # the threads layer_forward will use
         w = [(rng.standard_normal(s) / np.sqrt(H)).astype(f) for s in ((G * H, H), (G * H, H), (G * H,), (G * H,))]
-        self.weights = engine.PackedLayer(cell, *w, self.n).for_backward(self.n)
+        self.weights = engine.PackedLayer(cell, *w, self.n, bf16).for_backward(self.n)
         self.buf = engine.LayerBuffers(cell, T, B, H, G, f, dropout=False)
         self.ws = engine.Workspace(cfg, T, B, f, dropout=False)
         self.input_side = rng.standard_normal(self.buf.input_side().shape).astype(f)
@@ -132,12 +134,13 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=BATCH)
     p.add_argument("--steps", type=int, default=SEQ)
     p.add_argument("--reps", type=int, default=15)
+    p.add_argument("--precision", default="float32", choices=["float32", "bf16"])
     args = p.parse_args(argv)
-    layer = Layer(args.cell, args.steps, args.batch, args.hidden)
+    layer = Layer(args.cell, args.steps, args.batch, args.hidden, args.precision == "bf16")
     times = time_variants(variants(layer), args.reps)
     ms = {name: 1e3 * median(v) for name, v in times.items()}
     print(f"{args.cell.upper()} layer, H={args.hidden}, B={args.batch}, T={args.steps}, {layer.loop_n} threads "
-          f"in the loop, float32; median (min) ms over {args.reps} runs")
+          f"in the loop, {args.precision}; median (min) ms over {args.reps} runs")
     for name, v in times.items():
         print(f"  {name:<28} {ms[name]:8.2f}  ({1e3 * min(v):.2f})")
     for way in ("forward", "backward"):

@@ -22,8 +22,9 @@ isa.configure_numba(ISA)
 
 def cache_key() -> str:
     """What the compiled kernels depend on besides Numba's own key: a hash of every
-    kernel source file, and the ISA level (which shapes the tiles)."""
-    digest = hashlib.sha256()
+    kernel source file and of the CPU features charrnn sets (isa._full_width), and
+    the ISA level (which shapes the tiles)."""
+    digest = hashlib.sha256((ISA.cpu_features or "").encode())
     for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return f"{digest.hexdigest()[:16]}-{ISA.level}"
