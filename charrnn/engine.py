@@ -91,9 +91,12 @@ def _bf16_workspace(copies: int, rows: int, cols: int) -> np.ndarray:
 
 
 def product(out: np.ndarray, a: np.ndarray, trans_a: bool, b_packed: np.ndarray, nthreads: int,
-            row_sums: np.ndarray | None = None) -> None:
+            row_sums: np.ndarray | None = None, a_rounded: bool = False) -> None:
     """out += op(a) @ B, B packed (see packed); with trans_a, also row_sums += the
-    row sums of op(a) (the column sums of a), if given."""
+    row sums of op(a) (the column sums of a), if given.
+    a_rounded: for B in bfloat16, this Python thread's previous product had the same
+    a, trans_a and nthreads, and row_sums (so was split by rows): the bfloat16 copy of
+    op(a) it left is used, not made again. No effect in float32."""
     if not b_packed.flags.c_contiguous:  # a row alone reads several panels as one (gemm_block_n)
         raise ValueError("b_packed must be a whole packed array (C-contiguous), as packed() returns")
     if row_sums is None:
@@ -106,9 +109,12 @@ def product(out: np.ndarray, a: np.ndarray, trans_a: bool, b_packed: np.ndarray,
         isa.enable_amx()  # once per process (cached); a tile instruction without it would kill the process
         M, K = out.shape[0], a.shape[0] if trans_a else a.shape[1]
         # Enough rows: each thread rounds and multiplies its own; else each rounds all of A.
-        by_rows = row_sums.size > 0 or amx.padded(M) >= 2 * amx.BLOCK * nthreads or b_packed.shape[0] < nthreads
+        by_rows = (a_rounded or row_sums.size > 0 or amx.padded(M) >= 2 * amx.BLOCK * nthreads
+                   or b_packed.shape[0] < nthreads)
+        if a_rounded and row_sums.size > 0:
+            raise ValueError("row_sums are taken as A is rounded: not with a_rounded")
         a_bf = _bf16_workspace(1 if by_rows else nthreads, M, K)
-        amx.gemm_bf16(a, trans_a, b_packed, out, row_sums, a_bf, _TILE_CONFIGS, nthreads)
+        amx.gemm_bf16(a, trans_a, b_packed, out, row_sums, a_bf, a_rounded, _TILE_CONFIGS, nthreads)
         return
     gemm(a, trans_a, b_packed, out, row_sums, nthreads)
 
@@ -314,10 +320,13 @@ def layer_backward(cell: str, buf: LayerBuffers, ws: Workspace, layer: PackedLay
 
 
 def recurrent_weight_gradients(ws: Workspace, buf: LayerBuffers, dxg, dhg, dw_hh, db_ih, db_hh,
-                               nthreads: int, bf16: bool = False) -> None:
+                               nthreads: int, bf16: bool = False, below=None, dw_ih=None) -> None:
     """dw_hh += dhg^T [h0; hs[:-1]], and both bias gradients, each one product or
-    sum over all T*B rows (db_hh's sums taken in the product); bf16: that product
-    in bfloat16 on AMX tiles."""
+    sum over all T*B rows (db_hh's sums taken in the product); with below (T*B, D),
+    the layer's input, also dw_ih += dxg^T below. bf16: those products in bfloat16
+    on AMX tiles, where dxg is dhg (LSTM, RNN) rounded once for both: rounding the
+    (GH, T*B) transpose of the gate gradients is the slow part of such a product
+    (2x256 on a 2-core Xeon: 155 GFLOP/s against 265 for the others of a step)."""
     T, B, GH = dxg.shape
     H = buf.hs_buf.shape[2]
     dxg2, dhg2 = dxg.reshape(T * B, GH), dhg.reshape(T * B, GH)
@@ -325,6 +334,8 @@ def recurrent_weight_gradients(ws: Workspace, buf: LayerBuffers, dxg, dhg, dw_hh
     sums = np.zeros_like(db_hh) if same else db_hh
     product(dw_hh, dhg2, True, ws.packed_activations(buf.hs_buf[:T].reshape(T * B, H), nthreads, bf16), nthreads,
             row_sums=sums)
+    if below is not None:
+        product(dw_ih, dxg2, True, ws.packed_activations(below, nthreads, bf16), nthreads, a_rounded=same)
     if same:
         db_ih += sums
         db_hh += sums

@@ -154,11 +154,10 @@ class Network:
             dstate0.h[layer] = ws.dh
             if dstate0.c is not None:
                 dstate0.c[layer] = ws.dc
-            self._recurrent_weight_gradients(ws, buf, dxg, dhg, packed, layer, grads, nthreads)
+            below = ws.layers[layer - 1].output.reshape(TB, H) if layer > 0 else None
+            self._recurrent_weight_gradients(ws, buf, dxg, dhg, packed, layer, grads, below, nthreads)
             dxg2 = dxg.reshape(TB, cfg.gates * H)
             if layer > 0:
-                below = ws.layers[layer - 1].output.reshape(TB, H)
-                product(dw_ih, dxg2, True, ws.packed_activations(below, nthreads, bf16), nthreads)
                 dy = ws.dy[(cfg.layers - layer) % 2]
                 dy[...] = 0.0
                 product(dy.reshape(TB, H), dxg2, False, weights.ih, nthreads)
@@ -173,18 +172,21 @@ class Network:
         return dstate0
 
     def _recurrent_weight_gradients(self, ws, buf, dxg, dhg, packed: PackedWeights, layer: int,
-                                    grads: ParamBuffer, nthreads: int) -> None:
-        """Add layer's w_hh and bias gradients to grads. Under weight drop the pass ran
-        on w_hh * mask, so w_hh's gradient is that product's gradient times the mask."""
-        _, dw_hh, db_ih, db_hh = grads.layer(layer)
+                                    grads: ParamBuffer, below, nthreads: int) -> None:
+        """Add layer's w_hh and bias gradients to grads, and its w_ih gradient when its
+        input is below (T*B, H) rather than the embedding table. Under weight drop the
+        pass ran on w_hh * mask, so w_hh's gradient is that product's gradient times
+        the mask."""
+        dw_ih, dw_hh, db_ih, db_hh = grads.layer(layer)
         hh_masks = packed.hh_masks
         if hh_masks is None:
-            recurrent_weight_gradients(ws, buf, dxg, dhg, dw_hh, db_ih, db_hh, nthreads, packed.bf16)
+            recurrent_weight_gradients(ws, buf, dxg, dhg, dw_hh, db_ih, db_hh, nthreads, packed.bf16, below, dw_ih)
             return
         if self._dw_hh is None or self._dw_hh.dtype != dw_hh.dtype:
             self._dw_hh = np.empty_like(dw_hh)
         self._dw_hh[...] = 0.0
-        recurrent_weight_gradients(ws, buf, dxg, dhg, self._dw_hh, db_ih, db_hh, nthreads, packed.bf16)
+        recurrent_weight_gradients(ws, buf, dxg, dhg, self._dw_hh, db_ih, db_hh, nthreads, packed.bf16, below,
+                                   dw_ih)
         dw_hh += np.multiply(self._dw_hh, hh_masks[layer], out=self._dw_hh)
 
     def _inference_state(self, ids, state):

@@ -76,6 +76,26 @@ def test_product_equals_the_rounded_operands_product(M, K, N, trans_a, trans_b):
 
 
 @needs_amx
+@pytest.mark.parametrize("M,K,nthreads", [(20, 45, 2), (130, 300, 2), (130, 70, 1)])
+def test_a_second_product_reuses_the_rounded_a_bit_for_bit(M, K, nthreads):
+    """a_rounded: the second product of the same transposed A (the gate gradients,
+    for w_hh's and w_ih's gradients) multiplies the copy the first one rounded; it
+    equals a product that rounds A itself, also where it alone would have been
+    split by panels (M=20)."""
+    rng = np.random.default_rng(M + K)
+    a = rng.standard_normal((K, M)).astype(np.float32)
+    b1, b2 = (rng.standard_normal((K, n)).astype(np.float32) for n in (40, 70))
+    sums = np.zeros(M, np.float32)
+    first, second, alone = np.zeros((M, 40), np.float32), np.zeros((M, 70), np.float32), np.zeros((M, 70), np.float32)
+    product(first, a, True, packed(b1, False, nthreads, bf16=True), nthreads, row_sums=sums)
+    product(second, a, True, packed(b2, False, nthreads, bf16=True), nthreads, a_rounded=True)
+    product(alone, a, True, packed(b2, False, nthreads, bf16=True), nthreads)
+    np.testing.assert_array_equal(second, alone)
+    with pytest.raises(ValueError, match="not with a_rounded"):
+        product(second, a, True, packed(b2, False, nthreads, bf16=True), nthreads, row_sums=sums, a_rounded=True)
+
+
+@needs_amx
 def test_a_row_alone_equals_the_row_in_a_batch():
     rng = np.random.default_rng(5)
     a = rng.standard_normal((70, 130)).astype(np.float32)

@@ -6,7 +6,8 @@ Each version runs in processes of its own (PYTHONPATH=its tree, plus its own
 environment, e.g. --b-env CHARRNN_ISA=avx2), A and B alternating, --rounds times.
 A version may be PyTorch instead of a tree ('torch'; limited to AVX2 with --a-env
 ATEN_CPU_CAPABILITY=avx2 --a-env ONEDNN_MAX_CPU_ISA=AVX2 --a-env MKL_ENABLE_INSTRUCTIONS=AVX2);
-each process times, per model (B=50, T=50, embedding 64, vocabulary 65, float32):
+each process times, per model (B=50, T=50, embedding 64, vocabulary 65, float32;
+training in --precision, float32 by default):
 
   train     an optimiser step: loss_and_grad, global norm, Adam (chars/s)
   sample    Network.generate, batch 1, 64 characters per call (chars/s)
@@ -40,7 +41,7 @@ def parse_model(text: str):
     return cell, int(layers), int(hidden)
 
 
-def worker(models, what, steps):
+def worker(models, what, steps, precision="float32"):
     from charrnn.config import ModelConfig
     from charrnn.evaluate import score_ids
     from charrnn.model import Parameters, RecurrentState, init_params
@@ -58,6 +59,7 @@ def worker(models, what, steps):
         init_params(params, np.random.default_rng(0))
         net = Network(cfg, params)
         if "train" in what:
+            train_net = Network(cfg, params, precision)
             adam, state = Adam(params), RecurrentState.zeros(cfg, B)
             grads = params.zeros_like()
             times = []
@@ -65,7 +67,7 @@ def worker(models, what, steps):
                 ids = rng.integers(0, V, (T + 1, B))
                 t0 = perf()
                 grads.flat[:] = 0.0
-                _, state = net.loss_and_grad(ids[:-1], ids[1:], state, grads)
+                _, state = train_net.loss_and_grad(ids[:-1], ids[1:], state, grads)
                 adam.step(grads, 1e-3, step, global_norm(grads), 5.0)
                 times.append(perf() - t0)
             out[f"{spec} train"] = B * T / float(np.median(times[3:]))
@@ -180,12 +182,15 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default="float32", choices=["float32", "bf16"], help="of charrnn's training")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     models, what = args.models.split(","), args.what.split(",")
     if args.worker:
-        run = torch_worker if os.environ.get("ENGINE_AB_TORCH") else worker
-        print(json.dumps(run(models, what, args.steps)))
+        if os.environ.get("ENGINE_AB_TORCH"):
+            print(json.dumps(torch_worker(models, what, args.steps)))
+        else:
+            print(json.dumps(worker(models, what, args.steps, args.precision)))
         return 0
     versions = {name: (tree if tree == "torch" else os.path.abspath(tree), dict(e.split("=", 1) for e in env))
                 for name, tree, env in (("A", args.a, args.a_env), ("B", args.b, args.b_env)) if tree}
@@ -199,7 +204,7 @@ def main(argv=None) -> int:
                 env.update(PYTHONPATH=here, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                            ENGINE_AB_TORCH="1")
             done = subprocess.run([sys.executable, "-m", "benchmarks.probes.engine_ab", "--worker", "--models",
-                                   args.models, "--what", args.what, "--steps", str(args.steps)],
+                                   args.models, "--what", args.what, "--steps", str(args.steps), "--precision", args.precision],
                                   env=env, capture_output=True, text=True,
                                   cwd=here if tree == "torch" else tree)  # -m puts the cwd first
             if done.returncode:

@@ -296,22 +296,25 @@ def _block(a_bf, bp, c, i, p, kblocks, rows, scratch):
 
 
 @parallel_kernel
-def gemm_bf16(a, trans_a, bp, c, sums, a_bf, configs, nthreads):
+def gemm_bf16(a, trans_a, bp, c, sums, a_bf, rounded, configs, nthreads):
     """c += opA @ B in bfloat16 products and float32 sums. a: (M, K), or (K, M) when
     trans_a; bp: B packed by pack_bf16; c: (M, N) float32. sums: (0,), or (M,) to which
     opA's row sums are added (float32). a_bf: (nthreads, padded(M), padded(K)) uint16
     workspace. Split across threads by blocks of rows when there are enough (each
     thread rounds its own rows of A), else by panels (each thread rounds all of A
-    into its own a_bf[t]); with sums, always by rows, so each sum is taken once."""
+    into its own a_bf[t]); with sums, always by rows, so each sum is taken once.
+    rounded: a_bf[0] already holds opA rounded (a call split by rows left it there),
+    so split by rows and round nothing (sums must then be empty)."""
     Mp = a_bf.shape[1]
     npan = bp.shape[0]
-    by_rows = sums.shape[0] > 0 or Mp >= 2 * BLOCK * nthreads or npan < nthreads
+    by_rows = rounded or sums.shape[0] > 0 or Mp >= 2 * BLOCK * nthreads or npan < nthreads
     for t in prange(nthreads):
         tile_configure(configs[BLOCK])
         scratch = np.empty((BLOCK, BLOCK), np.float32)
         if by_rows:
             r0, r1 = split(Mp, nthreads, t, BLOCK)
-            to_bf16_rows(a_bf[0], a, trans_a, sums, r0, r1)
+            if not rounded:
+                to_bf16_rows(a_bf[0], a, trans_a, sums, r0, r1)
             product_blocks(a_bf[0], bp, c, r0, r1, 0, npan, scratch, configs)
         else:
             p0, p1 = split(npan, nthreads, t, 1)
