@@ -51,6 +51,31 @@ def test_rounding_is_to_nearest_even():
 
 
 @needs_amx
+@pytest.mark.parametrize("K,M,r0,r1", [(16, 16, 0, 32), (33, 100, 32, 128), (300, 130, 0, 160), (5, 40, 0, 64),
+                                       (2500, 64, 0, 64)])
+def test_a_transposed_rounding_is_the_plain_one(K, M, r0, r1):
+    """to_bf16_rows of a transposed A, by 16 x 16 blocks in registers and the rest
+    value by value, against the plain reference: every value and zero padding
+    exact, and each row sum that of a column sum taken in row order in float32."""
+    from charrnn.kernels.amx import to_bf16_rows
+
+    rng = np.random.default_rng(K * M)
+    src = rng.standard_normal((K, M)).astype(np.float32)
+    dst = np.full((r1 + 32, K + 40), 7, np.uint16)
+    sums = np.full(M, 0.25, np.float32)
+    to_bf16_rows(dst, src, True, sums, r0, r1)
+    got = (dst[r0:r1].astype(np.uint32) << 16).view(np.float32)
+    rows = min(r1, M) - r0
+    np.testing.assert_array_equal(got[:rows, :K], rounded(src.T[r0:r0 + rows]))
+    assert not got[:, K:].any() and not got[rows:].any()  # padding is zero
+    assert (dst[:r0] == 7).all() and (dst[r1:] == 7).all()  # other rows untouched
+    expected = np.full(M, 0.25, np.float32)
+    for k in range(K):
+        expected[r0:r0 + rows] += src[k, r0:r0 + rows]
+    np.testing.assert_array_equal(sums, expected)
+
+
+@needs_amx
 @pytest.mark.parametrize("M,K,N", [(1, 1, 1), (37, 45, 70), (32, 64, 32), (100, 33, 96), (130, 300, 65)])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
