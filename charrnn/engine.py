@@ -108,11 +108,9 @@ def product(out: np.ndarray, a: np.ndarray, trans_a: bool, b_packed: np.ndarray,
     if b_packed.dtype == np.uint16:  # bfloat16 pairs: AMX tiles
         isa.enable_amx()  # once per process (cached); a tile instruction without it would kill the process
         M, K = out.shape[0], a.shape[0] if trans_a else a.shape[1]
-        # Enough rows: each thread rounds and multiplies its own; else each rounds all of A.
-        by_rows = (a_rounded or row_sums.size > 0 or amx.padded(M) >= 2 * amx.BLOCK * nthreads
-                   or b_packed.shape[0] < nthreads)
         if a_rounded and row_sums.size > 0:
             raise ValueError("row_sums are taken as A is rounded: not with a_rounded")
+        by_rows = amx.split_by_rows(amx.padded(M), b_packed.shape[0], nthreads, row_sums.size > 0, a_rounded)
         a_bf = _bf16_workspace(1 if by_rows else nthreads, M, K)
         amx.gemm_bf16(a, trans_a, b_packed, out, row_sums, a_bf, a_rounded, _TILE_CONFIGS, nthreads)
         return

@@ -349,19 +349,26 @@ def _block(a_bf, bp, c, i, p, kblocks, rows, scratch):
         c[i:i + rows, cj:cj + cols] = scratch[:rows, :cols]
 
 
+@kernel
+def split_by_rows(Mp, npan, nthreads, with_sums, rounded):
+    """Whether gemm_bf16 splits a product of Mp (padded) rows and npan panels across
+    threads by blocks of rows (each thread rounds its own rows of A into a_bf[0])
+    rather than by panels (each rounds all of A into its own a_bf[t]): when there are
+    enough rows, and always with sums (each taken once) or an A already rounded."""
+    return rounded or with_sums or Mp >= 2 * BLOCK * nthreads or npan < nthreads
+
+
 @parallel_kernel
 def gemm_bf16(a, trans_a, bp, c, sums, a_bf, rounded, configs, nthreads):
     """c += opA @ B in bfloat16 products and float32 sums. a: (M, K), or (K, M) when
     trans_a; bp: B packed by pack_bf16; c: (M, N) float32. sums: (0,), or (M,) to which
     opA's row sums are added (float32). a_bf: (nthreads, padded(M), padded(K)) uint16
-    workspace. Split across threads by blocks of rows when there are enough (each
-    thread rounds its own rows of A), else by panels (each thread rounds all of A
-    into its own a_bf[t]); with sums, always by rows, so each sum is taken once.
-    rounded: a_bf[0] already holds opA rounded (a call split by rows left it there),
-    so split by rows and round nothing (sums must then be empty)."""
+    workspace (one copy when split_by_rows). rounded: a_bf[0] already holds opA
+    rounded (a call split by rows left it there), so round nothing (sums must then be
+    empty)."""
     Mp = a_bf.shape[1]
     npan = bp.shape[0]
-    by_rows = rounded or sums.shape[0] > 0 or Mp >= 2 * BLOCK * nthreads or npan < nthreads
+    by_rows = split_by_rows(Mp, npan, nthreads, sums.shape[0] > 0, rounded)
     for t in prange(nthreads):
         tile_configure(configs[BLOCK])
         scratch = np.empty((BLOCK, BLOCK), np.float32)
