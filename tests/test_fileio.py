@@ -60,7 +60,7 @@ def test_unwritable_target_is_a_one_line_error(tmp_path):
         atomic_write_bytes(tmp_path / "missing" / "f", b"x")
 
 
-fcntl = pytest.importorskip("fcntl")  # the lock exists where flock does
+fcntl = pytest.importorskip("fcntl", reason="the run lock is flock(2), which this platform lacks")
 
 
 def test_a_directory_lock_is_exclusive_until_released_and_leaves_no_file(tmp_path):
