@@ -46,7 +46,7 @@ from charrnn.model import parameter_count, parameter_shapes
 
 # The settings chosen together: give any one of them and none is chosen.
 CHOSEN = ("cell", "layers", "hidden", "embed", "dropout", "batch_size", "seq_len", "lr", "ema", "weight_decay",
-          "weight_drop")
+          "weight_drop", "locked_dropout")
 # LSTM layers x hidden, fastest first.
 CANDIDATES = ((1, 128), (1, 256), (1, 384), (1, 512), (2, 512), (3, 512), (3, 768))
 # Every model measured that saw the text fewer than 3 times scored worse than the next

@@ -265,6 +265,9 @@ class ModelConfig(Settings):
     hidden: int = setting(256, "Hidden units per layer.", "int", POSITIVE_INT)
     embed: int = setting(64, "Character embedding size.", "int", POSITIVE_INT)
     dropout: float = setting(0.0, "Dropout between layers and before the output.", "float", FRACTION)
+    locked_dropout: bool = setting(False, "With {dropout}: one mask per stream and batch, the same at every time step "
+                                   "(variational dropout, AWD-LSTM's locked dropout), not one per character.",
+                                   "flag", BOOLEAN)
     weight_drop: float = setting(0.0, "Drop each recurrent (hidden-to-hidden) weight with this probability for "
                                  "one training step, the same for every stream and time step (DropConnect: "
                                  "AWD-LSTM's weight drop).", "float", FRACTION)
@@ -277,11 +280,12 @@ class ModelConfig(Settings):
 
 
 def describe_options(config: dict) -> str:
-    """A model's dropout, weight drop (when any) and line mode (when on), as the run's
-    first line and `charrnn info` show them; config: ModelConfig.to_dict(), or a
-    checkpoint's, which may predate weight drop and line mode."""
+    """A model's dropout (and whether it is locked), weight drop (when any) and line mode
+    (when on), as the run's first line and `charrnn info` show them; config:
+    ModelConfig.to_dict(), or a checkpoint's, which may predate all but dropout."""
     weight_drop = config.get("weight_drop")
-    return (f"dropout {config['dropout']:g}{f', weight drop {weight_drop:g}' if weight_drop else ''}"
+    locked = " (locked)" if config.get("locked_dropout") and config["dropout"] else ""
+    return (f"dropout {config['dropout']:g}{locked}{f', weight drop {weight_drop:g}' if weight_drop else ''}"
             f"{', line mode' if config.get('lines') else ''}")
 
 

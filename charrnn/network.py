@@ -110,7 +110,7 @@ class Network:
             c0 = state.c[layer] if state.c is not None else None
             layer_forward(cfg.cell, buf, weights, state.h[layer], c0, nthreads)
             if use_dropout:
-                dropout_mask(buf.mask, keys[layer], cfg.dropout, nthreads)
+                self._dropout_mask(buf.mask, keys[layer], nthreads)
                 apply_mask(buf.ys, buf.hs, buf.mask, nthreads)
             below = buf.output
         set_rows(ws.logits, self.params.kernel_view["decoder.bias"], nthreads)
@@ -120,6 +120,16 @@ class Network:
             np.stack([buf.cs_buf[T] for buf in ws.layers]) if cfg.cell == "lstm" else None)
         self._last = (ws, ids, use_dropout, packed)
         return ws.logits, new_state
+
+    def _dropout_mask(self, mask, key, nthreads: int) -> None:
+        """Fill a layer's (T, B, H) output mask for a training pass: one draw per element,
+        or, with locked dropout, one (B, H) draw repeated at every time step, so that a
+        stream loses the same units for the whole batch."""
+        if not self.cfg.locked_dropout:
+            dropout_mask(mask, key, self.cfg.dropout, nthreads)
+            return
+        dropout_mask(mask[0], key, self.cfg.dropout, nthreads)
+        mask[1:] = mask[0]
 
     def backward(self, dlogits: np.ndarray, grads: ParamBuffer,
                  dstate_last: RecurrentState | None = None) -> RecurrentState:

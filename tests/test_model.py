@@ -16,9 +16,9 @@ from charrnn.network import Network
 CELLS = ["lstm", "gru", "rnn"]
 
 
-def make_network(cell, rng, dropout=0.0, layers=2, dtype=np.float64, hidden=H, weight_drop=0.0):
+def make_network(cell, rng, dropout=0.0, layers=2, dtype=np.float64, hidden=H, weight_drop=0.0, locked=False):
     cfg = ModelConfig(vocab_size=V, cell=cell, layers=layers, hidden=hidden, embed=D, dropout=dropout,
-                      weight_drop=weight_drop)
+                      weight_drop=weight_drop, locked_dropout=locked)
     params = Parameters(cfg, dtype)
     init_params(params, rng)
     return cfg, params, Network(cfg, params)
@@ -69,10 +69,12 @@ def test_forget_bias_is_added_to_both_forget_blocks(rng):
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("dropout, weight_drop", [(0.0, 0.0), (0.4, 0.0), (0.0, 0.3), (0.4, 0.3)])
-def test_loss_matches_naive_reference(rng, cell, dropout, weight_drop):
-    """With weight drop, the reference runs on each w_hh times the pass's mask."""
-    cfg, params, net = make_network(cell, rng, dropout, weight_drop=weight_drop)
+@pytest.mark.parametrize("dropout, weight_drop, locked", [(0.0, 0.0, False), (0.4, 0.0, False), (0.0, 0.3, False),
+                                                   (0.4, 0.3, False), (0.4, 0.0, True)])
+def test_loss_matches_naive_reference(rng, cell, dropout, weight_drop, locked):
+    """With weight drop, the reference runs on each w_hh times the pass's mask; the
+    reference takes the dropout masks the pass drew, locked or not."""
+    cfg, params, net = make_network(cell, rng, dropout, weight_drop=weight_drop, locked=locked)
     ids, targets = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
     state = random_state(cfg, rng)
     logits, _ = net.forward(ids, state, dropout_key=99)
@@ -119,12 +121,37 @@ def test_weight_drop_masks_come_from_the_key_and_evaluation_uses_every_weight(rn
     assert not np.allclose(net.forward(ids, state, dropout_key=5)[0], plain.forward(ids, state)[0])
 
 
+def test_locked_dropout_keeps_one_mask_across_time(rng):
+    """Locked: each layer's mask is the same at every time step, differs between streams
+    and layers, drops about p of the units, and comes from the key; per character
+    (the default), time steps differ."""
+    p = 0.3
+    cfg, params, net = make_network("lstm", rng, dropout=p, hidden=32, locked=True)
+    ids, state = rng.integers(0, V, (T, 16)), random_state(cfg, rng, batch=16)
+
+    def masks(net, key):
+        net.forward(ids, state, dropout_key=key)
+        return [buf.mask.copy() for buf in net._last[0].layers]
+
+    first, again = masks(net, 5), masks(net, 5)
+    for mask, same in zip(first, again):
+        np.testing.assert_array_equal(mask, same)
+        assert (mask == mask[:1]).all()
+        assert not np.array_equal(mask[0, 0], mask[0, 1])
+        assert abs((mask[0] == 0).mean() - p) < 0.1
+    assert not np.array_equal(first[0], first[1])
+    assert not np.array_equal(first[0], masks(net, 6)[0])
+    per_character = masks(Network(cfg.replace(locked_dropout=False), params), 5)[0]
+    assert not (per_character == per_character[:1]).all()
+
+
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("weight_drop", [0.0, 0.3])
-def test_gradients_of_every_parameter_and_the_initial_state(rng, cell, weight_drop):
-    """With dropout, and with weight drop or without: a fixed key draws the same masks
-    for every evaluation of the loss, so the loss is a smooth function of the weights."""
-    cfg, params, net = make_network(cell, rng, dropout=0.3, weight_drop=weight_drop)
+@pytest.mark.parametrize("weight_drop, locked", [(0.0, False), (0.3, False), (0.0, True)])
+def test_gradients_of_every_parameter_and_the_initial_state(rng, cell, weight_drop, locked):
+    """With dropout (per character or locked), and with weight drop or without: a fixed
+    key draws the same masks for every evaluation of the loss, so the loss is a smooth
+    function of the weights."""
+    cfg, params, net = make_network(cell, rng, dropout=0.3, weight_drop=weight_drop, locked=locked)
     ids, targets = rng.integers(0, V, (T, B)), rng.integers(0, V, (T, B))
     state = random_state(cfg, rng)
     key = 12345
