@@ -30,6 +30,7 @@ def test_the_largest_model_that_still_sees_the_text_often_enough_is_chosen():
         assert epochs >= autoconfig.MIN_EPOCHS or (layers, hidden) == autoconfig.CANDIDATES[0]
         params = parameter_count(ModelConfig(vocab_size=65, layers=layers, hidden=hidden, embed=autoconfig.EMBED))
         assert choice.model["dropout"] == autoconfig.dropout_for(epochs, params, 1_000_000)
+        assert choice.model["weight_drop"] == autoconfig.weight_drop_for(epochs, params, 1_000_000)
         assert choice.train["lr"] == autoconfig.lr_for(layers, hidden) and choice.train["ema"] == 0.0
         steps = epochs * 1e6 / (32 * 50)
         assert choice.train["weight_decay"] == autoconfig.weight_decay_for(choice.model["dropout"], choice.train["lr"],
@@ -60,6 +61,16 @@ def test_dropout_grows_with_passes_times_parameters_per_character():
     assert steps == sorted(steps)
 
 
+def test_weight_drop_begins_where_dropout_stopped_paying():
+    assert autoconfig.weight_drop_for(6.0, 1_200_000, 1_000_000) == 0.0  # 1x512 at 5 minutes
+    assert autoconfig.weight_drop_for(4.4, 5_400_000, 1_000_000) == 0.0  # x = 24, the plateau's end
+    assert autoconfig.weight_drop_for(3.6, 5_400_000, 1_000_000) == 0.0  # 3x512 at 20 minutes, float32
+    assert autoconfig.weight_drop_for(6.8, 5_400_000, 1_000_000) == 0.2  # the same in bf16 (x = 37): measured
+    assert autoconfig.weight_drop_for(1000.0, 5_400_000, 10_000) == autoconfig.WEIGHT_DROP_MAX
+    steps = [autoconfig.weight_drop_for(e, 5_400_000, 1_000_000) for e in (4, 5, 5.5, 6, 8, 16)]
+    assert steps == sorted(steps) and 0 < steps[2] < 0.2
+
+
 def test_the_learning_rate_falls_as_the_layer_widens():
     rates = [autoconfig.lr_for(1, h) for h in (128, 256, 512, 1024)]
     assert rates == sorted(rates, reverse=True) and autoconfig.lr_for(1, 512) == 4e-3
@@ -76,6 +87,7 @@ def test_the_reason_names_the_choice_and_the_budget():
     choice = autoconfig.choose(1_003_855, 65, TrainConfig(max_time=300.0), fake_speed([]))
     m, t = choice.model, choice.train
     decay = f", weight decay {t['weight_decay']:g}" if t["weight_decay"] else ""
+    decay += f", weight drop {m['weight_drop']:g}" if m["weight_drop"] else ""
     assert choice.reason.startswith(f"{m['layers']}×{m['hidden']}, dropout {m['dropout']:g}{decay}, B=32, "
                                     f"lr {t['lr']:g}")
     assert ": 5m on 1.0 M characters at ≈ " in choice.reason and choice.reason.endswith(" epochs")
