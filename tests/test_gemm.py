@@ -14,6 +14,7 @@ from charrnn.kernels.simd import MR, NR
 SHAPES = [(3, 5, 7), (1, 17, 40), (13, 30, 65), (9, 300, 24), (6, 0, 3), (50, 64, 100),
           (5, 1100, 30),  # K > KC: several blocks of k
           (150, 20, 30),  # M > MC per thread: several blocks of rows, the last a partial tile
+          (300, 20, 30),  # M > MC_T per thread: so too for a transposed A
           (2 * MR + 3, 33, NR + NARROW[0]),  # a last panel exactly as wide as a narrow tile: into C
           (MR + 1, 9, NR + NARROW[1] - 3),  # a last panel narrower than a narrow tile: through scratch
           (1, 600, 7 * NR + 5)]  # one row: wide tiles over 7 whole panels, then a partial one

@@ -19,6 +19,11 @@ from charrnn.kernels.simd import MR, NR, ROW_SPAN, SHAPE, make_tile, move_row, p
 
 KC = 512  # rows of a panel per block, from L1 and L2
 MC = 64 // MR * MR  # rows of A per block, whole tiles: MC x KC floats (about 128 KB) stay in L2
+# A transposed A (the weight gradients' gate gradients, rows 4H floats apart) is packed
+# a block at a time, each of its rows a page of its own: taller blocks read more of
+# each row per page. lstm-2x256 on a 2-core Xeon (profile_step): its weight gradients
+# took 39 ms a step with blocks of 60 rows, 24-25 with 126 or 252 (one run each).
+MC_T = 128 // MR * MR
 # Tiles are NR columns wide, or with MR rows also as narrow as one of these
 # (simd.TileShape.narrow); a level with one narrow width gives it twice.
 NARROW = (SHAPE.narrow + SHAPE.narrow)[:2] if SHAPE.narrow else (NR, NR)
@@ -181,7 +186,7 @@ def gemm_block(a, trans_a, bp, c, sums, r0, r1, p0, p1, scratch, a_pack):
     block of A is packed once per call, so a caller asking for sums gives one
     call all the panels (as gemm does).
     scratch: (MR, NR) for the last panel when N is not a multiple of NR.
-    a_pack: (MC // MR, KC, MR) workspace: with trans_a, each block of A is copied
+    a_pack: (MC_T // MR, KC, MR) workspace: with trans_a, each block of A is copied
     there first, so that a tile reads contiguous memory instead of one cache line
     per k."""
     if trans_a:
@@ -248,8 +253,8 @@ def _gemm_block_t(a, bp, c, sums, r0, r1, p0, p1, scratch, a_pack):
     N = c.shape[1]
     for k0 in range(0, K, KC):
         k1 = min(K, k0 + KC)
-        for i0 in range(r0, r1, MC):
-            i1 = min(r1, i0 + MC)
+        for i0 in range(r0, r1, MC_T):
+            i1 = min(r1, i0 + MC_T)
             _pack_a_block(a_pack, a, sums, i0, i1, k0, k1)
             for p in range(p0, p1):
                 panel = bp[p, k0:k1]
@@ -319,7 +324,7 @@ def tile_scratch(like):
 @kernel
 def gemm_workspaces(like):
     """The per-thread arrays gemm_block needs: tile scratch and A packing."""
-    return tile_scratch(like), np.empty((MC // MR, KC, MR), like.dtype)
+    return tile_scratch(like), np.empty((MC_T // MR, KC, MR), like.dtype)
 
 
 @parallel_kernel
