@@ -98,8 +98,7 @@ def dropout_for(epochs: float, params: int, n_chars: int) -> float:
         p = 0.05 * math.log2(max(x, 1.0))
     else:
         p = 0.1 + 0.15 * math.log2(max(x / PLATEAU_END, 1.0))
-    p = min(0.35, p)
-    return round(p, 2) if p >= 0.03 else 0.0
+    return _rate(min(0.35, p))
 
 
 def weight_drop_for(epochs: float, params: int, n_chars: int) -> float:
@@ -109,7 +108,11 @@ def weight_drop_for(epochs: float, params: int, n_chars: int) -> float:
     1.3828 with 0.2 against 1.3929 and 1.3944 without; at x = 20 (3.6 passes) 0.2
     cost 0.017."""
     x = exposure(epochs, params, n_chars)
-    p = min(WEIGHT_DROP_MAX, 0.33 * math.log2(max(x / PLATEAU_END, 1.0)))
+    return _rate(min(WEIGHT_DROP_MAX, 0.33 * math.log2(max(x / PLATEAU_END, 1.0))))
+
+
+def _rate(p: float) -> float:
+    """A drop probability as the rule gives it: two decimals, and none below 0.03."""
     return round(p, 2) if p >= 0.03 else 0.0
 
 
@@ -208,11 +211,11 @@ def _capacity_enough(cfg: ModelConfig, n_chars: int) -> bool:
 
 
 def _reason(model, train, n_chars, budget, epochs, speed) -> str:
-    decay = f", weight decay {train['weight_decay']:g}" if train["weight_decay"] else ""
-    decay += f", weight drop {model['weight_drop']:g}" if model["weight_drop"] else ""
+    regularisers = f", weight decay {train['weight_decay']:g}" if train["weight_decay"] else ""
+    regularisers += f", weight drop {model['weight_drop']:g}" if model["weight_drop"] else ""
     bf16 = ", bfloat16 products" if train["precision"] == "bf16" else ""
-    shape = f"{model['layers']}×{model['hidden']}, dropout {model['dropout']:g}{decay}, B={train['batch_size']}, " \
-            f"lr {train['lr']:g}{bf16}"
+    shape = f"{model['layers']}×{model['hidden']}, dropout {model['dropout']:g}{regularisers}, " \
+            f"B={train['batch_size']}, lr {train['lr']:g}{bf16}"
     size = f"{n_chars / 1e6:.1f} M" if n_chars >= 1e5 else f"{n_chars:,}"
     if speed is None:
         spent = f"{budget.max_steps:,} steps" if budget.max_steps is not None else f"{budget.max_epochs:g} epochs"

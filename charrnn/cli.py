@@ -225,9 +225,9 @@ def train(corpus, out, vocab, resume, overwrite, quiet, **settings):
 
     Without a budget (--max-steps, --max-epochs or --max-time) it trains for 5 minutes.
     Given none of --cell, --layers, --hidden, --embed, --dropout, --batch-size,
-    --seq-len, --lr, --ema, --weight-decay, --weight-drop and --locked-dropout, it chooses them for the budget, the corpus and this
-    machine (and says what it chose); given any one, the others take the defaults
-    shown below.
+    --seq-len, --lr, --ema, --weight-decay, --weight-drop and --locked-dropout, it
+    chooses them for the budget, the corpus and this machine (and says what it
+    chose); given any one, the others take the defaults shown below.
 
     \b
     Example:

@@ -86,9 +86,9 @@ def test_a_budget_in_steps_or_epochs_never_asks_for_the_speed():
 def test_the_reason_names_the_choice_and_the_budget():
     choice = autoconfig.choose(1_003_855, 65, TrainConfig(max_time=300.0), fake_speed([]))
     m, t = choice.model, choice.train
-    decay = f", weight decay {t['weight_decay']:g}" if t["weight_decay"] else ""
-    decay += f", weight drop {m['weight_drop']:g}" if m["weight_drop"] else ""
-    assert choice.reason.startswith(f"{m['layers']}×{m['hidden']}, dropout {m['dropout']:g}{decay}, B=32, "
+    regularisers = f", weight decay {t['weight_decay']:g}" if t["weight_decay"] else ""
+    regularisers += f", weight drop {m['weight_drop']:g}" if m["weight_drop"] else ""
+    assert choice.reason.startswith(f"{m['layers']}×{m['hidden']}, dropout {m['dropout']:g}{regularisers}, B=32, "
                                     f"lr {t['lr']:g}")
     assert ": 5m on 1.0 M characters at ≈ " in choice.reason and choice.reason.endswith(" epochs")
 

@@ -6,8 +6,8 @@ import click
 import pytest
 
 from charrnn.cli import cli
-from charrnn.config import (ModelConfig, SampleConfig, ServeConfig, TrainConfig, format_duration, parse_duration,
-                            parse_steps_or_duration, settings_of)
+from charrnn.config import (ModelConfig, SampleConfig, ServeConfig, TrainConfig, describe_options, format_duration,
+                            parse_duration, parse_steps_or_duration, settings_of)
 from charrnn.errors import CharrnnError, SettingError, UnknownSettingError, as_flag, named, render
 
 # Each command's settings, and the options it has besides them (files, output format).
@@ -118,3 +118,10 @@ def test_a_setting_with_an_environment_variable_reads_it_and_the_flag_wins(monke
     monkeypatch.setenv("CHARRNN_API_KEY", "from-env")
     assert cli.commands["serve"].make_context("serve", ["ckpt"]).params["api_key"] == "from-env"
     assert cli.commands["serve"].make_context("serve", ["ckpt", "--api-key", "flag"]).params["api_key"] == "flag"
+
+
+def test_a_models_options_are_described_in_words_for_old_and_new_checkpoints():
+    assert describe_options({"dropout": 0.1}) == "dropout 0.1"  # a checkpoint from before the other options
+    new = ModelConfig(vocab_size=5, dropout=0.2, locked_dropout=True, weight_drop=0.1, lines=True).to_dict()
+    assert describe_options(new) == "dropout 0.2 (locked), weight drop 0.1, line mode"
+    assert describe_options({**new, "dropout": 0.0, "weight_drop": 0.0, "lines": False}) == "dropout 0"  # nothing locked
