@@ -169,7 +169,8 @@ def _show_version(ctx, param, value):
     import numba
 
     n = numba.config.NUMBA_NUM_THREADS
-    click.echo(f"charrnn {__version__}, engine {active.describe()}, {n} thread{'s' if n != 1 else ''}")
+    click.echo(f"charrnn {__version__}, engine {active.describe()}, {active.describe_bf16()}, "
+               f"{n} thread{'s' if n != 1 else ''}")
     ctx.exit()
 
 

@@ -106,7 +106,7 @@ def product(out: np.ndarray, a: np.ndarray, trans_a: bool, b_packed: np.ndarray,
     elif row_sums.shape != (out.shape[0],):  # the kernels do not check bounds
         raise ValueError(f"row_sums has shape {row_sums.shape}, not ({out.shape[0]},)")
     if b_packed.dtype == np.uint16:  # bfloat16 pairs: AMX tiles
-        isa.enable_amx()  # once per process (cached); a tile instruction without it would kill the process
+        isa.enable_bf16()  # once per process (cached); a tile instruction without it would kill the process
         M, K = out.shape[0], a.shape[0] if trans_a else a.shape[1]
         if a_rounded and row_sums.size > 0:
             raise ValueError("row_sums are taken as A is rounded: not with a_rounded")
@@ -286,7 +286,7 @@ def layer_forward(cell: str, buf: LayerBuffers, layer: PackedLayer, h0, c0, nthr
     arrays = ForwardArrays(buf.hs, buf.cs_buf[1:], buf.acts, buf.hn, buf.hg, buf.hs_buf[0], buf.cs_buf[0],
                            layer.b_hn)
     if layer.bf16:
-        isa.enable_amx()  # as in product()
+        isa.enable_bf16()  # as in product()
         h_bf = np.zeros((2, amx.padded(B), amx.padded(H)), np.uint16)  # h_prev rounded, alternate steps
         recurrence_forward_bf16(CELL_CODES[cell], arrays, layer.hh_t, h_bf, _TILE_CONFIGS, nthreads)
     else:
@@ -306,7 +306,7 @@ def layer_backward(cell: str, buf: LayerBuffers, ws: Workspace, layer: PackedLay
     arrays = BackwardArrays(buf.acts, ws.dgates, ws.dgates_h, dh, dc, dhs, buf.hs, buf.hs_buf[0], buf.cs_buf[1:],
                             buf.cs_buf[0], buf.hn)
     if layer.bf16:
-        isa.enable_amx()
+        isa.enable_bf16()
         gh = layer.bias.shape[0]
         d_bf = np.zeros((2, amx.padded(B), amx.padded(gh)), np.uint16)  # the recurrent gradients rounded, alternate steps
         recurrence_backward_bf16(CELL_CODES[cell], arrays, layer.hh, d_bf, _TILE_CONFIGS, nthreads)

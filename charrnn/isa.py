@@ -48,10 +48,14 @@ class Isa:
     supported: tuple[str, ...]
     cpu_name: str | None = None
     cpu_features: str | None = None
+    bf16: str | None = None  # the unit precision bf16 multiplies on (BF16_UNITS), None if none
 
     def describe(self) -> str:
         how = f"forced by {ENV}; the CPU supports {', '.join(self.supported)}" if self.forced else "detected"
         return f"{self.level} ({how})"
+
+    def describe_bf16(self) -> str:
+        return f"bfloat16 on {self.bf16}" if self.bf16 else "no bfloat16"
 
 
 def parse_features(text: str) -> dict[str, bool]:
@@ -112,12 +116,13 @@ def select(environ=os.environ) -> Isa:
         raise CharrnnError(f"{ENV}={wanted}: this CPU lacks it; it supports {', '.join(supported)}")
     level, forced = wanted or supported[0], bool(wanted)
     if level == supported[0]:
-        return Isa(level, forced, supported, *_full_width(level, name, features, environ))
+        return Isa(level, forced, supported, *_full_width(level, name, features, environ),
+                   select_bf16(level, features, environ))
     if level == "portable":
         # The architecture's baseline: for x86-64 SSE2, no AVX and no FMA.
-        return Isa(level, forced, supported, "generic", "")
+        return Isa(level, forced, supported, "generic", "", select_bf16(level, {}, environ))
     narrowed = {k: v and not k.startswith(_WIDE_PREFIXES) for k, v in features.items()}
-    return Isa(level, forced, supported, name, format_features(narrowed))
+    return Isa(level, forced, supported, name, format_features(narrowed), select_bf16(level, narrowed, environ))
 
 
 def _full_width(level: str, name: str, features: dict[str, bool], environ) -> tuple[str | None, str | None]:
@@ -144,36 +149,63 @@ def active() -> Isa:
 _SYS_ARCH_PRCTL = 158  # x86-64
 _ARCH_REQ_XCOMP_PERM = 0x1023
 _XFEATURE_XTILEDATA = 18
-AMX_FEATURES = ("amx-tile", "amx-bf16")
+
+# The units that multiply bfloat16 for precision bf16, best first, and the features
+# each needs: AMX's tiles (Intel Sapphire Rapids and later), else AVX512-BF16's
+# vdpbf16ps (AMD Zen 4 and later, Intel Cooper Lake). CHARRNN_BF16 forces one the CPU
+# has, so that an AMX machine tests and measures the other too.
+BF16_UNITS = ("amx", "avx512bf16")
+BF16_ENV = "CHARRNN_BF16"
+_BF16_NEEDS = {"amx": ("amx-tile", "amx-bf16"), "avx512bf16": ("avx512bf16",)}
 
 
-def amx_missing(isa: Isa, environ=os.environ) -> str | None:
-    """Why this process cannot run AMX bfloat16 tiles, or None if it can (as far as
-    the CPU's features tell; the OS is asked in enable_amx)."""
+def bf16_units(level: str, features: dict[str, bool]) -> tuple[str, ...]:
+    """The bfloat16 units a level with these features may use, best first (none below avx512)."""
+    if level != "avx512":
+        return ()
+    return tuple(unit for unit in BF16_UNITS if all(features.get(f, False) for f in _BF16_NEEDS[unit]))
+
+
+def select_bf16(level: str, features: dict[str, bool], environ=os.environ) -> str | None:
+    """The unit precision bf16 runs on: the best one, or the one CHARRNN_BF16 names
+    (refused, with a CharrnnError, if unknown or not available); None if none is."""
+    units = bf16_units(level, features)
+    wanted = environ.get(BF16_ENV, "").strip().lower()
+    if wanted and wanted not in BF16_UNITS:
+        raise CharrnnError(f"{BF16_ENV} must be one of {', '.join(BF16_UNITS)}, got {environ[BF16_ENV]!r}")
+    if wanted and wanted not in units:
+        has = ", ".join(units) or "none at the engine's level " + level
+        raise CharrnnError(f"{BF16_ENV}={wanted}: not available here; this process has {has}")
+    return wanted or (units[0] if units else None)
+
+
+def bf16_missing(isa: Isa) -> str | None:
+    """Why this process cannot multiply in bfloat16, or None if it can (as far as
+    the CPU's features tell; for AMX the OS is asked in enable_bf16)."""
+    if isa.bf16 is not None:
+        return None
     if isa.level != "avx512":
-        return f"the engine's level is {isa.describe()}, and bfloat16 tiles need avx512 with AMX"
-    features = parse_features(isa.cpu_features) if isa.cpu_features is not None else compiled_features(environ)[1]
-    missing = [f for f in AMX_FEATURES if not features.get(f, False)]
-    if missing:
-        return f"this CPU lacks {' and '.join(missing).upper()} (Intel Sapphire Rapids or later has them)"
-    return None
+        return f"the engine's level is {isa.describe()}, and bfloat16 products need avx512"
+    return "this CPU has neither AVX512-BF16 nor AMX-BF16 (AMD Zen 4 and Intel Sapphire Rapids or later have one)"
 
 
 @functools.lru_cache(maxsize=None)
-def enable_amx() -> None:
-    """Make sure this process may run the AMX bfloat16 kernels: the CPU has AMX-BF16
-    and Linux granted the tile state; a CharrnnError saying why not otherwise.
-    Asked once per process (the permission is the whole process's)."""
+def enable_bf16() -> None:
+    """Make sure this process may run the bfloat16 kernels: the CPU has a unit for
+    them and, for AMX, Linux granted the tile state; a CharrnnError saying why not
+    otherwise. Asked once per process (the permission is the whole process's)."""
     import ctypes
     import platform
 
-    reason = amx_missing(active())
-    if reason is None and (platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64")):
-        reason = "AMX is used on x86-64 Linux only"
-    if reason is None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) != 0:
-            reason = f"Linux refused the AMX tile state ({os.strerror(ctypes.get_errno())}; kernel 5.16 or later)"
+    isa = active()
+    reason = bf16_missing(isa)
+    if reason is None and isa.bf16 == "amx":
+        if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+            reason = "AMX is used on x86-64 Linux only"
+        else:
+            libc = ctypes.CDLL(None, use_errno=True)
+            if libc.syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) != 0:
+                reason = f"Linux refused the AMX tile state ({os.strerror(ctypes.get_errno())}; kernel 5.16 or later)"
     if reason is not None:
         raise CharrnnError(f"precision bf16 is not available here: {reason}; train in float32 (a resumed run "
                            "may change its precision)")

@@ -38,7 +38,7 @@ class Network:
         if self.bf16:
             if params.dtype != np.float32:
                 raise ValueError("precision bf16 trains float32 parameters")
-            isa.enable_amx()
+            isa.enable_bf16()
         self.cfg = cfg
         self.params = params
         self._packed_bf16 = None  # the training passes' packing in precision bf16

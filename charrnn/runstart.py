@@ -68,7 +68,7 @@ def new_run(corpus, given_model: dict, given_train: dict, vocab_path, log=None) 
 def _amx_ready() -> bool:
     """Whether this process can train in bfloat16 (precision bf16)."""
     try:
-        isa.enable_amx()
+        isa.enable_bf16()
     except CharrnnError:
         return False
     return True

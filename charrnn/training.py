@@ -52,7 +52,7 @@ class Trainer:
         self.cfg, self.tcfg, self.vocab, self.params = start.cfg, start.tcfg, start.vocab, start.params
         self.optimizer, self.state, self.carry = start.optimizer, start.state, start.carry
         if self.tcfg.precision == "bf16":
-            isa.enable_amx()  # refused here, before the run directory is touched
+            isa.enable_bf16()  # refused here, before the run directory is touched
         self.data = self._load_corpus(start, resume, vocab_path)
         self.budget = Budget(self.tcfg, self.data.steps_per_epoch)
         self.state.steps_per_epoch = self.data.steps_per_epoch

@@ -1,4 +1,6 @@
-"""bfloat16 products on AMX tiles (kernels/amx.py) and training in precision bf16:
+"""bfloat16 products (kernels/amx.py: on AMX tiles, or on AVX512-BF16 through
+kernels/dpbf16.py, whichever unit this process uses; test_isa.py runs them under the
+other too where the CPU has both) and training in precision bf16:
 rounding against a plain reference, every layout and edge against a float64
 product of the rounded operands, threads cannot change a bit, the network's
 gradients against float32's, exact resume, and the refusal where AMX is missing.
@@ -21,8 +23,8 @@ from charrnn.errors import CharrnnError
 from charrnn.model import Parameters, RecurrentState, init_params, parameter_shapes
 from charrnn.network import Network
 
-MISSING = isa.amx_missing(isa.active())
-needs_amx = pytest.mark.skipif(MISSING is not None, reason=f"no AMX bfloat16 in this process: {MISSING}")
+MISSING = isa.bf16_missing(isa.active())
+needs_bf16 = pytest.mark.skipif(MISSING is not None, reason=f"no bfloat16 unit in this process: {MISSING}")
 
 
 def rounded(x):
@@ -35,7 +37,7 @@ def rounded(x):
     return bits.astype(np.uint32).view(np.float32)
 
 
-@needs_amx
+@needs_bf16
 def test_rounding_is_to_nearest_even():
     from charrnn.kernels.amx import to_bf16_rows
 
@@ -50,7 +52,7 @@ def test_rounding_is_to_nearest_even():
     assert got[1] == 1.0 and got[2] == 1.0 + 2 ** -6  # the ties: down to even, up to even
 
 
-@needs_amx
+@needs_bf16
 @pytest.mark.parametrize("K,M,r0,r1", [(16, 16, 0, 32), (33, 100, 32, 128), (300, 130, 0, 160), (5, 40, 0, 64),
                                        (2500, 64, 0, 64)])
 def test_a_transposed_rounding_is_the_plain_one(K, M, r0, r1):
@@ -75,7 +77,7 @@ def test_a_transposed_rounding_is_the_plain_one(K, M, r0, r1):
     np.testing.assert_array_equal(sums, expected)
 
 
-@needs_amx
+@needs_bf16
 @pytest.mark.parametrize("M,K,N", [(1, 1, 1), (37, 45, 70), (32, 64, 32), (100, 33, 96), (130, 300, 65)])
 @pytest.mark.parametrize("trans_a", [False, True])
 @pytest.mark.parametrize("trans_b", [False, True])
@@ -100,7 +102,7 @@ def test_product_equals_the_rounded_operands_product(M, K, N, trans_a, trans_b):
         np.testing.assert_array_equal(c, results[0])
 
 
-@needs_amx
+@needs_bf16
 @pytest.mark.parametrize("M,K,nthreads", [(20, 45, 2), (130, 300, 2), (130, 70, 1)])
 def test_a_second_product_reuses_the_rounded_a_bit_for_bit(M, K, nthreads):
     """a_rounded: the second product of the same transposed A (the gate gradients,
@@ -120,7 +122,7 @@ def test_a_second_product_reuses_the_rounded_a_bit_for_bit(M, K, nthreads):
         product(second, a, True, packed(b2, False, nthreads, bf16=True), nthreads, row_sums=sums, a_rounded=True)
 
 
-@needs_amx
+@needs_bf16
 def test_a_row_alone_equals_the_row_in_a_batch():
     rng = np.random.default_rng(5)
     a = rng.standard_normal((70, 130)).astype(np.float32)
@@ -140,7 +142,7 @@ def tiny_network(cell, precision, weight_drop=0.0):
     return cfg, params, Network(cfg, params, precision)
 
 
-@needs_amx
+@needs_bf16
 @pytest.mark.parametrize("cell,weight_drop", [("lstm", 0.0), ("gru", 0.3), ("rnn", 0.0)])
 def test_bf16_training_pass_is_float32s_within_bfloat16_rounding(cell, weight_drop):
     rng = np.random.default_rng(2)
@@ -163,7 +165,7 @@ def test_bf16_training_pass_is_float32s_within_bfloat16_rounding(cell, weight_dr
         assert error < 3e-2, (name, error)
 
 
-@needs_amx
+@needs_bf16
 def test_bf16_resumes_bit_for_bit(tmp_path):
     from conftest import SHAKESPEARE
     from test_train import TINY_MODEL, TINY_TRAIN  # the training tests' tiny run, in bf16
@@ -197,14 +199,15 @@ def test_bf16_is_refused_below_avx512_with_one_line_and_no_run(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "run").exists()
 
 
-def test_amx_missing_names_the_reason():
+def test_bf16_missing_names_the_reason():
     forced = isa.Isa("avx2", True, ("avx512", "avx2", "portable"))
-    assert "avx2" in isa.amx_missing(forced)
-    plain = isa.Isa("avx512", False, ("avx512",), "x", "+avx512f,+avx2,+fma,-amx-tile,-amx-bf16")
-    assert "AMX-TILE" in isa.amx_missing(plain)
+    assert "avx2" in isa.bf16_missing(forced)
+    plain = isa.Isa("avx512", False, ("avx512",), "x", "+avx512f,+avx2,+fma,-amx-tile,-amx-bf16,-avx512bf16")
+    assert "neither AVX512-BF16 nor AMX-BF16" in isa.bf16_missing(plain)
+    assert isa.bf16_missing(isa.Isa("avx512", False, ("avx512",), bf16="avx512bf16")) is None
     if MISSING is not None:
         with pytest.raises(CharrnnError, match="precision bf16 is not available"):
-            isa.enable_amx()
+            isa.enable_bf16()
 
 
 def test_precision_is_a_checked_training_setting():

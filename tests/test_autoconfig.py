@@ -133,7 +133,7 @@ def test_a_time_budget_alone_trains_in_bfloat16_where_the_cpu_can():
 ])
 def test_a_new_run_chooses_its_precision_with_its_other_settings(corpus, monkeypatch, amx, model, train, precision,
                                                                  chosen):
-    def enable_amx():
+    def enable_bf16():
         if not amx:
             raise CharrnnError("precision bf16 is not available here")
 
@@ -143,7 +143,7 @@ def test_a_new_run_chooses_its_precision_with_its_other_settings(corpus, monkeyp
         asked.append(precision)
         return fake_speed([])(cfg, batch, seq_len), False
 
-    monkeypatch.setattr(isa, "enable_amx", enable_amx)
+    monkeypatch.setattr(isa, "enable_bf16", enable_bf16)
     monkeypatch.setattr(speed, "chars_per_second", chars_per_second)
     monkeypatch.setattr(speed, "validation_chars_per_second", lambda cfg, batch, seq_len: (1e6, False))
     start = runstart.new_run(corpus, model, {"max_time": 1.0, **train}, None)

@@ -97,6 +97,33 @@ def test_a_level_the_cpu_lacks_is_refused_naming_those_it_has(host, name, featur
     assert str(info.value) == f"CHARRNN_ISA={wanted}: this CPU lacks it; it supports {supported}"
 
 
+BF16_HOSTS = {"amx": ("sapphirerapids", {**AVX512_HOST, "avx512bf16": True, "amx-tile": True, "amx-bf16": True}),
+              "avx512bf16": ("znver5", {**AVX512_HOST, "avx512bf16": True}),
+              None: ("skylake-avx512", AVX512_HOST)}
+
+
+@pytest.mark.parametrize("unit", BF16_HOSTS)
+def test_the_bf16_unit_is_the_best_the_cpu_has_and_none_below_avx512(host, unit):
+    host(*BF16_HOSTS[unit])
+    assert isa.select({}).bf16 == unit
+    assert isa.select({"CHARRNN_ISA": "avx2"}).bf16 is None
+    assert isa.select({"CHARRNN_ISA": "portable"}).bf16 is None
+
+
+def test_a_bf16_unit_can_be_forced_if_the_cpu_has_it(host):
+    host(*BF16_HOSTS["amx"])
+    assert isa.select({"CHARRNN_BF16": "avx512bf16"}).bf16 == "avx512bf16"
+    assert isa.select({"CHARRNN_BF16": " AMX "}).bf16 == "amx"
+    with pytest.raises(CharrnnError, match=r"^CHARRNN_BF16 must be one of amx, avx512bf16, got 'fp8'$"):
+        isa.select({"CHARRNN_BF16": "fp8"})
+    with pytest.raises(CharrnnError, match=r"^CHARRNN_BF16=amx: not available here; this process has none at the "
+                                           r"engine's level avx2$"):
+        isa.select({"CHARRNN_BF16": "amx", "CHARRNN_ISA": "avx2"})
+    host(*BF16_HOSTS["avx512bf16"])
+    with pytest.raises(CharrnnError, match=r"^CHARRNN_BF16=amx: not available here; this process has avx512bf16$"):
+        isa.select({"CHARRNN_BF16": "amx"})
+
+
 def test_feature_strings_round_trip():
     features = {"avx2": True, "avx512f": False, "fma": True}
     assert isa.parse_features(isa.format_features(features)) == features
@@ -198,7 +225,7 @@ def test_numba_compiles_for_the_level():
 # ----- processes: the environment variable, the command line, every level --------------
 
 def _run(args, **env):
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("CHARRNN_ISA")}
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("CHARRNN_ISA", "CHARRNN_BF16"))}
     environ.update(env)
     return subprocess.run(args, capture_output=True, text=True, env=environ, cwd=ROOT)
 
@@ -208,11 +235,12 @@ def test_version_names_the_level_and_the_threads():
 
     done = _run([sys.executable, "-m", "charrnn", "--version"], NUMBA_NUM_THREADS="2")
     assert done.returncode == 0, done.stderr
-    level = isa.select({}).level
-    assert done.stdout == f"charrnn {__version__}, engine {level} (detected), 2 threads\n"
+    detected = isa.select({})
+    bf16 = f"bfloat16 on {detected.bf16}" if detected.bf16 else "no bfloat16"
+    assert done.stdout == f"charrnn {__version__}, engine {detected.level} (detected), {bf16}, 2 threads\n"
     done = _run([sys.executable, "-m", "charrnn", "-V"], CHARRNN_ISA="portable", NUMBA_NUM_THREADS="1")
     assert re.fullmatch(r"charrnn \S+, engine portable \(forced by CHARRNN_ISA; the CPU supports [a-z0-9, ]*"
-                        r"portable\), 1 thread\n", done.stdout), done.stdout
+                        r"portable\), no bfloat16, 1 thread\n", done.stdout), done.stdout
 
 
 @pytest.mark.parametrize("args", [["--version"], ["sample", "missing.safetensors"]])
@@ -269,6 +297,22 @@ def test_the_engine_tests_pass_under_every_level(level):
     done = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *LEVEL_TESTS], CHARRNN_ISA=level)
     assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
     assert re.search(r"\d+ passed", done.stdout) and " failed" not in done.stdout
+
+
+# The bfloat16 products' own tests, under each unit the CPU has besides this
+# process's (an AMX machine has AVX512-BF16 too).
+BF16_TESTS = ["tests/test_amx.py", "tests/test_recurrence_bf16.py"]
+
+
+@pytest.mark.parametrize("unit", isa.BF16_UNITS)
+def test_the_bf16_tests_pass_on_every_unit(unit):
+    from charrnn.kernels import ISA
+
+    if unit == ISA.bf16 or unit not in isa.bf16_units(ISA.level, isa.compiled_features()[1]):
+        pytest.skip("this process's own unit" if unit == ISA.bf16 else "this CPU lacks it")
+    done = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *BF16_TESTS], CHARRNN_BF16=unit)
+    assert done.returncode == 0, done.stdout[-5000:] + done.stderr[-2000:]
+    assert re.search(r"\d+ passed", done.stdout) and " failed" not in done.stdout and " skipped" not in done.stdout
 
 
 # ----- the spin-wait hint ------------------------------------------------------------

@@ -11,7 +11,7 @@ the whole network's bf16 gradients are checked against float32's in test_amx.py.
 import numpy as np
 import pytest
 import reference as ref
-from test_amx import needs_amx, rounded
+from test_amx import needs_bf16, rounded
 
 from charrnn import engine
 from charrnn.config import GATES, ModelConfig
@@ -91,7 +91,7 @@ def reference_step(cell, side, h_prev, c_prev, w_hh, b_hn):
     return np.tanh(side + gh), None
 
 
-@needs_amx
+@needs_bf16
 @pytest.mark.parametrize("hidden", HIDDEN)
 @pytest.mark.parametrize("cell", CELLS)
 def test_each_step_is_the_rounded_operands_step(rng, cell, hidden):
@@ -110,7 +110,7 @@ def test_each_step_is_the_rounded_operands_step(rng, cell, hidden):
         np.testing.assert_array_equal(other.cs, loop.cs)
 
 
-@needs_amx
+@needs_bf16
 @pytest.mark.parametrize("hidden", HIDDEN)
 @pytest.mark.parametrize("cell", CELLS)
 def test_backward_product_is_the_rounded_operands_product(rng, cell, hidden):
@@ -131,7 +131,7 @@ def test_backward_product_is_the_rounded_operands_product(rng, cell, hidden):
         np.testing.assert_allclose(dh0, expected, rtol=0, atol=1e-5 * scale)
 
 
-@needs_amx
+@needs_bf16
 @pytest.mark.parametrize("hidden", HIDDEN)
 @pytest.mark.parametrize("cell", CELLS)
 def test_backward_is_the_same_with_any_thread_count(rng, cell, hidden):
@@ -143,7 +143,7 @@ def test_backward_is_the_same_with_any_thread_count(rng, cell, hidden):
         np.testing.assert_array_equal(a, b)
 
 
-@needs_amx
+@needs_bf16
 @pytest.mark.parametrize("cell", CELLS)
 def test_chunked_equals_whole(rng, cell):
     """Two chunks, the state (forward) and its gradient (backward) carried between

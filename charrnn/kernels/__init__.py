@@ -22,12 +22,13 @@ isa.configure_numba(ISA)
 
 def cache_key() -> str:
     """What the compiled kernels depend on besides Numba's own key: a hash of every
-    kernel source file and of the CPU features charrnn sets (isa._full_width), and
-    the ISA level (which shapes the tiles)."""
+    kernel source file and of the CPU features charrnn sets (isa._full_width), the
+    ISA level (which shapes the tiles) and the bfloat16 unit (which kernels/amx.py
+    builds its products for)."""
     digest = hashlib.sha256((ISA.cpu_features or "").encode())
     for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return f"{digest.hexdigest()[:16]}-{ISA.level}"
+    return f"{digest.hexdigest()[:16]}-{ISA.level}" + (f"-{ISA.bf16}" if ISA.bf16 else "")
 
 
 def _cache_dir() -> str:

@@ -1,10 +1,14 @@
-"""bfloat16 matrix products on AMX tiles, for training with precision bf16.
+"""bfloat16 matrix products on AMX tiles, or where the CPU has no AMX on AVX512-BF16
+(kernels/dpbf16.py), for training with precision bf16.
 
 Intel's AMX (Sapphire Rapids and later) multiplies whole tiles: one tdpbf16ps adds a
 (16, 32) bfloat16 tile times a (32, 16) one into a (16, 16) float32 tile. Measured
 on a 2-core Xeon, 2 threads, the products of a training step run 2-3 times as fast
 as gemm.py's float32 tiles (`python -m benchmarks.probes.gemm_shapes --bf16`). Only the
 operands are rounded to bfloat16; every sum is float32, onto C's float32 values.
+Everything here but the block product serves both units: they read the same
+layouts. Which one runs is the process's (kernels.ISA.bf16, chosen in charrnn.isa);
+under AVX512-BF16 the tile configuration intrinsics compile to nothing.
 
 Layouts (bfloat16 values kept as uint16 bits):
   A: (Mp, Kp) rows of opA, Mp and Kp multiples of BLOCK, zero-padded (to_bf16).
@@ -15,7 +19,8 @@ Layouts (bfloat16 values kept as uint16 bits):
 
 The tile registers are configured per thread (ldtilecfg) at the start of each
 thread's work and released at its end; the process must first be allowed to use
-them (charrnn.isa.enable_amx). These kernels compile only for a CPU with AMX-BF16.
+them (charrnn.isa.enable_bf16). These kernels compile only for a CPU with AMX-BF16 or
+AVX512-BF16.
 """
 
 import numpy as np
@@ -24,8 +29,11 @@ from numba import prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from charrnn.kernels import kernel, parallel_kernel
+from charrnn.kernels import ISA, kernel, parallel_kernel
+from charrnn.kernels.dpbf16 import BFloat, array_bytes, rows_product
 from charrnn.kernels.gemm import split
+
+AMX = ISA.bf16 == "amx"  # else the block products are AVX512-BF16's
 
 BLOCK = 32  # rows and columns of C per block: 2 x 2 tiles of (16, 16) float32
 TILE_ROWS = 16
@@ -35,39 +43,21 @@ _I8, _I16, _I32, _I64 = ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntTyp
 _P8 = _I8.as_pointer()
 
 
-class _BFloat(ir.Type):
-    """LLVM's bfloat type, which llvmlite's IR builder does not name."""
-
-    def __str__(self):
-        return "bfloat"
-
-    def __eq__(self, other):
-        return isinstance(other, _BFloat)
-
-    def __hash__(self):
-        return hash("bfloat")
-
-
 def _call(builder, name, arg_types, args):
     fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), arg_types), name)
     builder.call(fn, args)
 
 
-def _bytes(context, builder, array_type, value):
-    """An array's data as a byte pointer, and the array's structure (for its strides)."""
-    arr = context.make_array(array_type)(context, builder, value)
-    return builder.bitcast(arr.data, _P8), arr
-
-
 @intrinsic
 def tile_configure(typingctx, config):
     """Load the tile configuration (a 64-byte uint8 array, a row of tile_configs) into
-    this thread's tile registers."""
+    this thread's tile registers (nothing without AMX)."""
     sig = types.void(config)
 
     def codegen(context, builder, signature, args):
-        ptr, _ = _bytes(context, builder, signature.args[0], args[0])
-        _call(builder, "llvm.x86.ldtilecfg", [_P8], [ptr])
+        if AMX:
+            ptr, _ = array_bytes(context, builder, signature.args[0], args[0])
+            _call(builder, "llvm.x86.ldtilecfg", [_P8], [ptr])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -76,11 +66,12 @@ def tile_configure(typingctx, config):
 @intrinsic
 def tile_release(typingctx):
     """Return this thread's tile registers to their initial state (the kernel
-    leaves no AMX state for the OS to save on each switch)."""
+    leaves no AMX state for the OS to save on each switch; nothing without AMX)."""
     sig = types.void()
 
     def codegen(context, builder, signature, args):
-        _call(builder, "llvm.x86.tilerelease", [], [])
+        if AMX:
+            _call(builder, "llvm.x86.tilerelease", [], [])
         return context.get_dummy_value()
 
     return sig, codegen
@@ -101,9 +92,9 @@ def _block_product(halves):
         sig = types.void(a, a0, bp, p, c, c0, cj, kblocks)
 
         def codegen(context, builder, signature, args):
-            pa, arr_a = _bytes(context, builder, signature.args[0], args[0])
-            pb, arr_b = _bytes(context, builder, signature.args[2], args[2])
-            pc, arr_c = _bytes(context, builder, signature.args[4], args[4])
+            pa, arr_a = array_bytes(context, builder, signature.args[0], args[0])
+            pb, arr_b = array_bytes(context, builder, signature.args[2], args[2])
+            pc, arr_c = array_bytes(context, builder, signature.args[4], args[4])
             a0_, p_, c0_, cj_, kb_ = (context.cast(builder, args[i], signature.args[i], types.int64)
                                       for i in (1, 3, 5, 6, 7))
             lda = cgutils.unpack_tuple(builder, arr_a.strides, 2)[0]  # bytes
@@ -143,6 +134,20 @@ block_product = _block_product(2)  # a whole block, or a last one of more than 1
 half_block_product = _block_product(1)  # a last block of at most 16 rows
 
 
+@kernel
+def amx_block_rows(a_bf, a0, bp, p, c, c0, cj, kblocks, rows):
+    """C[c0:c0+rows, cj:cj+32] += A[a0:a0+rows] @ panel p, under configs[rows]."""
+    if rows > TILE_ROWS:
+        block_product(a_bf, a0, bp, p, c, c0, cj, kblocks)
+    else:
+        half_block_product(a_bf, a0, bp, p, c, c0, cj, kblocks)
+
+
+# One unit's block product for the process; the other is never compiled (an AMX
+# instruction cannot even be compiled for a CPU without AMX).
+block_rows = amx_block_rows if AMX else rows_product
+
+
 @intrinsic
 def bf16_bits(typingctx, x):
     """float32 x rounded to the nearest bfloat16 (ties to even), as its uint16 bits.
@@ -153,7 +158,7 @@ def bf16_bits(typingctx, x):
     sig = types.uint16(x)
 
     def codegen(context, builder, signature, args):
-        return builder.bitcast(builder.fptrunc(args[0], _BFloat()), _I16)
+        return builder.bitcast(builder.fptrunc(args[0], BFloat()), _I16)
 
     return sig, codegen
 
@@ -211,8 +216,8 @@ def round_transposed_16(typingctx, dst, d0, dcol, src, s0, scol):
     sig = types.void(dst, d0, dcol, src, s0, scol)
 
     def codegen(context, builder, signature, args):
-        pd, arr_d = _bytes(context, builder, signature.args[0], args[0])
-        ps, arr_s = _bytes(context, builder, signature.args[3], args[3])
+        pd, arr_d = array_bytes(context, builder, signature.args[0], args[0])
+        ps, arr_s = array_bytes(context, builder, signature.args[3], args[3])
         d0_, dcol_, s0_, scol_ = (context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 2, 4, 5))
         ldd = cgutils.unpack_tuple(builder, arr_d.strides, 2)[0]  # bytes
         lds = cgutils.unpack_tuple(builder, arr_s.strides, 2)[0]
@@ -221,7 +226,7 @@ def round_transposed_16(typingctx, dst, d0, dcol, src, s0, scol):
         for i in range(16):
             offset = builder.add(builder.mul(builder.add(s0_, _I64(i)), lds), builder.mul(scol_, _I64(4)))
             x = builder.load(builder.bitcast(builder.gep(ps, [offset]), floats.as_pointer()), align=4)
-            rows.append(builder.bitcast(builder.fptrunc(x, ir.VectorType(_BFloat(), 16)), halves))
+            rows.append(builder.bitcast(builder.fptrunc(x, ir.VectorType(BFloat(), 16)), halves))
         for b, lo, hi in _transpose_masks():
             new = list(rows)
             for i in range(16):
@@ -341,10 +346,7 @@ def _block(a_bf, bp, c, i, p, kblocks, rows, scratch):
         scratch[:rows] = 0.0
         scratch[:rows, :cols] = c[i:i + rows, cj:cj + cols]
         target, r0, c0 = scratch, 0, 0
-    if rows > TILE_ROWS:
-        block_product(a_bf, i, bp, p, target, r0, c0, kblocks)
-    else:
-        half_block_product(a_bf, i, bp, p, target, r0, c0, kblocks)
+    block_rows(a_bf, i, bp, p, target, r0, c0, kblocks, rows)
     if cols < BLOCK:
         c[i:i + rows, cj:cj + cols] = scratch[:rows, :cols]
 
