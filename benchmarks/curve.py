@@ -10,7 +10,7 @@ threads):
    run of the same command fills Numba's cache, so the budget is not spent compiling
    (with settings chosen, two steps choose a model without dropout: a second two-step
    run with --dropout 0.1 compiles the dropout kernels too, and a third with --precision
-   bf16 the bfloat16 ones, which a time budget picks where the CPU has AMX).
+   bf16 the bfloat16 ones, which a time budget picks where the CPU has AMX or AVX512-BF16).
    Score: `charrnn evaluate DIR/last.safetensors` on the last 10% of the corpus (the
    text the run held out; it trained on the first 90%), one stream from a zero state.
    With a weight average, the run's raw weights are scored too (benchmarks/average_gain.py):
@@ -71,7 +71,7 @@ def charrnn_run(corpus: Path, out: Path, budget: float, flags: list[str], env: d
     run(warm, env)
     if not flags:  # two steps choose a model without dropout, in float32: compile dropout's and bf16's kernels
         run([*warm, "--dropout", "0.1"], env)
-        # where AMX is missing this is refused (a time budget then trains in float32): nothing to compile
+        # where bfloat16 is missing this is refused (a time budget then trains in float32): nothing to compile
         subprocess.run([*warm, "--dropout", "0.1", "--precision", "bf16"], cwd=REPO, env=env, capture_output=True)
     train = run([*common, "--out", str(out), "--max-time", f"{budget:g}s"], env)
     score = json.loads(run([*charrnn_command(), "evaluate", str(out / "last.safetensors"), str(test), "--json"],

@@ -133,12 +133,12 @@ def lr_for(layers: int, hidden: int) -> float:
     return float(f"{lr:.2g}")
 
 
-def precision_for(budget: TrainConfig, amx_ready: bool) -> str:
+def precision_for(budget: TrainConfig, bf16_ready: bool) -> str:
     """bf16 for a budget in time alone (where more steps a second buy a better model)
-    on a machine that can run bfloat16 tiles; float32 otherwise, so that a budget in
-    steps or epochs trains alike on every machine."""
+    on a machine that can multiply in bfloat16 (AMX or AVX512-BF16); float32
+    otherwise, so that a budget in steps or epochs trains alike on every machine."""
     timed = budget.max_steps is None and budget.max_epochs is None
-    return "bf16" if timed and amx_ready else "float32"
+    return "bf16" if timed and bf16_ready else "float32"
 
 
 def training_share(budget: TrainConfig, n_chars: int, validation_speed: float | None) -> float:

@@ -337,9 +337,9 @@ class TrainConfig(Settings):
                                    "int", POSITIVE_INT, optional=True)
     seed: int = setting(0, "Seed for initialisation and dropout.", "int", NON_NEGATIVE_INT)
     precision: str = setting("float32", "bf16: train with the matrix products (the time loops' too) in bfloat16 on the "
-                             "CPU's AMX tiles (Intel Xeon Sapphire Rapids or later; float32 weights, optimiser, "
-                             "sums and cells; validation, sampling and evaluation stay float32). Settings chosen for "
-                             "a time budget pick bf16 where the CPU has AMX.", "choice",
+                             "CPU's AMX tiles or AVX512-BF16 (Intel Xeon Sapphire Rapids or later, AMD Zen 4 or "
+                             "later; float32 weights, optimiser, sums and cells; validation, sampling and evaluation "
+                             "stay float32). Settings chosen for a time budget pick bf16 where the CPU has either.", "choice",
                              one_of(PRECISIONS), choices=PRECISIONS)
     forget_bias: float = setting(0.0, "Added to the LSTM's forget-gate biases at initialisation (new runs only).",
                                  "float", FINITE)

@@ -7,7 +7,7 @@ time loop in reverse, then every weight gradient as one product over T*B rows.
 Weights are packed into panels once per version of the parameters.
 
 Training in bfloat16 (precision "bf16") runs the whole-batch products on AMX tiles
-(kernels/amx.py): their weights and activations are packed as bfloat16 pairs, and
+or AVX512-BF16 (kernels/amx.py): their weights and activations are packed as bfloat16 pairs, and
 product() takes either packing; so are w_hh's packings, for the time loops'
 recurrent products (kernels/recurrence_bf16.py). The cells stay float32.
 """
@@ -62,8 +62,8 @@ def loop_threads(rows: int, hidden: int, gates: int, nthreads: int) -> int:
 
 def packed(matrix: np.ndarray, transpose: bool, nthreads: int, bf16: bool = False) -> np.ndarray:
     """matrix (K, N), or matrix.T when transpose, as panels (panels(N), K, NR); or with
-    bf16 as bfloat16 pairs (see kernels.amx), which product() then multiplies on AMX
-    tiles."""
+    bf16 as bfloat16 pairs (see kernels.amx), which product() then multiplies in
+    bfloat16."""
     k, n = matrix.shape[::-1] if transpose else matrix.shape
     if bf16:
         out = np.empty((-(-n // amx.BLOCK), amx.padded(k) // 2, 2 * amx.BLOCK), np.uint16)
@@ -105,8 +105,8 @@ def product(out: np.ndarray, a: np.ndarray, trans_a: bool, b_packed: np.ndarray,
         raise ValueError("row_sums come with the packing of a transposed A only")
     elif row_sums.shape != (out.shape[0],):  # the kernels do not check bounds
         raise ValueError(f"row_sums has shape {row_sums.shape}, not ({out.shape[0]},)")
-    if b_packed.dtype == np.uint16:  # bfloat16 pairs: AMX tiles
-        isa.enable_bf16()  # once per process (cached); a tile instruction without it would kill the process
+    if b_packed.dtype == np.uint16:  # bfloat16 pairs: AMX tiles or AVX512-BF16
+        isa.enable_bf16()  # once per process (cached); an AMX instruction without it would kill the process
         M, K = out.shape[0], a.shape[0] if trans_a else a.shape[1]
         if a_rounded and row_sums.size > 0:
             raise ValueError("row_sums are taken as A is rounded: not with a_rounded")
@@ -322,7 +322,7 @@ def recurrent_weight_gradients(ws: Workspace, buf: LayerBuffers, dxg, dhg, dw_hh
     """dw_hh += dhg^T [h0; hs[:-1]], and both bias gradients, each one product or
     sum over all T*B rows (db_hh's sums taken in the product); with below (T*B, D),
     the layer's input, also dw_ih += dxg^T below. bf16: those products in bfloat16
-    on AMX tiles, where dxg is dhg (LSTM, RNN) rounded once for both: rounding the
+    (AMX or AVX512-BF16), where dxg is dhg (LSTM, RNN) rounded once for both: rounding the
     (GH, T*B) transpose of the gate gradients is the slow part of such a product
     (2x256 on a 2-core Xeon: 155 GFLOP/s against 265 for the others of a step)."""
     T, B, GH = dxg.shape

@@ -25,7 +25,7 @@ class Network:
     whenever params.version has moved on, or while params are being written.
 
     precision "bf16": training passes (those given a dropout key) run their
-    matrix products (the time loops' too) in bfloat16 on AMX tiles, float32 parameters, sums and cells
+    matrix products (the time loops' too) in bfloat16 (AMX tiles or AVX512-BF16), float32 parameters, sums and cells
     (refused with a CharrnnError where the CPU or OS cannot); evaluation and
     inference stay float32."""
 

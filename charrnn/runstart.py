@@ -53,7 +53,7 @@ def new_run(corpus, given_model: dict, given_train: dict, vocab_path, log=None) 
     chosen = None
     if autoconfig.wanted(given_model, given_train):
         if "precision" not in given_train:
-            tcfg = tcfg.replace(precision=autoconfig.precision_for(tcfg, _amx_ready()))
+            tcfg = tcfg.replace(precision=autoconfig.precision_for(tcfg, _bf16_ready()))
         chosen = _choose(corpus, cfg, tcfg, log)
         cfg, tcfg = new_run_settings({**chosen.model, **given_model}, {**chosen.train, **given_train}, len(vocab))
     with memory_for(cfg):
@@ -65,7 +65,7 @@ def new_run(corpus, given_model: dict, given_train: dict, vocab_path, log=None) 
     return Start(cfg, tcfg, vocab, params, optimizer, state, note=note)
 
 
-def _amx_ready() -> bool:
+def _bf16_ready() -> bool:
     """Whether this process can train in bfloat16 (precision bf16)."""
     try:
         isa.enable_bf16()

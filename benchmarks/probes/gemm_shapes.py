@@ -1,7 +1,8 @@
 """charrnn's matrix products against NumPy's BLAS on the shapes of an LSTM training
 step: python -m benchmarks.probes.gemm_shapes [--hidden 512] [--processes 3] [--threads 2] [--bf16].
 
---bf16 adds charrnn's bfloat16 products on AMX tiles (precision bf16; the
+--bf16 adds charrnn's bfloat16 products on AMX tiles or AVX512-BF16, whichever the
+CPU has (CHARRNN_BF16 picks; precision bf16; the
 rounding of A to bfloat16 is inside the timing, as in training, the packing of B
 is not) and PyTorch's bfloat16 matmul (if torch is installed; in its own processes;
 its operands are converted to bfloat16 before the timing).
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
     p.add_argument("--processes", type=int, default=3, help="processes per library (default 3)")
     p.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
     p.add_argument("--reps", type=int, default=9, help="timings per shape and process (default 9)")
-    p.add_argument("--bf16", action="store_true", help="also charrnn's AMX bfloat16 products and PyTorch's bfloat16")
+    p.add_argument("--bf16", action="store_true", help="also charrnn's bfloat16 products and PyTorch's bfloat16")
     args = p.parse_args(argv)
     env = thread_env(args.threads)
     have_torch = importlib.util.find_spec("torch") is not None

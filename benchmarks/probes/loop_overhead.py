@@ -3,7 +3,7 @@ wavefront could save: python -m benchmarks.probes.loop_overhead [--hidden 512] [
 [--precision bf16].
 
 One layer, B=50, T=50 (the benchmark's shapes), float32 (or its products in
-bfloat16 on AMX tiles, --precision bf16), in one process, through
+bfloat16 on AMX tiles or AVX512-BF16, --precision bf16), in one process, through
 the engine's own entry points; the variants take turns, --reps times each, and the
 report gives medians (min in brackets):
 

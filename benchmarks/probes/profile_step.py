@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--precision", choices=("float32", "bf16"), default="float32",
-                   help="the training setting precision (bf16: whole-batch products on AMX tiles)")
+                   help="the training setting precision (bf16: the products in bfloat16, on AMX or AVX512-BF16)")
     args = p.parse_args(argv)
     try:
         row = parse_row(args.model)

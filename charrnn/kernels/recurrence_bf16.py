@@ -1,5 +1,5 @@
-"""The time loops of recurrence.py with their recurrent products in bfloat16 on AMX
-tiles, for training in precision bf16.
+"""The time loops of recurrence.py with their recurrent products in bfloat16 (on AMX
+tiles or AVX512-BF16, as kernels/amx.py multiplies), for training in precision bf16.
 
 Per step, h_prev @ w_hh.T (forward) and the recurrent pre-activations' gradient @
 w_hh (backward) are multiplied as amx.py multiplies the whole-batch products:
@@ -16,7 +16,7 @@ while another thread still multiplies step t's, and the barrier at the end of ea
 step keeps any thread from getting two steps ahead. The threads split the products
 by BLOCK columns as recurrence.py splits them by NR: by units, one barrier per
 step, when H is a whole number of blocks per thread (recurrence.units_split), else by blocks
-of all columns, two. These kernels compile only for a CPU with AMX-BF16.
+of all columns, two. These kernels compile only for a CPU with AMX-BF16 or AVX512-BF16.
 """
 
 import numpy as np
