@@ -325,8 +325,9 @@ def test_a_small_layers_stream_steps_on_one_thread_bitwise_as_on_all(rng, cell, 
 def test_kernel_cache_folder_is_named_by_the_kernel_sources_and_the_isa_level():
     """Numba keys a cached function on its own file only; the folder name covers all
     kernel files, so changing a helper in one recompiles the kernels that inline it.
-    It names the ISA level too, which shapes the tiles, and covers the CPU features
-    charrnn sets (isa._full_width)."""
+    It names the ISA level too, which shapes the tiles, and the bfloat16 unit, which
+    decides the block product amx.py compiles, and covers the CPU features charrnn
+    sets (isa._full_width)."""
     import hashlib
     from pathlib import Path
 
@@ -337,4 +338,5 @@ def test_kernel_cache_folder_is_named_by_the_kernel_sources_and_the_isa_level():
     digest = hashlib.sha256((kernels.ISA.cpu_features or "").encode())
     for path in sorted(Path(kernels.__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    assert Path(numba.config.CACHE_DIR).name == f"{digest.hexdigest()[:16]}-{kernels.ISA.level}"
+    unit = f"-{kernels.ISA.bf16}" if kernels.ISA.bf16 else ""
+    assert Path(numba.config.CACHE_DIR).name == f"{digest.hexdigest()[:16]}-{kernels.ISA.level}{unit}"
