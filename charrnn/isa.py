@@ -100,8 +100,23 @@ def compiled_features(environ=os.environ) -> tuple[str, dict[str, bool]]:
     return name, features
 
 
+def _has_all(features: dict[str, bool], needed) -> bool:
+    return all(features.get(f, False) for f in needed)
+
+
 def supported_levels(features: dict[str, bool]) -> tuple[str, ...]:
-    return tuple(level for level in LEVELS if all(features.get(f, False) for f in _NEEDS[level]))
+    return tuple(level for level in LEVELS if _has_all(features, _NEEDS[level]))
+
+
+def _forced(environ, variable: str, names: tuple[str, ...], available: tuple[str, ...], lacking: str) -> str:
+    """The name the environment variable forces, '' if unset; a CharrnnError if it is
+    not one of names, or not one of those available (saying `lacking`)."""
+    wanted = environ.get(variable, "").strip().lower()
+    if wanted and wanted not in names:
+        raise CharrnnError(f"{variable} must be one of {', '.join(names)}, got {environ[variable]!r}")
+    if wanted and wanted not in available:
+        raise CharrnnError(f"{variable}={wanted}: {lacking}")
+    return wanted
 
 
 def select(environ=os.environ) -> Isa:
@@ -109,11 +124,7 @@ def select(environ=os.environ) -> Isa:
     one CHARRNN_ISA names (refused, with a CharrnnError, if unknown or unsupported)."""
     name, features = compiled_features(environ)
     supported = supported_levels(features)
-    wanted = environ.get(ENV, "").strip().lower()
-    if wanted and wanted not in LEVELS:
-        raise CharrnnError(f"{ENV} must be one of {', '.join(LEVELS)}, got {environ[ENV]!r}")
-    if wanted and wanted not in supported:
-        raise CharrnnError(f"{ENV}={wanted}: this CPU lacks it; it supports {', '.join(supported)}")
+    wanted = _forced(environ, ENV, LEVELS, supported, f"this CPU lacks it; it supports {', '.join(supported)}")
     level, forced = wanted or supported[0], bool(wanted)
     if level == supported[0]:
         return Isa(level, forced, supported, *_full_width(level, name, features, environ),
@@ -163,19 +174,15 @@ def bf16_units(level: str, features: dict[str, bool]) -> tuple[str, ...]:
     """The bfloat16 units a level with these features may use, best first (none below avx512)."""
     if level != "avx512":
         return ()
-    return tuple(unit for unit in BF16_UNITS if all(features.get(f, False) for f in _BF16_NEEDS[unit]))
+    return tuple(unit for unit in BF16_UNITS if _has_all(features, _BF16_NEEDS[unit]))
 
 
 def select_bf16(level: str, features: dict[str, bool], environ=os.environ) -> str | None:
     """The unit precision bf16 runs on: the best one, or the one CHARRNN_BF16 names
     (refused, with a CharrnnError, if unknown or not available); None if none is."""
     units = bf16_units(level, features)
-    wanted = environ.get(BF16_ENV, "").strip().lower()
-    if wanted and wanted not in BF16_UNITS:
-        raise CharrnnError(f"{BF16_ENV} must be one of {', '.join(BF16_UNITS)}, got {environ[BF16_ENV]!r}")
-    if wanted and wanted not in units:
-        has = ", ".join(units) or "none at the engine's level " + level
-        raise CharrnnError(f"{BF16_ENV}={wanted}: not available here; this process has {has}")
+    has = ", ".join(units) or "none at the engine's level " + level
+    wanted = _forced(environ, BF16_ENV, BF16_UNITS, units, f"not available here; this process has {has}")
     return wanted or (units[0] if units else None)
 
 

@@ -30,7 +30,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from charrnn.kernels import ISA, kernel, parallel_kernel
-from charrnn.kernels.dpbf16 import BFloat, array_bytes, rows_product
+from charrnn.kernels.dpbf16 import BFloat, array_bytes, block_operands, rows_product
 from charrnn.kernels.gemm import split
 
 AMX = ISA.bf16 == "amx"  # else the block products are AVX512-BF16's
@@ -92,14 +92,8 @@ def _block_product(halves):
         sig = types.void(a, a0, bp, p, c, c0, cj, kblocks)
 
         def codegen(context, builder, signature, args):
-            pa, arr_a = array_bytes(context, builder, signature.args[0], args[0])
-            pb, arr_b = array_bytes(context, builder, signature.args[2], args[2])
-            pc, arr_c = array_bytes(context, builder, signature.args[4], args[4])
-            a0_, p_, c0_, cj_, kb_ = (context.cast(builder, args[i], signature.args[i], types.int64)
-                                      for i in (1, 3, 5, 6, 7))
-            lda = cgutils.unpack_tuple(builder, arr_a.strides, 2)[0]  # bytes
-            ldc = cgutils.unpack_tuple(builder, arr_c.strides, 2)[0]
-            panel_stride, ldb = cgutils.unpack_tuple(builder, arr_b.strides, 3)[:2]
+            pa, pb, pc, a0_, p_, c0_, cj_, kb_, lda, ldc, panel_stride, ldb = block_operands(
+                context, builder, signature, args)
             load, store = ("llvm.x86.tileloadd64", [_I8, _P8, _I64]), ("llvm.x86.tilestored64", [_I8, _P8, _I64])
             c_base = builder.add(builder.mul(c0_, ldc), builder.mul(cj_, _I64(4)))
             c_tiles = range(2 * halves)

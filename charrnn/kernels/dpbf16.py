@@ -43,6 +43,20 @@ def array_bytes(context, builder, array_type, value):
     return builder.bitcast(arr.data, _P8), arr
 
 
+def block_operands(context, builder, signature, args):
+    """The operands of a block product intrinsic (a, a0, bp, p, c, c0, cj, kblocks),
+    whichever unit's: pa, pb, pc (byte pointers to A, the panels and C), a0, p, c0,
+    cj, kblocks (int64), and the byte strides lda, ldc, panel_stride, ldb."""
+    pa, arr_a = array_bytes(context, builder, signature.args[0], args[0])
+    pb, arr_b = array_bytes(context, builder, signature.args[2], args[2])
+    pc, arr_c = array_bytes(context, builder, signature.args[4], args[4])
+    indices = [context.cast(builder, args[i], signature.args[i], types.int64) for i in (1, 3, 5, 6, 7)]
+    lda = cgutils.unpack_tuple(builder, arr_a.strides, 2)[0]
+    ldc = cgutils.unpack_tuple(builder, arr_c.strides, 2)[0]
+    panel_stride, ldb = cgutils.unpack_tuple(builder, arr_b.strides, 3)[:2]
+    return (pa, pb, pc, *indices, lda, ldc, panel_stride, ldb)
+
+
 _PAIRS = ir.VectorType(BFloat(), 32)  # 16 pairs of bfloat16, as the intrinsic takes them
 
 
@@ -65,14 +79,8 @@ def _rows_product(rows):
         sig = types.void(a, a0, bp, p, c, c0, cj, kblocks)
 
         def codegen(context, builder, signature, args):
-            pa, arr_a = array_bytes(context, builder, signature.args[0], args[0])
-            pb, arr_b = array_bytes(context, builder, signature.args[2], args[2])
-            pc, arr_c = array_bytes(context, builder, signature.args[4], args[4])
-            a0_, p_, c0_, cj_, kb_ = (context.cast(builder, args[i], signature.args[i], types.int64)
-                                      for i in (1, 3, 5, 6, 7))
-            lda = cgutils.unpack_tuple(builder, arr_a.strides, 2)[0]  # bytes
-            ldc = cgutils.unpack_tuple(builder, arr_c.strides, 2)[0]
-            panel_stride, ldb = cgutils.unpack_tuple(builder, arr_b.strides, 3)[:2]
+            pa, pb, pc, a0_, p_, c0_, cj_, kb_, lda, ldc, panel_stride, ldb = block_operands(
+                context, builder, signature, args)
             c_base = builder.add(builder.mul(c0_, ldc), builder.mul(cj_, _I64(4)))
             c_ptrs = [[builder.bitcast(builder.gep(pc, [builder.add(c_base, builder.add(
                 builder.mul(ldc, _I64(r)), _I64(64 * h)))]), _FLOATS.as_pointer()) for h in (0, 1)]
@@ -133,7 +141,7 @@ def rows_product(a_bf, a0, bp, p, c, c0, cj, kblocks, rows):
     """C[c0:c0+rows, cj:cj+32] += A[a0:a0+rows] @ panel p, any number of rows: groups
     of 8, then what is left as 4, 2 and 1 (a last block of 18 rows: 8 + 8 + 2)."""
     r = 0
-    while r + 8 <= rows:
+    while r + GROUP <= rows:
         _rows8(a_bf, a0 + r, bp, p, c, c0 + r, cj, kblocks)
         r += 8
     if rows - r >= 4:
