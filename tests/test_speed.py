@@ -18,6 +18,20 @@ def test_a_measurement_times_at_least_the_minimum_steps_and_seconds(monkeypatch)
     assert 0 < chars_per_sec < 2 * 3 * (len(steps) - speed.WARM_STEPS) / 0.05 * 1.01
 
 
+def test_a_measurement_trains_with_dropout_and_weight_drop_as_a_chosen_plan_does(monkeypatch):
+    monkeypatch.setattr(speed, "MIN_SECONDS", 0.01)
+    seen = []
+    real = speed.Network.loss_and_grad
+    monkeypatch.setattr(speed.Network, "loss_and_grad", lambda self, *a, **k: (
+        seen.append((self.cfg.dropout, self.cfg.weight_drop, k["dropout_key"])), real(self, *a, **k))[1])
+    speed.measure(CFG, 2, 3)
+    assert {(d, w) for d, w, _ in seen} == {(speed.PROBE_DROPOUT, speed.PROBE_WEIGHT_DROP)}
+    assert all(key is not None for _, _, key in seen)  # a training pass: the masks are drawn
+    seen.clear()
+    speed.measure(ModelConfig(vocab_size=11, layers=1, hidden=8, embed=4, dropout=0.3), 2, 3)
+    assert {d for d, _, _ in seen} == {0.3}  # a shape's own dropout is kept
+
+
 def test_the_cache_moves_halfway_to_each_new_measurement_instead_of_keeping_the_fastest():
     assert not speed.known(CFG, 2, 3)
     speed.remember(CFG, 2, 3, 1000.0)
