@@ -91,12 +91,13 @@ def _bf16_workspace(copies: int, rows: int, cols: int) -> np.ndarray:
 
 
 def product(out: np.ndarray, a: np.ndarray, trans_a: bool, b_packed: np.ndarray, nthreads: int,
-            row_sums: np.ndarray | None = None, a_rounded: bool = False) -> None:
+            row_sums: np.ndarray | None = None, a_bf16: np.ndarray | None = None) -> None:
     """out += op(a) @ B, B packed (see packed); with trans_a, also row_sums += the
     row sums of op(a) (the column sums of a), if given.
-    a_rounded: for B in bfloat16, this Python thread's previous product had the same
-    a, trans_a and nthreads, and row_sums (so was split by rows): the bfloat16 copy of
-    op(a) it left is used, not made again. No effect in float32."""
+    a_bf16: for B in bfloat16, op(a) already rounded to bfloat16 as the product reads
+    it, (padded(M), padded(K)) uint16, zero past op(a) (as layer_backward leaves the
+    gate gradients for the weight gradients): it is multiplied, a itself is not read.
+    No effect in float32."""
     if not b_packed.flags.c_contiguous:  # a row alone reads several panels as one (gemm_block_n)
         raise ValueError("b_packed must be a whole packed array (C-contiguous), as packed() returns")
     if row_sums is None:
@@ -108,13 +109,23 @@ def product(out: np.ndarray, a: np.ndarray, trans_a: bool, b_packed: np.ndarray,
     if b_packed.dtype == np.uint16:  # bfloat16 pairs: AMX tiles or AVX512-BF16
         isa.enable_bf16()  # once per process (cached); an AMX instruction without it would kill the process
         M, K = out.shape[0], a.shape[0] if trans_a else a.shape[1]
-        if a_rounded and row_sums.size > 0:
-            raise ValueError("row_sums are taken as A is rounded: not with a_rounded")
-        by_rows = amx.split_by_rows(amx.padded(M), b_packed.shape[0], nthreads, row_sums.size > 0, a_rounded)
-        a_bf = _bf16_workspace(1 if by_rows else nthreads, M, K)
-        amx.gemm_bf16(a, trans_a, b_packed, out, row_sums, a_bf, a_rounded, _TILE_CONFIGS, nthreads)
+        if a_bf16 is not None:
+            _check_rounded(a_bf16, M, K, row_sums)
+            a_bf = a_bf16[None]
+        else:
+            by_rows = amx.split_by_rows(amx.padded(M), b_packed.shape[0], nthreads, row_sums.size > 0, False)
+            a_bf = _bf16_workspace(1 if by_rows else nthreads, M, K)
+        amx.gemm_bf16(a, trans_a, b_packed, out, row_sums, a_bf, a_bf16 is not None, _TILE_CONFIGS, nthreads)
         return
     gemm(a, trans_a, b_packed, out, row_sums, nthreads)
+
+
+def _check_rounded(a_bf16: np.ndarray, M: int, K: int, row_sums: np.ndarray) -> None:
+    """The kernels do not check bounds: a_bf16 must be what product() expects."""
+    if row_sums.size > 0:
+        raise ValueError("row_sums are taken as A is rounded: not with a_bf16")
+    if a_bf16.dtype != np.uint16 or a_bf16.shape != (amx.padded(M), amx.padded(K)) or not a_bf16.flags.c_contiguous:
+        raise ValueError(f"a_bf16 must be a contiguous ({amx.padded(M)}, {amx.padded(K)}) uint16 array")
 
 
 class PackedLayer:
@@ -258,7 +269,18 @@ class Workspace:
         self.dh = np.zeros((B, H), dtype)
         self.dc = np.zeros((B, H), dtype)
         self.dtable = np.zeros((cfg.vocab_size, GH), dtype)
+        # bf16: the recurrent gate gradients' sums, and (gates_t) their transpose rounded
+        # by the backward time loop, for the weight gradients (recurrent_weight_gradients)
+        self.gate_sums = np.zeros(GH, dtype)
+        self._gates_t_shape = (amx.padded(GH), amx.padded(T * B))
+        self._gates_t: np.ndarray | None = None
         self._packed_activations: dict[tuple[int, int], np.ndarray] = {}
+
+    def gates_t(self) -> np.ndarray:
+        """(padded(G*H), padded(T*B)) uint16, made once: zeros, which the padding stays."""
+        if self._gates_t is None:
+            self._gates_t = np.zeros(self._gates_t_shape, np.uint16)
+        return self._gates_t
 
     def packed_activations(self, x2: np.ndarray, nthreads: int, bf16: bool = False) -> np.ndarray:
         """x2 (K, N) packed as the B of a weight-gradient product (bf16: as bfloat16
@@ -309,7 +331,9 @@ def layer_backward(cell: str, buf: LayerBuffers, ws: Workspace, layer: PackedLay
         isa.enable_bf16()
         gh = layer.bias.shape[0]
         d_bf = np.zeros((2, amx.padded(B), amx.padded(gh)), np.uint16)  # the recurrent gradients rounded, alternate steps
-        recurrence_backward_bf16(CELL_CODES[cell], arrays, layer.hh, d_bf, _TILE_CONFIGS, nthreads)
+        ws.gate_sums[...] = 0.0
+        recurrence_backward_bf16(CELL_CODES[cell], arrays, layer.hh, d_bf, ws.gates_t(), ws.gate_sums, _TILE_CONFIGS,
+                                 nthreads)
     else:
         recurrence_backward(CELL_CODES[cell], arrays, layer.hh, nthreads)
     if cell == "lstm":
@@ -322,20 +346,28 @@ def recurrent_weight_gradients(ws: Workspace, buf: LayerBuffers, dxg, dhg, dw_hh
     """dw_hh += dhg^T [h0; hs[:-1]], and both bias gradients, each one product or
     sum over all T*B rows (db_hh's sums taken in the product); with below (T*B, D),
     the layer's input, also dw_ih += dxg^T below. bf16: those products in bfloat16
-    (AMX or AVX512-BF16), where dxg is dhg (LSTM, RNN) rounded once for both: rounding the
-    (GH, T*B) transpose of the gate gradients is the slow part of such a product
-    (2x256 on a 2-core Xeon: 155 GFLOP/s against 265 for the others of a step)."""
+    (AMX or AVX512-BF16), from dhg^T as the layer's bf16 backward loop left it rounded
+    in ws.gates_t() with its sums in ws.gate_sums (this layer's layer_backward must be
+    the last one run on ws); for the LSTM and RNN dxg is dhg, so dw_ih's product
+    reads the same copy."""
     T, B, GH = dxg.shape
     H = buf.hs_buf.shape[2]
     dxg2, dhg2 = dxg.reshape(T * B, GH), dhg.reshape(T * B, GH)
     same = dxg is dhg  # LSTM, RNN: both biases get the same gradient
-    sums = np.zeros_like(db_hh) if same else db_hh
-    product(dw_hh, dhg2, True, ws.packed_activations(buf.hs_buf[:T].reshape(T * B, H), nthreads, bf16), nthreads,
-            row_sums=sums)
+    hs_prev = ws.packed_activations(buf.hs_buf[:T].reshape(T * B, H), nthreads, bf16)
+    if bf16:
+        product(dw_hh, dhg2, True, hs_prev, nthreads, a_bf16=ws.gates_t())
+        sums = ws.gate_sums
+        db_hh += sums
+    else:
+        sums = np.zeros_like(db_hh) if same else db_hh
+        product(dw_hh, dhg2, True, hs_prev, nthreads, row_sums=sums)
+        if same:
+            db_hh += sums
     if below is not None:
-        product(dw_ih, dxg2, True, ws.packed_activations(below, nthreads, bf16), nthreads, a_rounded=same)
+        product(dw_ih, dxg2, True, ws.packed_activations(below, nthreads, bf16), nthreads,
+                a_bf16=ws.gates_t() if bf16 and same else None)
     if same:
         db_ih += sums
-        db_hh += sums
     else:
         add_column_sums(db_ih, dxg2, nthreads)

@@ -20,6 +20,7 @@ from charrnn import isa
 from charrnn.config import ModelConfig
 from charrnn.engine import packed, product
 from charrnn.errors import CharrnnError
+from charrnn.kernels import amx
 from charrnn.model import Parameters, RecurrentState, init_params, parameter_shapes
 from charrnn.network import Network
 
@@ -104,22 +105,24 @@ def test_product_equals_the_rounded_operands_product(M, K, N, trans_a, trans_b):
 
 @needs_bf16
 @pytest.mark.parametrize("M,K,nthreads", [(20, 45, 2), (130, 300, 2), (130, 70, 1)])
-def test_a_second_product_reuses_the_rounded_a_bit_for_bit(M, K, nthreads):
-    """a_rounded: the second product of the same transposed A (the gate gradients,
-    for w_hh's and w_ih's gradients) multiplies the copy the first one rounded; it
-    equals a product that rounds A itself, also where it alone would have been
-    split by panels (M=20)."""
+def test_a_product_of_an_a_rounded_beforehand_equals_one_that_rounds_it_bit_for_bit(M, K, nthreads):
+    """a_bf16: a transposed A already rounded (the gate gradients, as the backward time
+    loop leaves them for w_hh's and w_ih's gradients) is multiplied as it is; the
+    result equals a product that rounds A itself, also where that one would have been
+    split by panels (M=20). A wrong shape or row sums with it are refused."""
     rng = np.random.default_rng(M + K)
     a = rng.standard_normal((K, M)).astype(np.float32)
-    b1, b2 = (rng.standard_normal((K, n)).astype(np.float32) for n in (40, 70))
-    sums = np.zeros(M, np.float32)
-    first, second, alone = np.zeros((M, 40), np.float32), np.zeros((M, 70), np.float32), np.zeros((M, 70), np.float32)
-    product(first, a, True, packed(b1, False, nthreads, bf16=True), nthreads, row_sums=sums)
-    product(second, a, True, packed(b2, False, nthreads, bf16=True), nthreads, a_rounded=True)
-    product(alone, a, True, packed(b2, False, nthreads, bf16=True), nthreads)
-    np.testing.assert_array_equal(second, alone)
-    with pytest.raises(ValueError, match="not with a_rounded"):
-        product(second, a, True, packed(b2, False, nthreads, bf16=True), nthreads, row_sums=sums, a_rounded=True)
+    b = packed(rng.standard_normal((K, 70)).astype(np.float32), False, nthreads, bf16=True)
+    a_bf16 = np.full((amx.padded(M), amx.padded(K)), 7, np.uint16)
+    amx.to_bf16_rows(a_bf16, a, True, np.empty(0, np.float32), 0, a_bf16.shape[0])
+    given, alone = np.zeros((M, 70), np.float32), np.zeros((M, 70), np.float32)
+    product(given, np.zeros_like(a), True, b, nthreads, a_bf16=a_bf16)  # a is not read
+    product(alone, a, True, b, nthreads)
+    np.testing.assert_array_equal(given, alone)
+    with pytest.raises(ValueError, match="not with a_bf16"):
+        product(given, a, True, b, nthreads, row_sums=np.zeros(M, np.float32), a_bf16=a_bf16)
+    with pytest.raises(ValueError, match="must be a contiguous"):
+        product(given, a, True, b, nthreads, a_bf16=a_bf16[:, :-amx.BLOCK])
 
 
 @needs_bf16

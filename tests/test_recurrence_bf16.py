@@ -17,6 +17,7 @@ from charrnn import engine
 from charrnn.config import GATES, ModelConfig
 from charrnn.engine import PackedLayer, Workspace, layer_backward, layer_forward
 from charrnn.kernels.amx import BLOCK
+from charrnn.kernels.recurrence_bf16 import round_transposed_columns
 
 CELLS = ["lstm", "gru", "rnn"]
 B, D = 37, 5  # 37 rows: a whole block of 32 and a last one of 5
@@ -54,9 +55,14 @@ class Loop:
 
     def backward(self, dhs, dh, dc):
         """(recurrent pre-activation gradients (T, B, G*H), dh0, dc0)."""
+        return self.backward_all(dhs, dh, dc)[:3]
+
+    def backward_all(self, dhs, dh, dc):
+        """backward's, and what it leaves for the weight gradients: the gradients
+        transposed and rounded (padded(G*H), padded(T*B)) and their sums (G*H,)."""
         dh, dc = dh.copy(), dc.copy()
         _, dhg = layer_backward(self.cell, self.buf, self.ws, self.layer, dhs.copy(), dh, dc, self.nthreads)
-        return dhg.copy(), dh, dc
+        return dhg.copy(), dh, dc, self.ws.gates_t().copy(), self.ws.gate_sums.copy()
 
 
 def inputs(rng, cell, hidden, steps):
@@ -138,9 +144,57 @@ def test_backward_is_the_same_with_any_thread_count(rng, cell, hidden):
     side, h0, c0, w_hh, b_hn = inputs(rng, cell, hidden, steps=5)
     dhs = rng.standard_normal((5, B, hidden)).astype(np.float32)
     zero = np.zeros((B, hidden), np.float32)
-    one, two = (Loop(cell, side, h0, c0, w_hh, b_hn, n).backward(dhs, zero, zero) for n in (1, 2))
-    for a, b in zip(one, two):
+    one, two = (Loop(cell, side, h0, c0, w_hh, b_hn, n).backward_all(dhs, zero, zero) for n in (1, 2))
+    for a, b in zip(one, two, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@needs_bf16
+@pytest.mark.parametrize("hidden", HIDDEN)
+@pytest.mark.parametrize("cell", CELLS)
+def test_backward_leaves_the_gradients_transposed_and_rounded_and_their_sums(rng, cell, hidden):
+    """For w_hh's gradient (engine.recurrent_weight_gradients): gates_t[c, t*B + b] is
+    dhg[t, b, c] rounded, zero past them; the sums are float32's, in the order of t
+    from the last step down, then b, the same whatever the split (37 rows: two
+    16 x 16 blocks transposed in registers and 5 rows value by value)."""
+    steps = 3
+    side, h0, c0, w_hh, b_hn = inputs(rng, cell, hidden, steps)
+    dhs = rng.standard_normal((steps, B, hidden)).astype(np.float32)
+    zero = np.zeros((B, hidden), np.float32)
+    for nthreads in (1, 2):
+        loop = Loop(cell, side, h0, c0, w_hh, b_hn, nthreads)
+        loop.ws.gate_sums[...] = 99.0  # the loop starts the sums from zero
+        dhg, _, _, gates_t, sums = loop.backward_all(dhs, zero, zero)
+        GH = dhg.shape[2]
+        expected = rounded(dhg.reshape(steps * B, GH).T)
+        np.testing.assert_array_equal(gates_t[:GH, :steps * B], expected.view(np.uint32) >> 16)
+        assert not gates_t[GH:].any() and not gates_t[:, steps * B:].any()
+        in_order = np.zeros(GH, np.float32)
+        for t in range(steps - 1, -1, -1):
+            for b in range(B):
+                in_order += dhg[t, b]
+        np.testing.assert_array_equal(sums, in_order)
+
+
+@needs_bf16
+@pytest.mark.parametrize("rows", [5, 16, 37])
+@pytest.mark.parametrize("c0,c1", [(0, 7), (3, 40), (16, 48)])
+def test_rounding_a_steps_columns_transposed_writes_exactly_its_own_part(rng, rows, c0, c1):
+    """round_transposed_columns against a plain transpose: whole blocks, last blocks
+    that overlap the one before, and value by value below 16 rows or columns; nothing
+    outside rows c0..c1 and the step's columns k0..k0+rows is written."""
+    src = rng.standard_normal((rows, 50)).astype(np.float32)
+    k0 = 11
+    dst = np.full((64, k0 + rows + 9), 7, np.uint16)
+    sums = np.ones(50, np.float32)
+    round_transposed_columns(dst, k0, sums, src, c0, c1)
+    expected = np.full_like(dst, 7)
+    expected[c0:c1, k0:k0 + rows] = rounded(src[:, c0:c1].T).view(np.uint32) >> 16
+    np.testing.assert_array_equal(dst, expected)
+    in_order = np.ones(50, np.float32)
+    for r in range(rows):
+        in_order[c0:c1] += src[r, c0:c1]
+    np.testing.assert_array_equal(sums, in_order)
 
 
 @needs_bf16

@@ -360,7 +360,7 @@ def gemm_bf16(a, trans_a, bp, c, sums, a_bf, rounded, configs, nthreads):
     trans_a; bp: B packed by pack_bf16; c: (M, N) float32. sums: (0,), or (M,) to which
     opA's row sums are added (float32). a_bf: (nthreads, padded(M), padded(K)) uint16
     workspace (one copy when split_by_rows). rounded: a_bf[0] already holds opA
-    rounded (a call split by rows left it there), so round nothing (sums must then be
+    rounded (engine.product's a_bf16), so round nothing (sums must then be
     empty)."""
     Mp = a_bf.shape[1]
     npan = bp.shape[0]
