@@ -60,3 +60,25 @@ def test_ema_update_is_the_moving_average(rng):
     expected = 0.9 * avg + 0.1 * p
     ema_update(avg, p, 0.9, 2)
     np.testing.assert_allclose(avg, expected, rtol=1e-13, atol=1e-15)  # fused multiply-adds round once less
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.3])
+def test_adam_in_float32_is_numpys_arithmetic_op_by_op_on_any_thread_count(rng, weight_decay):
+    """Each element is rounded after every operation (no fused multiply-adds), the
+    same in a vector or in the scalar rest of a thread's part, so 1 and 2 threads
+    agree bit for bit with NumPy's float32 arithmetic in the same order (1001
+    weights: parts that are no whole number of vectors)."""
+    f32 = np.float32
+    p, g, m = (rng.standard_normal(1001).astype(f32) for _ in range(3))
+    v = rng.random(1001).astype(f32)
+    lr, b1, b2, eps, step, scale = 1e-2, 0.9, 0.999, 1e-8, 3, 0.7
+    gi = g * f32(scale)
+    em = f32(b1) * m + (f32(1) - f32(b1)) * gi
+    ev = f32(b2) * v + (f32(1) - f32(b2)) * gi * gi
+    update = f32(lr / (1 - b1 ** step)) * em / (np.sqrt(ev) * f32(1 / math.sqrt(1 - b2 ** step)) + f32(eps))
+    ep = p - update if weight_decay == 0 else p * f32(1 - lr * weight_decay) - update
+    for nthreads in (1, 2):
+        ours = [x.copy() for x in (p, m, v)]
+        adam_update(ours[0], g, ours[1], ours[2], lr, b1, b2, eps, weight_decay, step, nthreads, scale)
+        for x, y in zip(ours, (ep, em, ev)):
+            np.testing.assert_array_equal(x, y)

@@ -71,3 +71,10 @@ kernel = njit(cache=True, error_model="numpy", fastmath=FASTMATH, nogil=True)
 # on its own thread (the threading layer set above sees to it), so the iterations of
 # one region can wait for each other at a barrier.
 parallel_kernel = njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True, nogil=True)
+
+# For elementwise updates whose every element must come out the same however the
+# loop is vectorised or split: without "contract", a multiply-add is rounded twice
+# whether it runs in a vector or in the scalar remainder of a thread's part (LLVM
+# may fuse the two differently), so results cannot depend on the thread count; and
+# without "arcp" a division is a division.
+exact_kernel = njit(cache=True, error_model="numpy", fastmath={"nsz"}, nogil=True)

@@ -1,12 +1,27 @@
 """Adam and gradient clipping on the flat parameter and gradient buffers, split
-across threads."""
+across threads.
+
+Each thread's part is passed to a loop of its own as slices indexed from 0: indexed
+from its start inside the prange loop, Numba cannot show the index is never negative,
+and the loop stayed scalar (Adam on 870 k weights took 0.9-1.2 ms on 2 cores of Zen 5;
+vectorised 0.1 ms)."""
 
 import math
 
 from numba import prange
 
-from charrnn.kernels import parallel_kernel
+from charrnn.kernels import exact_kernel, kernel, parallel_kernel
 from charrnn.kernels.gemm import split
+
+
+@kernel
+def _sum_squares_part(x):
+    """sum(x ** 2) in float64 over a thread's part (x: (n,))."""
+    part = 0.0
+    for i in range(x.shape[0]):
+        xi = float(x[i])
+        part += xi * xi
+    return part
 
 
 @parallel_kernel
@@ -15,10 +30,7 @@ def sum_squares(x, nthreads):
     total = 0.0
     for worker in prange(nthreads):
         i0, i1 = split(x.shape[0], nthreads, worker, 64)
-        part = 0.0
-        for i in range(i0, i1):
-            part += x[i] * x[i]
-        total += part
+        total += _sum_squares_part(x[i0:i1])
     return total
 
 
@@ -34,23 +46,33 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, nthreads,
     step_size = t(lr / (1.0 - beta1 ** step))
     inv_root_bc2 = t(1.0 / math.sqrt(1.0 - beta2 ** step))
     b1, b2, e, scale = t(beta1), t(beta2), t(eps), t(grad_scale)
-    one = t(1.0)
     for worker in prange(nthreads):
         i0, i1 = split(p.shape[0], nthreads, worker, 64)
-        for i in range(i0, i1):
+        _adam_part(p[i0:i1], g[i0:i1], m[i0:i1], v[i0:i1], step_size, inv_root_bc2, b1, b2, e, scale, keep)
+
+
+@exact_kernel
+def _adam_part(p, g, m, v, step_size, inv_root_bc2, b1, b2, e, scale, keep):
+    """adam_update on one thread's part, its constants worked out."""
+    one = p.dtype.type(1.0)
+    # Two loops, not p * keep with keep = 1: runs without weight decay keep
+    # torch.optim.Adam's exact step.
+    if keep == one:
+        for i in range(p.shape[0]):
             gi = g[i] * scale
             mi = b1 * m[i] + (one - b1) * gi
             vi = b2 * v[i] + (one - b2) * gi * gi
             m[i] = mi
             v[i] = vi
-            update = step_size * mi / (math.sqrt(vi) * inv_root_bc2 + e)
-            # Two forms, not p * keep with keep = 1: fused multiply-adds may round the
-            # product-and-difference differently, and runs without weight decay must
-            # stay bit-for-bit what they were.
-            if keep == one:
-                p[i] -= update
-            else:
-                p[i] = p[i] * keep - update
+            p[i] -= step_size * mi / (math.sqrt(vi) * inv_root_bc2 + e)
+    else:
+        for i in range(p.shape[0]):
+            gi = g[i] * scale
+            mi = b1 * m[i] + (one - b1) * gi
+            vi = b2 * v[i] + (one - b2) * gi * gi
+            m[i] = mi
+            v[i] = vi
+            p[i] = p[i] * keep - step_size * mi / (math.sqrt(vi) * inv_root_bc2 + e)
 
 
 @parallel_kernel
@@ -61,5 +83,10 @@ def ema_update(avg, p, decay, nthreads):
     d, rest = t(decay), t(1.0 - decay)
     for worker in prange(nthreads):
         i0, i1 = split(avg.shape[0], nthreads, worker, 64)
-        for i in range(i0, i1):
-            avg[i] = d * avg[i] + rest * p[i]
+        _ema_part(avg[i0:i1], p[i0:i1], d, rest)
+
+
+@exact_kernel
+def _ema_part(avg, p, d, rest):
+    for i in range(avg.shape[0]):
+        avg[i] = d * avg[i] + rest * p[i]
