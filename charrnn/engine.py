@@ -274,6 +274,7 @@ class Workspace:
         self.gate_sums = np.zeros(GH, dtype)
         self._gates_t_shape = (amx.padded(GH), amx.padded(T * B))
         self._gates_t: np.ndarray | None = None
+        self.gates_t_of: LayerBuffers | None = None  # the layer whose gradients they are
         self._packed_activations: dict[tuple[int, int], np.ndarray] = {}
 
     def gates_t(self) -> np.ndarray:
@@ -322,7 +323,9 @@ def layer_backward(cell: str, buf: LayerBuffers, ws: Workspace, layer: PackedLay
     the initial state. Returns the gradients w.r.t. the input-side and recurrent-side
     pre-activations, (T, B, G*H) each (the same array but for the GRU). For the LSTM
     that array is buf.acts: the gradients replace the saved activations, so a layer
-    takes one backward per forward."""
+    takes one backward per forward. In bf16 it also leaves the recurrent-side
+    gradients transposed and rounded in ws.gates_t(), and their sums in
+    ws.gate_sums, for this layer's recurrent_weight_gradients."""
     B, H = dh.shape
     nthreads = loop_threads(B, H, layer.bias.shape[0] // H, nthreads)
     arrays = BackwardArrays(buf.acts, ws.dgates, ws.dgates_h, dh, dc, dhs, buf.hs, buf.hs_buf[0], buf.cs_buf[1:],
@@ -331,9 +334,12 @@ def layer_backward(cell: str, buf: LayerBuffers, ws: Workspace, layer: PackedLay
         isa.enable_bf16()
         gh = layer.bias.shape[0]
         d_bf = np.zeros((2, amx.padded(B), amx.padded(gh)), np.uint16)  # the recurrent gradients rounded, alternate steps
+        if ws.gates_t().shape != (amx.padded(gh), amx.padded(dhs.shape[0] * B)):  # the kernel checks no bounds
+            raise ValueError("layer_backward: the workspace was made for another batch shape")
         ws.gate_sums[...] = 0.0
         recurrence_backward_bf16(CELL_CODES[cell], arrays, layer.hh, d_bf, ws.gates_t(), ws.gate_sums, _TILE_CONFIGS,
                                  nthreads)
+        ws.gates_t_of = buf
     else:
         recurrence_backward(CELL_CODES[cell], arrays, layer.hh, nthreads)
     if cell == "lstm":
@@ -344,7 +350,7 @@ def layer_backward(cell: str, buf: LayerBuffers, ws: Workspace, layer: PackedLay
 def recurrent_weight_gradients(ws: Workspace, buf: LayerBuffers, dxg, dhg, dw_hh, db_ih, db_hh,
                                nthreads: int, bf16: bool = False, below=None, dw_ih=None) -> None:
     """dw_hh += dhg^T [h0; hs[:-1]], and both bias gradients, each one product or
-    sum over all T*B rows (db_hh's sums taken in the product); with below (T*B, D),
+    sum over all T*B rows (in float32 db_hh's sums taken in the product); with below (T*B, D),
     the layer's input, also dw_ih += dxg^T below. bf16: those products in bfloat16
     (AMX or AVX512-BF16), from dhg^T as the layer's bf16 backward loop left it rounded
     in ws.gates_t() with its sums in ws.gate_sums (this layer's layer_backward must be
@@ -355,6 +361,8 @@ def recurrent_weight_gradients(ws: Workspace, buf: LayerBuffers, dxg, dhg, dw_hh
     dxg2, dhg2 = dxg.reshape(T * B, GH), dhg.reshape(T * B, GH)
     same = dxg is dhg  # LSTM, RNN: both biases get the same gradient
     hs_prev = ws.packed_activations(buf.hs_buf[:T].reshape(T * B, H), nthreads, bf16)
+    if bf16 and ws.gates_t_of is not buf:
+        raise RuntimeError("bf16 weight gradients need this layer's layer_backward just before, on the same workspace")
     if bf16:
         product(dw_hh, dhg2, True, hs_prev, nthreads, a_bf16=ws.gates_t())
         sums = ws.gate_sums

@@ -48,18 +48,25 @@ def test_adam_on_a_scaled_gradient_equals_adam_on_the_scaled_gradient(rng):
         np.testing.assert_allclose(x, y, rtol=1e-13)
 
 
-def test_sum_squares(rng):
-    x = rng.standard_normal(1001).astype(np.float32)
-    assert sum_squares(x, 2) == pytest.approx(float((x.astype(np.float64) ** 2).sum()), rel=1e-6)
+def test_sum_squares_squares_and_adds_in_float64(rng):
+    x = (rng.standard_normal(1001) * 1e3).astype(np.float32)
+    exact = float((x.astype(np.float64) ** 2).sum())
+    for nthreads in (1, 2):
+        assert sum_squares(x, nthreads) == pytest.approx(exact, rel=1e-13)  # float32 squares: about 1e-8
 
 
-def test_ema_update_is_the_moving_average(rng):
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_ema_update_is_the_moving_average_op_by_op_on_any_thread_count(rng, dtype):
+    """avg = d * avg + (1 - d) * p with d and 1 - d in avg's precision, each operation
+    rounded (nothing fused), bit for bit on 1 and 2 threads (1001 weights)."""
     from charrnn.kernels.optim import ema_update
 
-    avg, p = rng.standard_normal(1000), rng.standard_normal(1000)
-    expected = 0.9 * avg + 0.1 * p
-    ema_update(avg, p, 0.9, 2)
-    np.testing.assert_allclose(avg, expected, rtol=1e-13, atol=1e-15)  # fused multiply-adds round once less
+    avg, p = rng.standard_normal(1001).astype(dtype), rng.standard_normal(1001).astype(dtype)
+    expected = dtype(0.9) * avg + dtype(1.0 - 0.9) * p
+    for nthreads in (1, 2):
+        ours = avg.copy()
+        ema_update(ours, p, 0.9, nthreads)
+        np.testing.assert_array_equal(ours, expected)
 
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.3])

@@ -15,7 +15,7 @@ from test_amx import needs_bf16, rounded
 
 from charrnn import engine
 from charrnn.config import GATES, ModelConfig
-from charrnn.engine import PackedLayer, Workspace, layer_backward, layer_forward
+from charrnn.engine import PackedLayer, Workspace, layer_backward, layer_forward, recurrent_weight_gradients
 from charrnn.kernels.amx import BLOCK
 from charrnn.kernels.recurrence_bf16 import round_transposed_columns
 
@@ -155,8 +155,9 @@ def test_backward_is_the_same_with_any_thread_count(rng, cell, hidden):
 def test_backward_leaves_the_gradients_transposed_and_rounded_and_their_sums(rng, cell, hidden):
     """For w_hh's gradient (engine.recurrent_weight_gradients): gates_t[c, t*B + b] is
     dhg[t, b, c] rounded, zero past them; the sums are float32's, in the order of t
-    from the last step down, then b, the same whatever the split (37 rows: two
-    16 x 16 blocks transposed in registers and 5 rows value by value)."""
+    from the last step down, then b, the same whatever the split (37 rows: three
+    16 x 16 blocks transposed in registers, the last overlapping the second). And
+    the weight gradients refuse to read them for another layer."""
     steps = 3
     side, h0, c0, w_hh, b_hn = inputs(rng, cell, hidden, steps)
     dhs = rng.standard_normal((steps, B, hidden)).astype(np.float32)
@@ -174,6 +175,11 @@ def test_backward_leaves_the_gradients_transposed_and_rounded_and_their_sums(rng
             for b in range(B):
                 in_order += dhg[t, b]
         np.testing.assert_array_equal(sums, in_order)
+    other = Workspace(ModelConfig(vocab_size=3, cell=cell, layers=1, hidden=hidden, embed=D), steps, B, np.float32,
+                      dropout=False).layers[0]
+    dw = np.zeros((GH, hidden), np.float32)
+    with pytest.raises(RuntimeError, match="layer_backward just before"):
+        recurrent_weight_gradients(loop.ws, other, dhg, dhg, dw, sums.copy(), sums.copy(), nthreads, bf16=True)
 
 
 @needs_bf16

@@ -11,8 +11,9 @@ the step (a call inside another timed call counts towards the outer one):
   products               whole-batch products: input sides above layer 0, decoder,
                          weight gradients of w_ih and the decoder, dy for the layer below
   w_hh gradients         recurrent_weight_gradients: w_hh and bias gradients over T*B rows
-                         (the bias sums are taken inside the products, and the
-                         decoder's bias gradient inside its product)
+                         (the bias sums are taken inside the products, in bf16
+                         in the backward time loop, and the decoder's bias
+                         gradient inside its product)
   packing                weights packed into panels after each Adam step
   loss                   softmax cross-entropy and its gradient
   optimiser              gradient norm and Adam (charrnn.optim)

@@ -8,6 +8,8 @@ vectorised 0.1 ms)."""
 
 import math
 
+import numpy as np
+
 from numba import prange
 
 from charrnn.kernels import exact_kernel, kernel, parallel_kernel
@@ -16,17 +18,19 @@ from charrnn.kernels.gemm import split
 
 @kernel
 def _sum_squares_part(x):
-    """sum(x ** 2) in float64 over a thread's part (x: (n,))."""
+    """sum(x ** 2) over a thread's part (x: (n,)), each square and the sum in float64."""
     part = 0.0
     for i in range(x.shape[0]):
-        xi = float(x[i])
+        xi = np.float64(x[i])
         part += xi * xi
     return part
 
 
 @parallel_kernel
 def sum_squares(x, nthreads):
-    """sum(x ** 2) accumulated in float64.  x: (N,)."""
+    """sum(x ** 2) in float64.  x: (N,). The parts' sums are added in thread order, and
+    a part's in vector lanes, so the last bits depend on the thread count: it only
+    scales a clipped gradient, in float32."""
     total = 0.0
     for worker in prange(nthreads):
         i0, i1 = split(x.shape[0], nthreads, worker, 64)
@@ -38,7 +42,7 @@ def sum_squares(x, nthreads):
 def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, nthreads, grad_scale=1.0):
     """One Adam step as torch.optim.AdamW takes it (bias-corrected moments, eps
     added to the corrected root of v; the weights first shrunk by lr * weight_decay,
-    which with weight_decay 0 is torch.optim.Adam's step exactly) on the gradient
+    which with weight_decay 0 is torch.optim.Adam's step) on the gradient
     grad_scale * g, so that clipping costs no pass of its own.  p, g, m, v: (N,);
     step counts from 1."""
     t = p.dtype.type
@@ -53,26 +57,16 @@ def adam_update(p, g, m, v, lr, beta1, beta2, eps, weight_decay, step, nthreads,
 
 @exact_kernel
 def _adam_part(p, g, m, v, step_size, inv_root_bc2, b1, b2, e, scale, keep):
-    """adam_update on one thread's part, its constants worked out."""
+    """adam_update on one thread's part, its constants worked out. Without weight
+    decay keep is 1, and p * 1 - update is p - update exactly (nothing is fused)."""
     one = p.dtype.type(1.0)
-    # Two loops, not p * keep with keep = 1: runs without weight decay keep
-    # torch.optim.Adam's exact step.
-    if keep == one:
-        for i in range(p.shape[0]):
-            gi = g[i] * scale
-            mi = b1 * m[i] + (one - b1) * gi
-            vi = b2 * v[i] + (one - b2) * gi * gi
-            m[i] = mi
-            v[i] = vi
-            p[i] -= step_size * mi / (math.sqrt(vi) * inv_root_bc2 + e)
-    else:
-        for i in range(p.shape[0]):
-            gi = g[i] * scale
-            mi = b1 * m[i] + (one - b1) * gi
-            vi = b2 * v[i] + (one - b2) * gi * gi
-            m[i] = mi
-            v[i] = vi
-            p[i] = p[i] * keep - step_size * mi / (math.sqrt(vi) * inv_root_bc2 + e)
+    for i in range(p.shape[0]):
+        gi = g[i] * scale
+        mi = b1 * m[i] + (one - b1) * gi
+        vi = b2 * v[i] + (one - b2) * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] * keep - step_size * mi / (math.sqrt(vi) * inv_root_bc2 + e)
 
 
 @parallel_kernel
