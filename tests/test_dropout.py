@@ -24,3 +24,29 @@ def test_zero_rate_keeps_everything():
     mask = np.empty(100)
     dropout_mask(mask, np.uint64(3), 0.0, 2)
     np.testing.assert_array_equal(mask, 1.0)
+
+
+def splitmix_mask(n, key, p):
+    """The mask written out in NumPy: element i is dropped when the top 24 bits of
+    SplitMix64's output for key + (i + 1) * golden, as a fraction, fall below p."""
+    u64 = np.uint64
+    z = u64(key) + (np.arange(n, dtype=u64) + u64(1)) * u64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> u64(30))) * u64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> u64(27))) * u64(0x94D049BB133111EB)
+    z = z ^ (z >> u64(31))
+    u = (z >> u64(40)) * (1.0 / 16777216.0)
+    return np.where(u < p, 0.0, 1.0 / (1.0 - p))
+
+
+def test_mask_and_its_product_are_the_reference_on_any_thread_count(rng):
+    """1001 elements: thread parts that are no whole number of vectors."""
+    from charrnn.kernels.dropout import apply_mask
+
+    expected = splitmix_mask(1001, 12345, 0.3)
+    x = rng.standard_normal(1001)
+    for nthreads in (1, 2):
+        mask, out = np.empty(1001), np.empty(1001)
+        dropout_mask(mask, np.uint64(12345), 0.3, nthreads)
+        np.testing.assert_array_equal(mask, expected)
+        apply_mask(out, x, mask, nthreads)
+        np.testing.assert_array_equal(out, x * expected)

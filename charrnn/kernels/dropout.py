@@ -32,10 +32,17 @@ def dropout_mask(mask, key, p, nthreads):
     k = np.uint64(key)
     for worker in prange(nthreads):
         i0, i1 = split(flat.size, nthreads, worker, 64)
-        for i in range(i0, i1):
-            bits = _splitmix64(k + np.uint64(i + 1) * _GOLDEN)
-            u = (bits >> np.uint64(40)) * (1.0 / 16777216.0)  # 24 bits -> [0, 1)
-            flat[i] = 0.0 if u < p else keep_scale
+        _mask_part(flat[i0:i1], k + np.uint64(i0) * _GOLDEN, p, keep_scale)
+
+
+@kernel
+def _mask_part(part, base, p, keep_scale):
+    """dropout_mask on one thread's part (a slice indexed from 0, so that the loop
+    vectorises; see kernels/optim.py), whose element i hashes base + (i + 1) * _GOLDEN."""
+    for i in range(part.size):
+        bits = _splitmix64(base + np.uint64(i + 1) * _GOLDEN)
+        u = (bits >> np.uint64(40)) * (1.0 / 16777216.0)  # 24 bits -> [0, 1)
+        part[i] = 0.0 if u < p else keep_scale
 
 
 @parallel_kernel
@@ -44,5 +51,11 @@ def apply_mask(out, x, mask, nthreads):
     o, a, m = out.reshape(out.size), x.reshape(x.size), mask.reshape(mask.size)
     for worker in prange(nthreads):
         i0, i1 = split(o.size, nthreads, worker, 64)
-        for i in range(i0, i1):
-            o[i] = a[i] * m[i]
+        _multiply_part(o[i0:i1], a[i0:i1], m[i0:i1])
+
+
+@kernel
+def _multiply_part(out, x, mask):
+    """out = x * mask on one thread's part (slices indexed from 0, to vectorise)."""
+    for i in range(out.size):
+        out[i] = x[i] * mask[i]
