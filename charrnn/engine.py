@@ -360,9 +360,9 @@ def recurrent_weight_gradients(ws: Workspace, buf: LayerBuffers, dxg, dhg, dw_hh
     H = buf.hs_buf.shape[2]
     dxg2, dhg2 = dxg.reshape(T * B, GH), dhg.reshape(T * B, GH)
     same = dxg is dhg  # LSTM, RNN: both biases get the same gradient
-    hs_prev = ws.packed_activations(buf.hs_buf[:T].reshape(T * B, H), nthreads, bf16)
     if bf16 and ws.gates_t_of is not buf:
         raise RuntimeError("bf16 weight gradients need this layer's layer_backward just before, on the same workspace")
+    hs_prev = ws.packed_activations(buf.hs_buf[:T].reshape(T * B, H), nthreads, bf16)
     if bf16:
         product(dw_hh, dhg2, True, hs_prev, nthreads, a_bf16=ws.gates_t())
         sums = ws.gate_sums

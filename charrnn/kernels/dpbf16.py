@@ -143,7 +143,7 @@ def rows_product(a_bf, a0, bp, p, c, c0, cj, kblocks, rows):
     r = 0
     while r + GROUP <= rows:
         _rows8(a_bf, a0 + r, bp, p, c, c0 + r, cj, kblocks)
-        r += 8
+        r += GROUP
     if rows - r >= 4:
         _rows4(a_bf, a0 + r, bp, p, c, c0 + r, cj, kblocks)
         r += 4
