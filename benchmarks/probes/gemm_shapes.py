@@ -1,5 +1,6 @@
 """charrnn's matrix products against NumPy's BLAS on the shapes of an LSTM training
-step: python -m benchmarks.probes.gemm_shapes [--hidden 512] [--processes 3] [--threads 2] [--bf16].
+step: python -m benchmarks.probes.gemm_shapes [--hidden 512] [--processes 3] [--threads 2] [--bf16]
+[--isa avx2].
 
 --bf16 adds charrnn's bfloat16 products on AMX tiles or AVX512-BF16, whichever the
 CPU has (CHARRNN_BF16 picks; precision bf16; the
@@ -26,7 +27,7 @@ import sys
 import time
 from statistics import median
 
-from benchmarks.common import BATCH, SEQ, run_worker, thread_env, worker_main
+from benchmarks.common import BATCH, ISA_LEVELS, SEQ, run_worker, thread_env, worker_main
 
 LIBRARIES = ("charrnn", "numpy")
 BF16_LIBRARIES = ("charrnn-bf16", "torch-bf16")
@@ -92,16 +93,21 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="threads for both libraries (default 2)")
     p.add_argument("--reps", type=int, default=9, help="timings per shape and process (default 9)")
     p.add_argument("--bf16", action="store_true", help="also charrnn's bfloat16 products and PyTorch's bfloat16")
+    p.add_argument("--isa", choices=ISA_LEVELS, help="limit charrnn's processes to this level (CHARRNN_ISA); NumPy's "
+                                                   "BLAS keeps its own choice")
     args = p.parse_args(argv)
-    env = thread_env(args.threads)
+    if args.bf16 and args.isa not in (None, "avx512"):
+        p.error(f"--bf16 needs AVX512-BF16 or AMX, which --isa {args.isa} leaves out")
     have_torch = importlib.util.find_spec("torch") is not None
     libraries = LIBRARIES + tuple(lib for lib in BF16_LIBRARIES if args.bf16 and (have_torch or lib != "torch-bf16"))
     runs = {lib: [] for lib in libraries}
     for _ in range(args.processes):
         for lib in libraries:
             spec = {"task": "time", "library": lib, "reps": args.reps, "hidden": args.hidden}
+            env = thread_env(args.threads, library="charrnn" if lib.startswith("charrnn") else None, isa=args.isa)
             runs[lib].append(run_worker("probes.gemm_shapes", spec, env)["seconds"])
-    print(f"products, B={BATCH}, T={SEQ}, H={args.hidden}, {args.threads} threads, GFLOP/s, median over "
+    level = f", charrnn at --isa {args.isa}" if args.isa else ""
+    print(f"products, B={BATCH}, T={SEQ}, H={args.hidden}, {args.threads} threads{level}, GFLOP/s, median over "
           f"{args.processes} processes per library; ratio: charrnn / numpy (float32)")
     print(f"  {'shape':<16} {'M x K x N':>16} " + " ".join(f"{lib:>12}" for lib in runs) + f" {'ratio':>6}")
     for name, M, K, N, _, _ in shapes(args.hidden):
