@@ -24,6 +24,14 @@ MC = 64 // MR * MR  # rows of A per block, whole tiles: MC x KC floats (about 12
 # each row per page. lstm-2x256 on a 2-core Xeon (profile_step): its weight gradients
 # took 39 ms a step with blocks of 60 rows, 24-25 with 126 or 252 (one run each).
 MC_T = 128 // MR * MR
+# The strips of a packed block of A.T lie KC + A_PAD rows of k apart. KC * MR floats
+# is a multiple of 4 KB, so without the pad, packing one row of A (a group of MR
+# floats into each strip) writes every strip's group to the same L1 cache set, and
+# the 21-32 strips of a block evict each other from its 12 ways. On Zen 5, 2 threads,
+# `python -m benchmarks.probes.gemm_shapes --hidden 512 [--isa avx2]`: the weight
+# gradient went from 414 to 449 GFLOP/s at the avx512 level and from 213 to 246 at
+# avx2, level with the other products (packing alone took 13% of it, now 2%).
+A_PAD = 16
 # Tiles are NR columns wide, or with MR rows also as narrow as one of these
 # (simd.TileShape.narrow); a level with one narrow width gives it twice.
 NARROW = (SHAPE.narrow + SHAPE.narrow)[:2] if SHAPE.narrow else (NR, NR)
@@ -186,7 +194,7 @@ def gemm_block(a, trans_a, bp, c, sums, r0, r1, p0, p1, scratch, a_pack):
     block of A is packed once per call, so a caller asking for sums gives one
     call all the panels (as gemm does).
     scratch: (MR, NR) for the last panel when N is not a multiple of NR.
-    a_pack: (MC_T // MR, KC, MR) workspace: with trans_a, each block of A is copied
+    a_pack: (MC_T // MR, KC + A_PAD, MR) workspace: with trans_a, each block of A is copied
     there first, so that a tile reads contiguous memory instead of one cache line
     per k."""
     if trans_a:
@@ -324,7 +332,7 @@ def tile_scratch(like):
 @kernel
 def gemm_workspaces(like):
     """The per-thread arrays gemm_block needs: tile scratch and A packing."""
-    return tile_scratch(like), np.empty((MC_T // MR, KC, MR), like.dtype)
+    return tile_scratch(like), np.empty((MC_T // MR, KC + A_PAD, MR), like.dtype)
 
 
 @parallel_kernel
