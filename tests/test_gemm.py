@@ -160,3 +160,20 @@ def test_tiles_fit_the_level():
     for shape in SHAPES.values():
         for width in shape.narrow + (shape.nr,):
             assert width % shape.lanes(4) == 0 and width % shape.lanes(8) == 0
+
+
+@pytest.mark.parametrize("itemsize", [4, 8])
+def test_packed_strips_of_a_transposed_a_spread_over_cache_sets(itemsize):
+    """Packing a row of A.T writes one group into every strip of a block: strips a
+    multiple of 4 KB apart would all land in one L1 set (64 sets of 64-byte lines)
+    and evict each other (gemm.A_PAD). At every level at most 4 share a set."""
+    from charrnn.kernels.gemm import A_PAD, KC, MC_T, MC_T_ROWS, gemm_workspaces
+    from charrnn.kernels.simd import SHAPES
+
+    for shape in SHAPES.values():
+        stride = (KC + A_PAD) * shape.mr * itemsize
+        strips = MC_T_ROWS // shape.mr  # a block's strips at that level
+        sets = [(s * stride // 64) % 64 for s in range(strips)]
+        assert max(sets.count(x) for x in sets) <= 4, shape
+    a_pack = gemm_workspaces(np.zeros(1, np.float32 if itemsize == 4 else np.float64))[1]
+    assert a_pack.shape == (MC_T // MR, KC + A_PAD, MR)
