@@ -23,7 +23,7 @@ MC = 64 // MR * MR  # rows of A per block, whole tiles: MC x KC floats (about 12
 # a block at a time, each of its rows a page of its own: taller blocks read more of
 # each row per page. lstm-2x256 on a 2-core Xeon (profile_step): its weight gradients
 # took 39 ms a step with blocks of 60 rows, 24-25 with 126 or 252 (one run each).
-MC_T_ROWS = 128  # whole tiles of as many rows as fit: MC_T
+MC_T_ROWS = 128  # MC_T: as many whole tiles as fit in these rows
 MC_T = MC_T_ROWS // MR * MR
 # The strips of a packed block of A.T lie KC + A_PAD rows of k apart. KC * MR floats
 # is a multiple of 4 KB, so without the pad, packing one row of A (a group of MR
