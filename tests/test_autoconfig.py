@@ -55,8 +55,9 @@ def test_dropout_grows_with_passes_times_parameters_per_character():
     assert autoconfig.dropout_for(4.4, 5_400_000, 1_000_000) == 0.1  # the plateau's end, x = 24
     assert autoconfig.dropout_for(4.8, 5_400_000, 1_000_000) == 0.12  # 3x512 at 20 minutes on Zen 4
     assert autoconfig.dropout_for(9.0, 5_400_000, 1_000_000) == 0.25  # 3x512 at 20 minutes on Zen 5
-    assert autoconfig.dropout_for(4.7, 12_070_000, 1_000_000) == 0.29  # 3x768 at 20 minutes on Zen 5
-    assert autoconfig.dropout_for(1000.0, 5_400_000, 10_000) == 0.35  # capped
+    assert autoconfig.dropout_for(4.7, 12_070_000, 1_000_000) == 0.25  # 3x768 at 20 minutes on Zen 5 (x = 57)
+    assert autoconfig.dropout_for(3.7, 12_070_000, 1_000_000) == 0.23  # x = 45, below the cap
+    assert autoconfig.dropout_for(1000.0, 5_400_000, 10_000) == autoconfig.DROPOUT_MAX == 0.25  # capped
     steps = [autoconfig.dropout_for(e, 1_000_000, 1_000_000) for e in (1, 2, 4, 8, 32, 64, 128)]
     assert steps == sorted(steps)
 
