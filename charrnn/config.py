@@ -41,6 +41,16 @@ def is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def plain_number(v):
+    """v, with a number of another type (numpy's int64, float32, ...) as Python's int or
+    float: configs go into checkpoints and answers as JSON, which knows only those."""
+    if is_int(v):
+        return int(v)
+    if isinstance(v, numbers.Real) and not isinstance(v, bool):
+        return float(v)
+    return v
+
+
 @dataclass(frozen=True)
 class Rule:
     """What a value must be: check(value) is True, described as `what`."""
@@ -174,7 +184,7 @@ class Setting:
             value = tuple(value)
         if self.rule is not None and not self.rule.check(value):
             raise SettingError(self.name, value, self.rule.what)
-        return value
+        return plain_number(value)
 
     def shown_default(self) -> str | None:
         """The default as help shows it, None when there is none to show."""
@@ -333,7 +343,8 @@ class TrainConfig(Settings):
     # seconds of training, counted across resumes
     max_time: float | None = setting(None, "Stop after this much training time, e.g. 90s, 5m, 1h.", "duration",
                                      POSITIVE_NUMBER, optional=True)
-    patience: int | None = setting(None, "Stop after N evaluations in a row without a new best validation loss.",
+    patience: int | None = setting(None, "Stop after N evaluations in a row without a new best validation loss "
+                                         "(with a validation split: {val_frac} above 0).",
                                    "int", POSITIVE_INT, optional=True)
     seed: int = setting(0, "Seed for initialisation and dropout.", "int", NON_NEGATIVE_INT)
     precision: str = setting("float32", "bf16: train with the matrix products (the time loops' too) in bfloat16 on the "
@@ -377,7 +388,15 @@ def new_run_settings(model: dict, train: dict, vocab_size: int) -> tuple[ModelCo
         if train.get("forget_bias", 0.0) != 0.0:
             raise CharrnnError(f"{named('forget_bias')} applies to {named('cell', 'lstm')} only, not {cfg.cell}")
         tcfg = tcfg.replace(forget_bias=0.0)  # the cell has no forget gate
-    return cfg, tcfg
+    return cfg, check_patience(tcfg)
+
+
+def check_patience(tcfg: TrainConfig) -> TrainConfig:
+    """Refuse patience without a validation split: it would never stop a run."""
+    if tcfg.patience is not None and tcfg.val_frac == 0:
+        raise CharrnnError(f"{named('patience')} counts evaluations without a new best validation loss, and "
+                           f"{named('val_frac', format(tcfg.val_frac, 'g'))} holds out no validation text")
+    return tcfg
 
 
 def resumed_run_settings(saved: TrainConfig, model: ModelConfig, given_model: dict,
@@ -400,7 +419,7 @@ def resumed_run_settings(saved: TrainConfig, model: ModelConfig, given_model: di
                            "change it")
     if any(name in given_train for name in BUDGET):  # a new budget replaces the saved one
         saved = saved.replace(**{name: None for name in BUDGET})
-    return saved.replace(**given_train)
+    return check_patience(saved.replace(**given_train))
 
 
 # ----- generation -------------------------------------------------------------------

@@ -54,18 +54,19 @@ def line_hashes(lines) -> np.ndarray:
 
 
 def split_lines(lines: list[str], val_frac: float, seed: int, val_hashes: np.ndarray | None = None):
-    """(training lines, validation lines): the lines whose hash is in val_hashes when
-    given (a resumed run keeps its split), else a random val_frac of them, drawn with
-    the run's seed."""
-    if val_hashes is not None:
+    """(training lines, validation lines): a random val_frac of them, drawn with the
+    run's seed. A resumed run gives its validation lines' hashes: the same draw when
+    it holds exactly those lines (the same corpus: a line that occurs twice may have a
+    copy on each side, which the hashes alone cannot tell), else the lines whose hash
+    is among them (the corpus changed; its old validation lines stay out of training)."""
+    n_val = int(round(len(lines) * val_frac))
+    if val_hashes is None and val_frac > 0 and n_val < 1:
+        raise CharrnnError(f"{named('val_frac', val_frac)} leaves no validation line of {len(lines)}; use a "
+                           f"larger {named('val_frac')} or 0 for none")
+    in_val = np.zeros(len(lines), bool)
+    in_val[np.random.default_rng([seed, 0x76616C]).permutation(len(lines))[:n_val]] = True
+    if val_hashes is not None and not np.array_equal(line_hashes(x for x, v in zip(lines, in_val) if v), val_hashes):
         in_val = np.isin(np.array([line_hash(line) for line in lines], np.uint64), val_hashes)
-    else:
-        n_val = int(round(len(lines) * val_frac))
-        if val_frac > 0 and n_val < 1:
-            raise CharrnnError(f"{named('val_frac', val_frac)} leaves no validation line of {len(lines)}; use a "
-                               f"larger {named('val_frac')} or 0 for none")
-        in_val = np.zeros(len(lines), bool)
-        in_val[np.random.default_rng([seed, 0x76616C]).permutation(len(lines))[:n_val]] = True
     return [x for x, v in zip(lines, in_val) if not v], [x for x, v in zip(lines, in_val) if v]
 
 

@@ -18,6 +18,7 @@ with dropout and weight drop on: they cost about 8% of a step for 3x768 in bf16 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -68,7 +69,7 @@ def _load() -> dict:
     try:
         data = json.loads(cache_path().read_text())
         return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # unreadable, or not JSON we wrote
         return {}
 
 
@@ -92,7 +93,13 @@ def _store(k: str, chars_per_sec: float) -> None:
 
 def _speed(entry) -> float | None:
     """A cache entry's speed, None for a missing or unusable one."""
-    return float(entry) if isinstance(entry, (int, float)) and entry > 0 else None
+    if isinstance(entry, bool) or not isinstance(entry, (int, float)):
+        return None
+    try:
+        speed = float(entry)
+    except OverflowError:  # an integer beyond float's range: not a speed we wrote
+        return None
+    return speed if 0 < speed < math.inf else None
 
 
 def known(cfg: ModelConfig, batch: int, seq_len: int, precision: str = "float32") -> bool:

@@ -151,7 +151,12 @@ class Trainer:
             raise self.diverged(self.step, "validation loss")
         if not (np.isfinite(self.params.flat).all() and np.isfinite(self.eval_params.flat).all()):
             raise self.diverged(self.step, "model's weights")
-        improved = val is None or self.state.best_val_loss is None or val < self.state.best_val_loss
+        best = self.state.best_val_loss
+        # A run resumed after a kill between the writes of best.safetensors and
+        # last.safetensors evaluates that best step again, to the same loss: it is the
+        # best still, as it was for the run that was killed.
+        replayed = self.step == self.state.best_step and val == best
+        improved = val is None or best is None or val < best or replayed
         if improved and val is not None:  # no validation split: best is the newest
             self.state.best_val_loss, self.state.best_step = val, self.step
         self.state.since_best = 0 if improved else (self.state.since_best or 0) + 1
@@ -194,9 +199,10 @@ class Trainer:
                                f"{named('max_time')}")
         spent = self._spent(self.state.elapsed)
         if self.resumed and spent:
+            larger = (named("patience") if self._patience_spent() else
+                      f"{named('max_steps')}, {named('max_epochs')} or {named('max_time')}")
             raise CharrnnError(f"nothing to do: the checkpoint is at step {self.step}, which already meets "
-                               f"{spent}; give a larger {named('max_steps')}, {named('max_epochs')} or "
-                               f"{named('max_time')}")
+                               f"{spent}; give a larger {larger}")
         with self.run_dir.lock(), handled(self.STOP_SIGNALS, self._on_stop_signal):
             return self._loop()
 
@@ -248,6 +254,9 @@ class Trainer:
     def _spent(self, elapsed: float) -> str | None:
         return self.budget.reached(self.step, elapsed, self.state.since_best)
 
+    def _patience_spent(self) -> bool:
+        return self.tcfg.patience is not None and (self.state.since_best or 0) >= self.tcfg.patience
+
     def _note_evaluation_cost(self, seconds: float, train_seconds: float) -> None:
         """Say once when validation takes a large share of the time (a big corpus)."""
         if seconds > 5 and seconds > 0.2 * train_seconds and not self.noted_eval_cost:
@@ -274,6 +283,6 @@ class Trainer:
                 "best_step": self.state.best_step, "elapsed": self.state.elapsed, "interrupted": self.interrupted,
                 "signal": self.stop_signal, "trained": self.step != self.start_step,
                 "stopped_by": self._spent(self.state.elapsed), "overfitting": overfitting(self.metrics),
-                "patience_stop": self.tcfg.patience is not None and (self.state.since_best or 0) >= self.tcfg.patience,
+                "patience_stop": self._patience_spent(),
                 "last": str(self.run_dir.file("last.safetensors")), "best": str(self.run_dir.file("best.safetensors"))}
 

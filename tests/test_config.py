@@ -78,6 +78,19 @@ def test_the_library_names_the_setting_and_the_command_line_the_flag(cls, name, 
     assert render(info.value.message, as_flag).startswith(flag + message[len(name):])
 
 
+def test_numbers_of_other_types_are_kept_as_python_numbers_that_json_can_write():
+    """numpy's int64 and float32 pass the rules (they are numbers), and a config keeps
+    them as int and float: checkpoints and the server's answers are JSON."""
+    import json
+
+    import numpy as np
+    cfg = TrainConfig(seed=np.int64(3), lr=np.float32(0.5), batch_size=np.uint8(4), max_time=np.float64(90))
+    assert [type(v) for v in (cfg.seed, cfg.lr, cfg.batch_size, cfg.max_time)] == [int, float, int, float]
+    assert (cfg.seed, cfg.lr, cfg.batch_size, cfg.max_time) == (3, 0.5, 4, 90.0)
+    json.dumps(cfg.to_dict())
+    assert type(ModelConfig(vocab_size=np.int32(5), hidden=np.int64(8)).hidden) is int
+
+
 def test_durations_given_as_text_are_kept_in_seconds():
     assert TrainConfig(max_time="1h30m").max_time == 5400.0
     assert TrainConfig(eval_every="2m").eval_every == "120s" and TrainConfig(eval_every=50).eval_every == 50

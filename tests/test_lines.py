@@ -48,6 +48,19 @@ def test_the_validation_lines_are_a_seeded_random_sample_not_the_last_ones():
     assert split_lines(lines[::-1], 0.5, seed=9, val_hashes=kept) == (train[::-1], val[::-1])  # as saved
 
 
+def test_a_resumed_run_keeps_its_split_when_lines_occur_more_than_once():
+    """A line that occurs ten times may have copies on both sides; the resumed run's
+    split is the fresh one, not every copy of a validation line moved to validation."""
+    lines = [f"name{i % 30:02d}" for i in range(300)]
+    train, val = split_lines(lines, 0.1, seed=3)
+    assert set(train) & set(val)  # copies on both sides
+    kept = np.unique(np.array([line_hash(x) for x in val], np.uint64))
+    assert split_lines(lines, 0.1, seed=3, val_hashes=kept) == (train, val)
+    changed = lines[:-7]  # another corpus: every copy of a validation line stays out of training
+    train2, val2 = split_lines(changed, 0.1, seed=3, val_hashes=kept)
+    assert not set(train2) & set(val) and set(val2) == set(val)
+
+
 def test_a_padded_batch_marks_what_is_not_a_line():
     x, y = pad([np.array([5, 6]), np.array([7])], 3, end=0)
     assert x.shape == y.shape == (8, 3)

@@ -1,5 +1,7 @@
 """The speed cache a time budget plans with: measured over time, blended, keyed."""
 
+import json
+
 import pytest
 
 from charrnn import speed
@@ -71,5 +73,17 @@ def test_an_unreadable_cache_counts_as_empty():
     speed.cache_path().parent.mkdir(parents=True, exist_ok=True)
     speed.cache_path().write_text("not json")
     assert not speed.known(CFG, 2, 3)
+    speed.remember(CFG, 2, 3, 10.0)
+    assert speed.known(CFG, 2, 3)
+
+
+def test_a_cache_nested_too_deep_or_holding_numbers_no_speed_can_be_counts_as_empty():
+    speed.cache_path().parent.mkdir(parents=True, exist_ok=True)
+    speed.cache_path().write_text("[" * 100_000 + "]" * 100_000)
+    assert not speed.known(CFG, 2, 3)
+    k = speed.key(CFG, 2, 3, "float32")
+    for bad in ("1" + "0" * 400, "1e999", "NaN", "-5", "true"):
+        speed.cache_path().write_text(f"{{{json.dumps(k)}: {bad}}}")
+        assert not speed.known(CFG, 2, 3), bad
     speed.remember(CFG, 2, 3, 10.0)
     assert speed.known(CFG, 2, 3)

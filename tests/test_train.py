@@ -139,10 +139,11 @@ class Killed(BaseException):
     """Stands for SIGKILL: nothing after it runs."""
 
 
-def test_a_kill_between_two_writes_resumes_to_the_same_files(corpus, tmp_path, monkeypatch):
+@pytest.mark.parametrize("steps", [40, 20])  # 20: the resumed run's one evaluation is step 20's again
+def test_a_kill_between_two_writes_resumes_to_the_same_files(corpus, tmp_path, monkeypatch, steps):
     import charrnn.rundir as rundir
 
-    run(corpus, tmp_path / "whole", 40)
+    run(corpus, tmp_path / "whole", steps)
     out = tmp_path / "killed"
     real_save = rundir.save_checkpoint
 
@@ -153,15 +154,15 @@ def test_a_kill_between_two_writes_resumes_to_the_same_files(corpus, tmp_path, m
 
     monkeypatch.setattr(rundir, "save_checkpoint", save_then_die_before_last)
     with pytest.raises(Killed):
-        run(corpus, out, 40)
+        run(corpus, out, steps)
     monkeypatch.setattr(rundir, "save_checkpoint", real_save)
     assert load_checkpoint(out / "last.safetensors").state.step == 10
     assert load_checkpoint(out / "best.safetensors").state.step == 20
-    run(corpus, out, 40, resume=out / "last.safetensors")
+    run(corpus, out, steps, resume=out / "last.safetensors")
     for name in ("last.safetensors", "best.safetensors"):
         assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
     rows = [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines()]
-    assert rows == [10, 20, 30, 40]
+    assert rows == list(range(10, steps + 1, 10))
 
 
 def test_a_new_budget_on_resume_replaces_the_saved_one(corpus, tmp_path):
@@ -443,8 +444,14 @@ def test_patience_stops_after_that_many_evaluations_without_a_new_best(corpus, t
     monkeypatch.setattr(Trainer, "validate", lambda self: next(losses))
     summary = run(corpus, tmp_path, 60, patience=2)
     assert summary["step"] == 40 and summary["patience_stop"] and summary["best_step"] == 20
-    with raises_as_cli("already meets --patience 2"):
-        run(corpus, tmp_path, 60, resume=tmp_path / "last.safetensors")
+    with raises_as_cli("already meets --patience 2 .*; give a larger --patience$"):
+        run(corpus, tmp_path, 80, resume=tmp_path / "last.safetensors")  # a larger budget would not do
+
+
+def test_patience_without_a_validation_split_is_refused(corpus, tmp_path):
+    with raises_as_cli("--patience counts evaluations without a new best validation loss, and --val-frac 0"):
+        run(corpus, tmp_path, 20, patience=2, val_frac=0.0)
+    assert not (tmp_path / "last.safetensors").exists()
 
 
 def test_overfitting_is_said_in_words():
