@@ -60,8 +60,9 @@ class LineScore:
 class Model:
     """A trained model, ready to generate and score text (see charrnn.load).
 
-    One Model runs one call at a time (calls from several threads wait for each other);
-    load the checkpoint again for a second engine."""
+    One Model runs one computation at a time (calls from several threads wait for each
+    other; a stream's pieces let other calls run between them, in its thread or
+    another); load the checkpoint again for a second engine."""
 
     def __init__(self, checkpoint: Checkpoint, path: str | None = None):
         self.checkpoint, self.path = checkpoint, path
@@ -132,12 +133,18 @@ class Model:
         return self.settings(prime, **settings)
 
     def _pieces(self, cfg: SampleConfig, block: int | None) -> Iterator[str]:
-        with self._lock:
-            sampler = self.sampler(cfg, block)
-            if cfg.prime:
-                yield cfg.prime
-            for piece in sampler.blocks():
-                yield self.checkpoint.vocab.decode(piece.ids[0, :piece.counts[0]])
+        # The lock is held for each block's computation, not between pieces: a caller
+        # may hold two streams, or score text, while a stream is open.
+        sampler = self.sampler(cfg, block)
+        if cfg.prime:
+            yield cfg.prime
+        blocks = sampler.blocks()
+        while True:
+            with self._lock:
+                piece = next(blocks, None)
+            if piece is None:
+                return
+            yield self.checkpoint.vocab.decode(piece.ids[0, :piece.counts[0]])
 
     def generate_many(self, n: int, prime: str = "", **settings) -> list[str]:
         """n samples generated together as one batch: list of n str, each the prime and
@@ -159,7 +166,7 @@ class Model:
         know are an UnknownCharactersError naming them, or dropped with skip_unknown."""
         ids = self.score_input(text, skip_unknown)
         with self._lock:
-            scored = score_text(self.network, ids, self.end_id, self.lines)
+            scored = score_text(self.network, ids, self.end_id, self.lines, self.cr_id)
         return Score(**scored.report())
 
     def score_lines(self, text: str, skip_unknown: bool = False) -> list[LineScore]:
@@ -167,7 +174,7 @@ class Model:
         candidates (names by likelihood) or finding odd lines."""
         ids = self.score_input(text, skip_unknown)
         with self._lock:
-            scored = score_text(self.network, ids, self.end_id, self.lines)
+            scored = score_text(self.network, ids, self.end_id, self.lines, self.cr_id)
         decode = self.checkpoint.vocab.decode
         return [LineScore(i, decode(ids[a:b]), nats, nats / count if count else None)
                 for i, (a, b, nats, count) in enumerate(scored.lines, start=1)]
@@ -175,8 +182,12 @@ class Model:
     @property
     def end_id(self) -> int:
         """The id of the newline (line mode's start marker and end token), -1 if there is none."""
-        chars = self.checkpoint.vocab.chars
-        return chars.index("\n") if "\n" in chars else -1
+        return self.checkpoint.vocab.find("\n")
+
+    @property
+    def cr_id(self) -> int:
+        """The id of \\r (line mode scores it as part of a line's end), -1 if there is none."""
+        return self.checkpoint.vocab.find("\r")
 
     def score_input(self, text: str, skip_unknown: bool = False) -> np.ndarray:
         """The ids score() runs on, or the error it raises (a server checks a request

@@ -357,8 +357,8 @@ def evaluate(checkpoint, texts, as_json, per_line, skip_unknown, novelty, train_
         if text.skipped:
             err(f"{text.name + ': ' if several else ''}skipped {text.skipped:,} characters not in the "
                 f"vocabulary: {describe_chars(text.unknown)}")
-    end = vocab.chars.index("\n") if "\n" in vocab else -1
-    result = evaluate_texts(model.network, loaded, train_corpus if novelty else None, end, model.lines)
+    result = evaluate_texts(model.network, loaded, train_corpus if novelty else None, model.end_id, model.lines,
+                            model.cr_id)
     if per_line:
         _print_lines(loaded, result["scored"], vocab, as_json, several)
         return

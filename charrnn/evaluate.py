@@ -13,7 +13,7 @@ import numpy as np
 from charrnn.data import decode_stream, iter_text, load_ids, load_known_ids
 from charrnn.lines import pad
 from charrnn.model import RecurrentState
-from charrnn.network import Network
+from charrnn.network import Network, run_to_end
 from charrnn.novelty import NGRAM_SIZES, fraction, novelty
 from charrnn.vocab import UnknownCharactersError, Vocab, code_points, describe_chars
 
@@ -191,33 +191,32 @@ class Scored:
         return {**perplexity_report(float(self.nats.sum()), int(self.counts.sum())), "nats_per_char_stderr": stderr}
 
 
-def _line_bounds(ids: np.ndarray, end: int) -> list[tuple[int, int]]:
+def _line_bounds(ids: np.ndarray, end: int, cr: int = -1) -> list[tuple[int, int]]:
     """(start, stop) of every line of a text's ids, its end excluded, as str.splitlines
-    cuts text (a final end starts no new line)."""
+    cuts text (a final end starts no new line); cr (an id, -1 for none) at a line's end
+    is left out too, as a Windows line end is in line mode's training (read_lines)."""
     ends = np.flatnonzero(ids == end).tolist()
     starts = [0] + [e + 1 for e in ends]
     stops = ends + [ids.size]
     bounds = list(zip(starts, stops))
-    return bounds[:-1] if bounds and bounds[-1][0] == ids.size else bounds
+    bounds = bounds[:-1] if bounds and bounds[-1][0] == ids.size else bounds
+    return [(a, b - 1) if cr >= 0 and b > a and ids[b - 1] == cr else (a, b) for a, b in bounds]
 
 
-def score_text(net: Network, ids: np.ndarray, end: int, lines: bool) -> Scored:
+def score_text(net: Network, ids: np.ndarray, end: int, lines: bool, cr: int = -1) -> Scored:
     """Score a text as `charrnn evaluate` does. Streams: one stream from a zero state,
     every character predicted from all before it. Line mode: every non-empty line on
-    its own (see line_losses), its end predicted too; per input line, empty ones too."""
-    steps = score_text_steps(net, ids, end, lines)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
+    its own (see line_losses), its end predicted too (a \\r before it, id cr, is part
+    of the end, as in training); per input line, empty ones too."""
+    return run_to_end(score_text_steps(net, ids, end, lines, cr))
 
 
-def score_text_steps(net: Network, ids: np.ndarray, end: int, lines: bool) -> Generator[None, None, Scored]:
+def score_text_steps(net: Network, ids: np.ndarray, end: int, lines: bool,
+                     cr: int = -1) -> Generator[None, None, Scored]:
     """score_text one engine call (a chunk of text, or a batch of lines) per step of the
     iteration, the Scored being the generator's return value: for a server, which runs
     other work between the steps."""
-    bounds = _line_bounds(ids, end) if end >= 0 else [(0, ids.size)]
+    bounds = _line_bounds(ids, end, cr if lines else -1) if end >= 0 else [(0, ids.size)]
     if lines:
         nats = np.zeros(len(bounds))
         yield from _line_loss_batches(net, [ids[a:b].astype(np.int64) for a, b in bounds], end, 64, nats)
@@ -235,13 +234,14 @@ def score_text_steps(net: Network, ids: np.ndarray, end: int, lines: bool) -> Ge
     return Scored(block_nats, block_counts, per_line)
 
 
-def evaluate_texts(net: Network, texts: list[Text], train_corpus=None, end: int = -1, lines: bool = False) -> dict:
+def evaluate_texts(net: Network, texts: list[Text], train_corpus=None, end: int = -1, lines: bool = False,
+                   cr: int = -1) -> dict:
     """Score each text (see score_text); with train_corpus, also the novelty of each
     text's characters (all of them, also those skipped as unknown) against that corpus.
     Returns {"files": [report per text], "total": report, "scored": [Scored per text]},
     the total over all predicted characters (and all n-grams) with the standard error
     over the units of every text."""
-    scored = [score_text(net, text.ids, end, lines) for text in texts]
+    scored = [score_text(net, text.ids, end, lines, cr) for text in texts]
     reports = [{"file": text.name, **s.report()} for text, s in zip(texts, scored)]
     pooled = Scored(np.concatenate([s.nats for s in scored]), np.concatenate([s.counts for s in scored]), [])
     summary = {"files": reports, "total": pooled.report(), "scored": scored}

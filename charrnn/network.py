@@ -3,6 +3,8 @@ character ids, and the inference steps, on the engine's kernels."""
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import numpy as np
 
 from charrnn import isa
@@ -16,6 +18,10 @@ from charrnn.kernels.loss import softmax_xent, softmax_xent_backward, softmax_xe
 from charrnn.kernels.recurrence import CELL_CODES
 from charrnn.kernels.sampling import Decoding, History
 from charrnn.model import ParamBuffer, Parameters, RecurrentState, layer_dropout_keys, weight_drop_keys
+
+# Workspaces kept (Network._workspace): a training pass, validation's chunk and its tail,
+# and one more.
+MAX_WORKSPACES = 4
 
 
 class Network:
@@ -50,10 +56,18 @@ class Network:
         self._last = None
 
     def _workspace(self, T: int, B: int, dropout: bool) -> Workspace:
+        """The arrays of a (T, B) pass, kept for the next pass of that shape. Only the
+        MAX_WORKSPACES shapes used last are kept: training repeats one or two shapes, but a
+        server scores texts and reads prompts of every length, and a workspace kept for
+        each would only ever add memory."""
         key = (T, B, dropout)
-        if key not in self._workspaces:
-            self._workspaces[key] = Workspace(self.cfg, T, B, self.params.dtype, dropout)
-        return self._workspaces[key]
+        ws = self._workspaces.pop(key, None)
+        if ws is None:
+            ws = Workspace(self.cfg, T, B, self.params.dtype, dropout)
+            while len(self._workspaces) >= MAX_WORKSPACES:
+                del self._workspaces[next(iter(self._workspaces))]  # the one used longest ago
+        self._workspaces[key] = ws  # last in the order: used most recently
+        return ws
 
     def packed(self, nthreads: int) -> PackedWeights:
         """The weights packed for the kernels, rebuilt when the parameters change."""
@@ -290,3 +304,13 @@ def make_decoding(B: int, temperature=1.0, top_k=0, top_p=1.0, argmax=False, min
     return Decoding(rows(temperature, np.float64), rows(top_k, np.int64), rows(top_p, np.float64),
                     rows(min_p, np.float64), rows(argmax, np.bool_), ban, rows(dry_multiplier, np.float64),
                     rows(dry_base, np.float64), rows(dry_allowed, np.int64), rows(dry_last_n, np.int64))
+
+
+def run_to_end(steps: Generator):
+    """The result of work done a step at a time: a generator that yields between steps
+    (so that a server can run other work there) and returns its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value

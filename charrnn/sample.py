@@ -21,13 +21,34 @@ from charrnn.errors import CharrnnError, SettingError, UnknownCharactersError, n
 from charrnn.model import RecurrentState
 from charrnn.kernels.sampling import Decoding, History
 from charrnn.lines import END
-from charrnn.network import Network, make_decoding
+from charrnn.network import Network, make_decoding, run_to_end
 from charrnn.vocab import Vocab, describe_chars
 
 # Characters generated per call into the engine: one compiled loop runs this many
 # steps for every row, so Python's per-character cost is gone, while streamed text
 # still appears every few milliseconds.
 BLOCK = 64
+# Prime characters read per pass: a pass's arrays grow with its length (about 12 kB a
+# character for an LSTM 2x256), and a prompt may be a megabyte.
+PRIME_CHUNK = 1024
+
+
+def prime_steps(net: Network, prime_ids: np.ndarray) -> Generator[None, None, RecurrentState]:
+    """The state (batch 1) after reading all of a prime but its last character (which
+    the first generation step reads), a chunk of PRIME_CHUNK at a time: it yields
+    between chunks, so that a server can run other work there."""
+    state = RecurrentState.zeros(net.cfg, 1, net.params.dtype)
+    for start in range(0, prime_ids.size - 1, PRIME_CHUNK):
+        if start:
+            yield
+        chunk = prime_ids[start:min(start + PRIME_CHUNK, prime_ids.size - 1)]
+        _, state = net.forward(chunk.reshape(-1, 1), state)
+    return state
+
+
+def prime_state(net: Network, prime_ids: np.ndarray) -> RecurrentState:
+    """prime_steps run to its end."""
+    return run_to_end(prime_steps(net, prime_ids))
 
 
 def sample_seed(seed: int, k: int) -> int:
@@ -120,6 +141,9 @@ class Stream:
         self.tail_width = max((len(s) for s in self.stops), default=1) - 1
         self.tail = self._tail(settings.prime)
         self.ban = encode_ban(vocab, settings.ban)
+        if settings.beam is not None and self.prime_ids.size == 0 and "\n" not in vocab:
+            raise CharrnnError(f"beam search ({named('beam')}) needs a {named('prime')}: the vocabulary has no "
+                               "newline to start after")
         self.rng = np.random.default_rng(seed)
         self.count = 0  # characters generated
         self.stopped_by = -1  # the index of the stop string that ended it, or -1
@@ -127,6 +151,17 @@ class Stream:
     @property
     def remaining(self) -> int:
         return self.settings.length - self.count
+
+    @property
+    def dry_window(self) -> int:
+        """How many of its last characters DRY reads: dry_last_n, or all it will ever
+        have read if that is fewer (so that a huge dry_last_n costs no memory)."""
+        return min(self.settings.dry_last_n, self.prime_ids.size + self.remaining + 1)
+
+    @property
+    def stop(self) -> str | None:
+        """The stop string that ended it, None if none did."""
+        return self.stops[self.stopped_by] if self.stopped_by >= 0 else None
 
     @property
     def ended(self) -> bool:
@@ -183,19 +218,20 @@ class Batch:
     def __len__(self) -> int:
         return len(self.streams)
 
-    def add(self, streams: list[Stream]) -> Block | None:
+    def add(self, streams: list[Stream], primed: dict[str, RecurrentState] | None = None) -> Block | None:
         """Start streams: run each distinct prime (all but its last character) once,
-        batch 1. A stream without a prime starts after a newline when the vocabulary
-        has one, else from a random character, which is then its first generated
-        character: the Block of those, if any (streams of length 0 never join)."""
+        batch 1, unless primed (prime -> prime_state's result) has its state already. A
+        stream without a prime starts after a newline when the vocabulary has one, else
+        from a random character, which is then its first generated character: the Block
+        of those, if any (streams of length 0 never join)."""
         streams = [s for s in streams if s.remaining > 0]
         if not streams:
             return None
-        primed: dict[str, RecurrentState] = {}
+        primed = dict(primed or {})
         for s in streams:
             if s.settings.prime not in primed:
-                primed[s.settings.prime] = self._prime_state(s.prime_ids)
-        newline = self.vocab.chars.index("\n") if "\n" in self.vocab else -1
+                primed[s.settings.prime] = prime_state(self.net, s.prime_ids)
+        newline = self.vocab.find("\n")
         current = [int(s.prime_ids[-1]) if s.prime_ids.size else newline for s in streams]
         randoms = [i for i, s in enumerate(streams) if random_start(self.vocab, s.settings)]
         for i in randoms:
@@ -206,12 +242,6 @@ class Batch:
         chosen = [streams[i] for i in randoms]
         return self._collect(chosen, np.array([[current[i]] for i in randoms], np.int64))
 
-    def _prime_state(self, prime_ids: np.ndarray) -> RecurrentState:
-        state = RecurrentState.zeros(self.net.cfg, 1, self.net.params.dtype)
-        if prime_ids.size > 1:
-            _, state = self.net.forward(prime_ids[:-1].reshape(-1, 1), state)
-        return state
-
     def _join(self, streams, states, current, randoms) -> None:
         self.streams += streams
         self.state = RecurrentState(*(np.concatenate([a] + [s.arrays()[i] for s in states], axis=1)
@@ -220,14 +250,14 @@ class Batch:
         # Repetition control reads what each row has read: its prime (and a random first character).
         contexts = [np.append(s.prime_ids, current[i]) if i in randoms else s.prime_ids
                     for i, s in enumerate(streams)]
-        cap = max([self.history.ids.shape[1]] + [2 * s.settings.dry_last_n for s in streams if s.settings.dry])
+        cap = max([self.history.ids.shape[1]] + [2 * s.dry_window for s in streams if s.settings.dry])
         ids = np.zeros((len(self.streams), cap), np.int64)
         old = self.history.ids.shape[0]
         ids[:old, :self.history.ids.shape[1]] = self.history.ids
         length = np.concatenate([self.history.length, np.zeros(len(streams), np.int64)])
         for i, (s, context) in enumerate(zip(streams, contexts)):
             if s.settings.dry:
-                context = context[-s.settings.dry_last_n:]
+                context = context[-s.dry_window:]
                 ids[old + i, :context.size] = context
                 length[old + i] = context.size
         self.history = History(ids, length)
@@ -313,8 +343,7 @@ class BatchSampler:
 
     def stop_of(self, index: int) -> str | None:
         """The stop string that ended sample `index` (0-based), or None."""
-        s = self.streams[index] if self.streams else None
-        return None if s is None or s.stopped_by < 0 else s.stops[s.stopped_by]
+        return self.streams[index].stop if self.streams else None
 
 
 class _IdBuffer:
@@ -550,12 +579,7 @@ def generate(net: Network, vocab: Vocab, length: int, temperature: float = 1.0, 
 
 def beam_search(net: Network, vocab: Vocab, stream: Stream) -> np.ndarray:
     """beam_steps run to its end: the ids of the continuation."""
-    steps = beam_steps(net, vocab, stream)
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
+    return run_to_end(beam_steps(net, vocab, stream))
 
 
 def beam_steps(net: Network, vocab: Vocab, stream: Stream) -> Generator[None, None, np.ndarray]:
@@ -567,13 +591,10 @@ def beam_steps(net: Network, vocab: Vocab, stream: Stream) -> Generator[None, No
     after each character, for a server to run other work between) the ids of the
     continuation, with the stop string or the end token that ended it."""
     cfg = stream.settings
-    if stream.prime_ids.size == 0 and "\n" not in vocab:
-        raise CharrnnError(f"beam search ({named('beam')}) needs a {named('prime')}: the vocabulary has no newline "
-                           "to start after")
     start = stream.prime_ids[-1] if stream.prime_ids.size else vocab.chars.index("\n")
     stops = stream.stops
     width = max((len(x) for x in stops), default=1)
-    state = Batch(net, vocab)._prime_state(stream.prime_ids)
+    state = yield from prime_steps(net, stream.prime_ids)
     current, scores = np.array([start], np.int64), np.zeros(1)
     seqs: list[list[int]] = [[]]
     best_done, best_score = None, -np.inf

@@ -56,6 +56,10 @@ class Vocab:
     def __contains__(self, char: str) -> bool:
         return char in self.chars
 
+    def find(self, char: str) -> int:
+        """The id of a character, -1 if it is not in the vocabulary (as str.find)."""
+        return self.chars.index(char) if char in self.chars else -1
+
     def __eq__(self, other) -> bool:
         return isinstance(other, Vocab) and self.chars == other.chars
 

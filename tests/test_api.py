@@ -59,6 +59,31 @@ def test_stream_pieces_join_to_generate_and_start_with_the_prime(model):
     assert "".join(pieces) == model.generate("ROMEO", length=40, seed=11)
 
 
+def test_two_open_streams_and_a_score_between_pieces_in_one_thread(model):
+    """The model's lock is held for a block's computation, not between pieces: a
+    caller may zip two streams, or score text while a stream is open."""
+    a, b = model.stream("ROMEO", length=30, seed=1), model.stream("MERCUTIO", length=30, seed=2)
+    pieces = list(zip(a, b))
+    assert "".join(p for p, _ in pieces) == model.generate("ROMEO", length=30, seed=1)
+    assert "".join(p for _, p in pieces) == model.generate("MERCUTIO", length=30, seed=2)
+    c = model.stream("ROMEO", length=30, seed=1)
+    first = [next(c), next(c)]
+    assert model.score("To be, or not to be") == model.score("To be, or not to be")
+    assert "".join(first + list(c)) == model.generate("ROMEO", length=30, seed=1)
+
+
+def test_numpy_numbers_are_settings_like_any_other(tmp_path):
+    """numpy's integers and floats (from a sweep over np.arange, say) train and save."""
+    import numpy as np
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(SHAKESPEARE.read_text()[:3000])
+    run = charrnn.train(corpus, tmp_path / "run", progress=False, **{**TINY, "max_steps": np.int64(4),
+                                                                        "hidden": np.int64(8), "lr": np.float32(3e-3),
+                                                                        "eval_every": np.int64(2)})
+    assert run.step == 4 and run.load().config.hidden == 8
+
+
 def test_generate_many_is_one_batch_of_what_each_seed_gives_alone(model, run):
     texts = model.generate_many(4, prime="A", length=30, seed=5, temperature=1.0)
     rows = [json.loads(line) for line in sample_cli(run[0].best, "--prime", "A", "-n", "30", "--seed", "5",

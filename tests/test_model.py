@@ -207,6 +207,21 @@ def test_training_in_chunks_with_carried_state_equals_one_long_sequence(rng, cel
     np.testing.assert_allclose(chunk_grads.flat, whole_grads.flat, rtol=1e-11, atol=1e-13)
 
 
+def test_a_network_keeps_the_arrays_of_its_last_few_shapes_only(rng):
+    """A server reads prompts and scores texts of every length: a workspace kept for
+    each would only add memory. A shape met again computes as it did."""
+    from charrnn.network import MAX_WORKSPACES
+
+    cfg, _, net = make_network("lstm", rng, layers=1)
+    ids = rng.integers(V, size=(40, 1))
+    first = net.forward(ids[:7], RecurrentState.zeros(cfg, 1, np.float64))[0].copy()
+    for t in range(1, 30):
+        net.forward(ids[:t], RecurrentState.zeros(cfg, 1, np.float64))
+        assert len(net._workspaces) <= MAX_WORKSPACES
+    assert len(net._workspaces) == MAX_WORKSPACES and (7, 1, False) not in net._workspaces
+    assert np.array_equal(net.forward(ids[:7], RecurrentState.zeros(cfg, 1, np.float64))[0], first)
+
+
 def test_a_second_backward_without_a_forward_is_refused(rng):
     """The LSTM's backward overwrites the activations its forward saved, so a second
     backward would compute wrong gradients: it raises instead."""

@@ -346,3 +346,44 @@ def test_beam_refuses_the_settings_it_decides_itself(model):
     with pytest.raises(CharrnnError, match="num_samples does not apply"):
         SampleConfig.from_given({"beam": 3, "num_samples": 2})
     assert SampleConfig.from_given({"beam": 3, "stop": ["x"], "ban": "a", "seed": 1}).beam == 3
+
+
+# ----- long primes, wide repetition windows -----------------------------------------------
+
+
+def test_a_long_prime_is_read_a_chunk_at_a_time_as_it_would_be_whole(model):
+    from charrnn.model import RecurrentState
+    from charrnn.sample import PRIME_CHUNK, prime_state, prime_steps
+
+    net, vocab = model
+    ids = np.random.default_rng(3).integers(len(vocab), size=2 * PRIME_CHUNK + 38)
+    _, whole = net.forward(ids[:-1].reshape(-1, 1), RecurrentState.zeros(net.cfg, 1))
+    steps, chunks = prime_steps(net, ids), 0
+    for _ in steps:
+        chunks += 1
+    assert chunks == 2  # between 3 chunks: 2 * PRIME_CHUNK + 37 characters (the last is the first step's)
+    chunked = prime_state(net, ids)
+    np.testing.assert_allclose(chunked.h, whole.h, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(chunked.c, whole.c, rtol=0, atol=1e-6)
+    prime = vocab.decode(ids)
+    text = generate(net, vocab, 40, 1.0, prime, seed=4)
+    assert len(text) == 40 and text == generate(net, vocab, 40, 1.0, prime, seed=4)
+
+
+def test_a_repetition_window_wider_than_the_text_costs_nothing_and_changes_nothing(model):
+    """dry_last_n beyond all a sample will ever read (prime, a first character and
+    length) reads all of it: 10**12 gives the text of 5000, without 16 TB of history."""
+    net, vocab = model
+    cfg = SampleConfig(length=80, seed=2, num_samples=3, prime="abc abc", dry_multiplier=0.8, dry_allowed_length=2)
+    wide = generate_many(net, vocab, cfg.replace(dry_last_n=10**12))
+    assert wide == generate_many(net, vocab, cfg.replace(dry_last_n=5000))
+    assert wide != generate_many(net, vocab, cfg.replace(dry_last_n=3))
+
+
+def test_beam_search_without_a_prime_on_a_vocabulary_without_newline_is_refused_at_once():
+    """Refused when the sample is set up, not when it first runs (a server answers 400
+    there, rather than failing every request under way)."""
+    vocab = Vocab.from_chars("abcdefghij")
+    with pytest.raises(CharrnnError, match="needs a"):
+        Stream(vocab, SampleConfig(beam=2, length=5, seed=0), 0)
+    Stream(vocab, SampleConfig(beam=2, length=5, seed=0, prime="a"), 0)

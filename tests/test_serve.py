@@ -159,6 +159,15 @@ def test_beam_search_answers_whole_and_refuses_to_stream(client, model):
     assert complete(client, prompt="T", max_tokens=5)["choices"][0]["text"]  # the server goes on
 
 
+def test_a_long_prompt_and_a_repetition_window_wider_than_any_text(client, model):
+    """A prompt of a few chunks is read between engine calls; dry_last_n 10**12 reads
+    all there is, in memory for what there is: the same text as Model.generate."""
+    prompt = model.generate("A", length=3000, seed=1, temperature=1.0)
+    settings = dict(seed=5, temperature=1.0, dry_multiplier=0.8, dry_last_n=10**12)
+    answer = complete(client, prompt=prompt, max_tokens=60, **settings)
+    assert answer["choices"][0]["text"] == expected(model, prompt, length=60, **settings)[0]
+
+
 def test_without_a_seed_one_is_drawn_and_reported(client, model):
     answers = [complete(client, prompt="I", max_tokens=50) for _ in range(2)]
     assert answers[0]["seed"] != answers[1]["seed"]
@@ -176,6 +185,7 @@ BAD = [  # (body or raw bytes, status, param, words in the message)
     (b"{not json", 400, None, "not valid JSON"),
     (b"[1, 2]", 400, None, "JSON object"),
     (b'{"max_tokens": NaN}', 400, None, "not valid JSON"),
+    (b"[" * 100_000 + b"]" * 100_000, 400, None, "nests too deeply"),
     ({"prompt": 5}, 400, "prompt", "prompt must be a string"),
     ({"max_tokens": "ten"}, 400, "max_tokens", "max_tokens must be"),
     ({"max_tokens": -1}, 400, "max_tokens", "max_tokens must be a non-negative integer"),

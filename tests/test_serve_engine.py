@@ -113,6 +113,36 @@ def test_pieces_join_to_the_text_without_its_stop_whatever_the_cuts():
         assert "".join(out[:-1]) == want[:len("".join(out[:-1]))]
 
 
+def _held_back(before, pending, stops):
+    """The naive reference: how much of pending's end could still begin a stop string,
+    trying every end of before + pending up to the longest stop but one."""
+    text, width = before + pending, max(len(s) for s in stops) - 1
+    for n in range(min(len(text), width), 0, -1):
+        if any(s.startswith(text[-n:]) for s in stops):
+            return min(n, len(pending))
+    return 0
+
+
+def test_what_is_held_back_is_the_naive_references_and_long_stops_cost_no_more():
+    rng = random.Random(11)
+    cases = [(["".join(rng.choice("ab") for _ in range(rng.randint(1, 7))) for _ in range(rng.randint(1, 3))],
+              "".join(rng.choice("ab") for _ in range(rng.randint(0, 9)))) for _ in range(400)]
+    cases.append((["a" * 3000 + "b", "ab" * 700], "a" * 5000))  # quadratic for the naive reference per piece
+    for stops, prompt in cases:
+        t, given, held = ChoiceText(prompt, stops), "", ""
+        for _ in range(rng.randint(1, 12)):
+            piece = "".join(rng.choice("ab") for _ in range(rng.randint(0, 6)))
+            if any(s in (prompt + given + held + piece)[max(0, len(prompt) - len(s) + 1):] for s in stops):
+                break  # the engine would have ended the stream at a stop string
+            want = _held_back(prompt + given, held + piece, stops)
+            out = t.feed(piece)
+            assert t.held == (held + piece)[len(held + piece) - want:] and out + t.held == held + piece
+            given, held = given + out, t.held
+    twins = ChoiceText("x", ["ab"]).copies(3)  # each choice holds back its own text
+    assert twins[0].feed("a") == "" and twins[1].feed("c") == "c" and twins[2].feed("a") == ""
+    assert twins[0].feed("c") == "ac" and twins[2].held == "a"
+
+
 # ----- the engine ---------------------------------------------------------------------------
 
 
@@ -312,3 +342,46 @@ def test_a_line_mode_model_answers_single_lines_and_unique_new_ones(line_model, 
         engine.step()
     assert [line_model.checkpoint.vocab.decode(ids) for ids in sampler.found_ids] == line_model.generate_many(
         6, length=30, seed=3, temperature=1.0, unique=True)
+
+
+def test_a_long_prompt_is_read_a_chunk_a_call_while_later_requests_go_ahead(model, loop):
+    from charrnn.sample import PRIME_CHUNK
+
+    engine = Engine(model, max_streams=4, threads=1, block=4)
+    prime = "".join(random.Random(2).choice("abcdefgh \n") for _ in range(3 * PRIME_CHUNK + 5))
+    long = job_of(model, loop, 2, 1, length=12, temperature=1.0, prime=prime)
+    short = job_of(model, loop, 1, 2, length=8, temperature=1.0, prime="ab")
+    engine.submit(long)
+    engine.submit(short)
+    engine.step()  # the short one joins; the long one's first chunk is read
+    assert engine.active_streams == 1 and engine.queued == 1 and long.priming is not None
+    calls = 1
+    while not long.done:
+        engine.step()
+        calls += 1
+    assert short.done and calls == 4 + 12 // 4  # 4 chunks (the last to end the reading), then 3 calls
+    vocab, net = model.checkpoint.vocab, model.network
+    assert texts_of(long) == [generate(net, vocab, 12, 1.0, prime, sample_seed(1, i + 1)) for i in range(2)]
+    assert texts_of(short) == [generate(net, vocab, 8, 1.0, "ab", sample_seed(2, 1))]
+
+
+def test_unique_lines_ended_by_a_stop_string_leave_it_out_and_say_so(line_model):
+    """Through the app in-process (Starlette's TestClient): a unique line that a stop
+    string ended is reported as "stop", without the stop, as every other choice is."""
+    from starlette.testclient import TestClient
+
+    from charrnn.config import ServeConfig
+    from charrnn.serve.app import Server, create_app
+
+    app = create_app(Server(line_model, ServeConfig(), Engine(line_model, max_streams=8, threads=1), "names"))
+    with TestClient(app) as client:
+        response = client.post("/v1/completions", json=dict(n=5, unique=True, stop=["a"], max_tokens=30, seed=3,
+                                                             temperature=1.0))
+    assert response.status_code == 200, response.text
+    lines = line_model.generate_many(5, length=30, seed=3, temperature=1.0, unique=True, stop=["a"])
+    choices = response.json()["choices"]
+    assert len(choices) == 5 and any(line.endswith("a") for line in lines)
+    for choice, line in zip(choices, lines):
+        stopped = line.endswith("a")
+        assert choice["finish_reason"] == ("stop" if stopped else "length")
+        assert choice["text"] == (line[:-1] if stopped else line)

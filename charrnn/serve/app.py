@@ -63,6 +63,8 @@ async def read_json(request: Request):
         return json.loads(body, parse_constant=_reject_constant)
     except ValueError as e:  # UnicodeDecodeError too
         raise RequestError(400, f"the request body is not valid JSON: {e}") from None
+    except RecursionError:  # arrays or objects nested thousands deep
+        raise RequestError(400, "the request body is not valid JSON: it nests too deeply") from None
 
 
 def sse(data) -> str:
@@ -205,16 +207,16 @@ class Server:
         if cfg.beam is not None:
             def finish(ids):
                 n, _ = streams[0].take(ids, vocab.chars)
-                stop = streams[0].stops[streams[0].stopped_by] if streams[0].stopped_by >= 0 else None
-                return [Update(0, vocab.decode(ids[:n]), True, stop)]
+                return [Update(0, vocab.decode(ids[:n]), True, streams[0].stop)]
 
             return Job(loop, steps=lambda: beam_steps(model.network, vocab, streams[0]), finish=finish)
         if cfg.unique:
             sampler = model.sampler(cfg)  # refuses a model that is not in line mode
 
             def found(_):
-                texts = [vocab.decode(ids) for ids in sampler.found_ids]
-                return [Update(i, texts[i] if i < len(texts) else "", True, None) for i in range(cfg.num_samples)]
+                found = [Update(i, vocab.decode(ids), True, s.stop)
+                         for i, (s, ids) in enumerate(zip(sampler.streams, sampler.found_ids))]
+                return found + [Update(i, "", True, None) for i in range(len(found), cfg.num_samples)]
 
             return Job(loop, steps=sampler.prepare_steps, finish=found)
         return Job(loop, streams)
@@ -228,7 +230,7 @@ class Server:
             raise from_charrnn(e, "text") from None
         model = self.model
         job = Job(asyncio.get_running_loop(), steps=lambda: score_text_steps(model.network, ids, model.end_id,
-                                                                             model.lines))
+                                                                             model.lines, model.cr_id))
         self.engine.submit(job)
         async with watch_disconnect(request, self.engine, job):
             async for _ in job.updates():
@@ -272,7 +274,7 @@ class Answer:
         self.server, self.job, self.req = server, job, req
         cfg = req.settings
         self.prompt, self.n = cfg.prime, cfg.num_samples
-        self.texts = [ChoiceText(cfg.prime, cfg.stop) for _ in range(self.n)]
+        self.texts = ChoiceText(cfg.prime, cfg.stop).copies(self.n)
         self.id, self.created = completion_id(), now()
 
     def usage(self) -> dict:

@@ -7,7 +7,9 @@ most max_streams streams; a request with n choices takes n rows and joins whole,
 the order requests came). A stream's text does not depend on what else runs beside it
 (see charrnn.sample.Batch). Scoring (/v1/score), beam search and the search for
 unique lines run here too, a step (a chunk of text, a beam's character, a batch of
-lines) between two generation calls, so that they do not stall generation for long.
+lines) between two generation calls, so that they do not stall generation for long;
+so does the reading of a prompt longer than a chunk, while its request waits in the
+queue (letting those behind it join if they fit).
 
 The engine talks to the event loop through Jobs: the HTTP side submits a Job and
 reads its updates; the engine appends updates and wakes the loop (once per batch of
@@ -23,6 +25,8 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
+
+from charrnn.sample import PRIME_CHUNK, prime_steps
 
 # Characters per stream per engine call: BLOCK, or more (up to MAX_BLOCK) while the
 # batch is small enough that a call still takes under CALL_TIME.
@@ -80,6 +84,13 @@ class Job:
         self.steps, self.finish = steps, finish
         self.kind = "steps" if steps is not None else "generate"
         self.rows = len(self.streams) if steps is None else 0
+        # A prime longer than a chunk is read a chunk per engine round while the job
+        # waits in the queue (priming: the generator; prime_state: its result), so that
+        # a long prompt does not stall the batch; a shorter one is read as it joins.
+        self.long_prime = (any(s.remaining > 0 for s in self.streams)
+                           and self.streams[0].prime_ids.size - 1 > PRIME_CHUNK)
+        self.priming = None
+        self.prime_state = None
         self.result = None  # a stepped job's result (a score's Scored)
         self.error: str | None = None  # why the engine gave up on it
         self.error_code = "shutting_down"  # ... "shutting_down" (the server stopping) or "internal_error"
@@ -256,6 +267,7 @@ class Engine:
             self._leave_cancelled()
             joining = self._admit()
             stepped = self.stepped[0] if self.stepped else None
+            priming = self._unprimed()
         if joining:
             self._join(joining)
         if len(self.batch):
@@ -264,6 +276,8 @@ class Engine:
             self._step_time = ((time.perf_counter() - start) / k, rows)
         if stepped is not None:
             self._step_job(stepped)
+        if priming is not None:
+            self._prime_chunk(priming)
         return True
 
     def block_size(self) -> int:
@@ -296,16 +310,40 @@ class Engine:
 
     def _admit(self) -> list[Job]:
         """Queued jobs that fit in the batch now, in order (the first that does not fit
-        waits, and so do those behind it)."""
+        waits, and so do those behind it); a job whose long prime is still being read
+        lets those behind it pass."""
         joining, rows = [], len(self.batch)
-        while self.queue and rows + self.queue[0].rows <= self.max_streams:
-            job = self.queue.popleft()
+        for job in list(self.queue):
+            if job.long_prime and job.prime_state is None:
+                continue
+            if rows + job.rows > self.max_streams:
+                break
+            self.queue.remove(job)
             joining.append(job)
             rows += job.rows
         return joining
 
+    def _unprimed(self) -> Job | None:
+        """The first queued job whose long prime is still to be read."""
+        return next((j for j in self.queue if j.long_prime and j.prime_state is None), None)
+
+    def _prime_chunk(self, job: Job) -> None:
+        """Read one chunk of a queued job's long prime; a fault fails that job alone."""
+        try:
+            if job.priming is None:
+                job.priming = prime_steps(self.model.network, job.streams[0].prime_ids)
+            next(job.priming)
+        except StopIteration as done:
+            job.prime_state, job.priming = done.value, None
+        except Exception as e:
+            traceback.print_exc()
+            with self.cond:
+                if job in self.queue:
+                    self.queue.remove(job)
+            job.fail(f"internal error in the engine: {type(e).__name__}: {e}", "internal_error")
+
     def _join(self, jobs: list[Job]) -> None:
-        streams = []
+        streams, primed = [], {}
         for job in jobs:
             live = [s for s in job.streams if s.remaining > 0]
             if not live:  # max_tokens 0: nothing to generate
@@ -314,10 +352,12 @@ class Engine:
             if len(live) < len(job.streams):
                 job.push([Update(s.index, "", True, None) for s in job.streams if s.remaining <= 0])
             self.active.append(job)
+            if job.prime_state is not None:
+                primed[job.streams[0].settings.prime] = job.prime_state
             for s in live:
                 self.owner[id(s)] = job
             streams += live
-        first = self.batch.add(streams)  # runs each new prime
+        first = self.batch.add(streams, primed)  # runs each new prime not read yet
         if first is not None:  # streams that start from a random character
             self._dispatch(first)
 
@@ -329,7 +369,7 @@ class Engine:
         for s, ids, n, ended in zip(block.streams, block.ids, block.counts, block.ended):
             n = int(n)
             made += n
-            stop = s.stops[s.stopped_by] if ended and s.stopped_by >= 0 else None
+            stop = s.stop if ended else None
             by_job.setdefault(id(self.owner[id(s)]), []).append(
                 Update(s.index, "".join(chars[j] for j in ids[:n]), bool(ended), stop))
         self.calls += 1

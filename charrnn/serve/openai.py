@@ -13,6 +13,7 @@ No Starlette here: this module is plain data in, plain data out.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import secrets
 import time
@@ -194,6 +195,53 @@ def parse_score(body, model_id: str) -> tuple[str, bool]:
     return text, _flag(body, "skip_unknown")
 
 
+class StopPrefixes:
+    """The stop strings' Knuth-Morris-Pratt tables: reading a text a character at a
+    time, how long a prefix of each stop it ends with, at O(1) amortised cost per
+    character however long the stops are (a request may hold a megabyte of them)."""
+
+    def __init__(self, stops):
+        self.stops = tuple(stops)
+        self.fails = tuple(_failure(s) for s in self.stops)
+        self.width = max((len(s) for s in self.stops), default=1) - 1
+
+    def read(self, matched: list[int], text: str) -> None:
+        """matched[i]: the longest prefix of stop i that the text read so far ends
+        with; updated for text read after it."""
+        for i, (stop, fail) in enumerate(zip(self.stops, self.fails)):
+            m = matched[i]
+            for c in text:
+                while m and (m == len(stop) or stop[m] != c):
+                    m = fail[m - 1]
+                if stop[m] == c:
+                    m += 1
+            matched[i] = m
+
+    def longest(self, matched: list[int]) -> int:
+        """The longest end of the text read, of at most width characters, that begins
+        a stop string (a whole stop only if shorter than the longest)."""
+        best = 0
+        for m, fail in zip(matched, self.fails):
+            while m > self.width:
+                m = fail[m - 1]
+            best = max(best, m)
+        return best
+
+
+def _failure(s: str) -> list[int]:
+    """KMP's table: f[i] = the length of the longest proper prefix of s[:i + 1] that
+    is also its suffix."""
+    f = [0] * len(s)
+    k = 0
+    for i in range(1, len(s)):
+        while k and s[i] != s[k]:
+            k = f[k - 1]
+        if s[i] == s[k]:
+            k += 1
+        f[i] = k
+    return f
+
+
 class ChoiceText:
     """One choice's text as OpenAI returns it, from the characters the engine makes.
 
@@ -204,12 +252,22 @@ class ChoiceText:
     stop string that begins in the prompt is cut from the generated text only."""
 
     def __init__(self, prompt: str, stops):
-        self.stops = tuple(stops)
-        width = max((len(s) for s in self.stops), default=1) - 1
-        self.before = prompt[-width:] if width else ""  # what precedes the held text
-        self.width = width
+        self.prefixes = StopPrefixes(stops)
+        self.matched = [0] * len(self.prefixes.stops)
+        # A stop is at most width + 1 long: the prompt's earlier characters cannot matter.
+        self.prefixes.read(self.matched, prompt[-(self.prefixes.width + 1):])
         self.held = ""  # generated text not yet given out
         self.generated = 0  # characters generated so far (stop strings included)
+
+    def copies(self, n: int) -> list["ChoiceText"]:
+        """n choices of the same request: this one and n - 1 copies of it as it is now
+        (the prompt and the stops' tables are read once)."""
+        out = [self]
+        for _ in range(n - 1):
+            twin = copy.copy(self)
+            twin.matched = list(self.matched)
+            out.append(twin)
+        return out
 
     def feed(self, text: str, ended: bool = False, stop: str | None = None) -> str:
         """The text that can be given out after `text` was generated (ended: the
@@ -222,19 +280,12 @@ class ChoiceText:
                 cut = min(len(stop), self.generated)  # the stop's characters among the generated ones
                 pending = pending[:len(pending) - cut]
             return pending
-        keep = self._partial_stop(self.before + pending, len(pending))
+        self.prefixes.read(self.matched, text)
+        # Held text never begins in what was given out: that was no stop's start then,
+        # so no longer text from there is one now. (It may begin in the prompt.)
+        keep = min(self.prefixes.longest(self.matched), len(pending))
         out, self.held = pending[:len(pending) - keep], pending[len(pending) - keep:]
-        if self.width:
-            self.before = (self.before + out)[-self.width:]
         return out
-
-    def _partial_stop(self, text: str, limit: int) -> int:
-        """How much of the longest end of text that begins a stop string lies in its
-        last `limit` characters (the rest is in the prompt or already given out)."""
-        for n in range(min(len(text), self.width), 0, -1):
-            if any(s.startswith(text[-n:]) for s in self.stops):
-                return min(n, limit)
-        return 0
 
 
 def completion_id() -> str:
