@@ -165,14 +165,17 @@ def training_share(budget: TrainConfig, n_chars: int, validation_speed: float | 
     return max(0.05, 1.0 - inside * held_out / validation_speed / budget.max_time)
 
 
-def choose(n_chars: int, vocab_size: int, budget: TrainConfig, speed_of=None, validation_of=None) -> Choice:
+def choose(n_chars: int, vocab_size: int, budget: TrainConfig, speed_of=None, validation_of=None,
+           line_chars: float | None = None, longest_line: int = 0) -> Choice:
     """The settings for a corpus of n_chars training characters (a line-mode corpus:
     its lines with their ends) and budget's max_time, max_steps or max_epochs, trained
     in budget's precision; speed_of(ModelConfig, batch, seq_len) -> chars/s (at that
     precision) and validation_of(...) -> chars/s of validation are asked only for a
-    time budget."""
+    time budget. Line mode: line_chars, the characters a line has on average (its end
+    too), and longest_line, the most: a step reads batch lines rather than batch rows
+    of seq_len characters, and seq_len must hold the longest line."""
     batch, seq_len = TrainConfig().batch_size, TrainConfig().seq_len
-    per_step = batch * seq_len
+    per_step = batch * (line_chars or seq_len)  # characters a step learns from
     fixed_epochs = _epochs_without_speed(n_chars, budget, per_step)
     picked = None
     for layers, hidden in CANDIDATES:
@@ -195,7 +198,7 @@ def choose(n_chars: int, vocab_size: int, budget: TrainConfig, speed_of=None, va
     lr = lr_for(cfg.layers, cfg.hidden)
     model = {"cell": "lstm", "layers": cfg.layers, "hidden": cfg.hidden, "embed": EMBED, "dropout": dropout,
              "weight_drop": weight_drop_for(epochs, params, n_chars)}
-    train = {"batch_size": batch, "seq_len": seq_len, "lr": lr, "ema": 0.0,
+    train = {"batch_size": batch, "seq_len": max(seq_len, longest_line), "lr": lr, "ema": 0.0,
              "weight_decay": weight_decay_for(dropout, lr, epochs * n_chars / per_step), "precision": budget.precision}
     return Choice(model, train, _reason(model, train, n_chars, budget, epochs, speed))
 

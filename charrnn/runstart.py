@@ -76,9 +76,13 @@ def _bf16_ready() -> bool:
 
 def _choose(corpus, cfg: ModelConfig, tcfg: TrainConfig, log) -> autoconfig.Choice:
     """The settings autoconfig chooses for this corpus and budget."""
-    text_chars = sum(len(t) for t in iter_text(corpus))
+    line_chars, longest = None, 0
     if cfg.lines:
-        text_chars += len(read_lines(corpus))  # each line's end is predicted too
+        lengths = [len(line) + 1 for line in read_lines(corpus)]  # each line's end is predicted too
+        text_chars, longest = sum(lengths), max(lengths, default=0)
+        line_chars = text_chars / len(lengths) if lengths else None
+    else:
+        text_chars = sum(len(t) for t in iter_text(corpus))
     n_chars = max(1, int(text_chars * (1 - tcfg.val_frac)))
     told = []
 
@@ -92,7 +96,7 @@ def _choose(corpus, cfg: ModelConfig, tcfg: TrainConfig, log) -> autoconfig.Choi
     def validation_of(candidate, batch, seq_len):
         return speed.validation_chars_per_second(candidate, batch, seq_len)[0]
 
-    return autoconfig.choose(n_chars, cfg.vocab_size, tcfg, speed_of, validation_of)
+    return autoconfig.choose(n_chars, cfg.vocab_size, tcfg, speed_of, validation_of, line_chars, longest)
 
 
 def resumed_run(resume, given_model: dict, given_train: dict, vocab_path, run_dir: RunDirectory,

@@ -182,3 +182,30 @@ def test_a_new_run_without_settings_records_its_choice_and_a_given_one_trains_as
     one = load_checkpoint(tmp_path / "one" / "last.safetensors")
     assert one.state.chosen is None and (one.config.layers, one.config.hidden) == (2, 256)
     assert (tmp_path / "one" / "last.safetensors").read_bytes() == (tmp_path / "all" / "last.safetensors").read_bytes()
+
+
+def test_a_line_mode_step_counts_its_lines_and_seq_len_holds_the_longest():
+    """A step of line mode learns from B lines (8 characters each here), not B x 50: the
+    steps a budget gives, and so the decay that adds up over them, count lines; and the
+    longest line (with its end) must fit in seq_len."""
+    budget = TrainConfig(max_steps=2000)
+    streams = autoconfig.choose(200_000, 40, budget)
+    lines = autoconfig.choose(200_000, 40, budget, line_chars=8.0, longest_line=71)
+    assert streams.train["seq_len"] == 50 and lines.train["seq_len"] == 71
+    assert autoconfig.choose(200_000, 40, budget, line_chars=8.0, longest_line=12).train["seq_len"] == 50
+    passes = 2000 * 32 * 8.0 / 200_000
+    params = parameter_count(ModelConfig(vocab_size=40, layers=lines.model["layers"], hidden=lines.model["hidden"],
+                                         embed=autoconfig.EMBED))
+    assert lines.model["dropout"] == autoconfig.dropout_for(passes, params, 200_000)
+    assert lines.train["weight_decay"] == autoconfig.weight_decay_for(lines.model["dropout"], lines.train["lr"], 2000)
+    assert f"≈ {passes:.1f} epochs" in lines.reason
+
+
+def test_a_line_mode_run_chooses_from_its_lines(tmp_path):
+    names = [f"name{'x' * (i % 60)}" for i in range(400)]
+    (tmp_path / "names.txt").write_text("\r\n".join(names) + "\r\n")
+    trainer = Trainer(tmp_path / "names.txt", tmp_path / "run", {"lines": True}, {"max_steps": 2}, progress=False)
+    assert trainer.tcfg.seq_len == 64 and trainer.state.chosen  # the longest line ("name" and 59 x) and its end
+    n_chars = int(sum(len(n) + 1 for n in names) * 0.9)
+    assert f"on {n_chars:,} characters" in trainer.state.chosen
+    trainer.run()
