@@ -244,11 +244,14 @@ def train(corpus, out, vocab, resume, overwrite, quiet, **settings):
         sys.exit(_signal_status(trainer.stop_signal))
     best = summary["best_val_loss"]
     best_text = "n/a" if best is None else f"{best:.4f} nats/char (step {summary['best_step']})"
-    if summary["interrupted"]:
+    if summary["interrupted"] and not summary["stopped_by"]:  # a budget spent ends as done, signal or not
         how = "terminated (SIGTERM)" if summary["signal"] == signal.SIGTERM else "interrupted"
-        if summary["trained"]:
+        if summary["trained"] and not summary["validated"]:
             err(f"{how} at step {summary['step']}; saved {summary['last']} "
-                f"(best.safetensors untouched); continue with --resume {summary['last']}")
+                f"(not validated; best.safetensors untouched); continue with --resume {summary['last']}")
+        elif summary["trained"]:  # during an evaluation, which ended with its files written
+            err(f"{how} at step {summary['step']}; saved {summary['last']} at its evaluation (best validation "
+                f"loss {best_text}); continue with --resume {summary['last']}")
         else:
             err(f"{how} at step {summary['step']} before any training step; nothing was written")
         sys.exit(_signal_status(summary["signal"]))

@@ -70,6 +70,7 @@ class Trainer:
         self.eval_net = Network(self.cfg, self.eval_params) if self.average else self.net
         self.metrics = self.run_dir.metrics(self.step) if self.resumed else []
         self.interrupted = False
+        self.unvalidated = False  # the last save was a stop signal's, of a step not validated
         self.stop_signal = None  # the signal that interrupted the run: SIGINT (Ctrl-C) or SIGTERM
         self.noted_eval_cost = False  # the slow-validation note is said once a run
 
@@ -240,13 +241,16 @@ class Trainer:
                     saved_step, losses, timed_chars, timed_seconds = self.step, [], 0, 0.0
                     next_eval = next_eval_time(time.perf_counter() - start, t.eval_seconds)
             if saved_step != self.step:
-                if not self.interrupted:
+                # A stop signal in the step that spent the budget: the run is complete,
+                # and ends as one does (nothing would be left to resume).
+                if not self.interrupted or self._spent(self.state.elapsed):
                     rate = timed_chars / timed_seconds if timed_seconds else 0.0
                     self.record_evaluation(state, float(np.mean(losses)) if losses else None, self.state.elapsed,
                                            rate)
                 elif self.step != self.start_step:  # Ctrl-C or SIGTERM: last.safetensors only, not validated
                     self.state.val_loss = None
                     self.save(state, improved=False)
+                    self.unvalidated = True
         finally:
             bar.close()
         return self.summary()
@@ -281,7 +285,7 @@ class Trainer:
         """What run() did; "trained" is whether it took any step (so wrote last.safetensors)."""
         return {"step": self.step, "val_loss": self.state.val_loss, "best_val_loss": self.state.best_val_loss,
                 "best_step": self.state.best_step, "elapsed": self.state.elapsed, "interrupted": self.interrupted,
-                "signal": self.stop_signal, "trained": self.step != self.start_step,
+                "signal": self.stop_signal, "trained": self.step != self.start_step, "validated": not self.unvalidated,
                 "stopped_by": self._spent(self.state.elapsed), "overfitting": overfitting(self.metrics),
                 "patience_stop": self._patience_spent(),
                 "last": str(self.run_dir.file("last.safetensors")), "best": str(self.run_dir.file("best.safetensors"))}
