@@ -198,14 +198,8 @@ def _metadata(path, header: dict) -> dict:
     return meta
 
 
-def load_checkpoint(path, with_training_state: bool = True) -> Checkpoint:
-    """Read and check a checkpoint. Every problem is a one-line CharrnnError.
-
-    Every tensor is checked against the header (present, float32, the shape the
-    config implies) before anything is allocated, so a damaged or hostile config
-    cannot ask for more memory than the file itself holds."""
-    header, data, data_start = read_header(path)
-    meta = _metadata(path, header)
+def _model_of(path, meta: dict) -> tuple[Vocab, ModelConfig]:
+    """The vocabulary and model config of checkpoint metadata (read_metadata's)."""
     try:
         vocab = Vocab(meta["vocab"])
     except CharrnnError as e:
@@ -218,7 +212,30 @@ def load_checkpoint(path, with_training_state: bool = True) -> Checkpoint:
         raise CharrnnError(f"{path}: bad model config: {e}") from None
     if cfg.vocab_size != len(vocab):
         raise CharrnnError(f"{path}: config says {cfg.vocab_size} characters, vocabulary has {len(vocab)}")
+    return vocab, cfg
 
+
+def same_run(path, meta: dict, ckpt: Checkpoint) -> bool:
+    """Whether checkpoint metadata (read_metadata's, of path) is of ckpt's run: the same
+    model, vocabulary, corpus and seed."""
+    try:
+        vocab, cfg = _model_of(path, meta)
+    except CharrnnError:
+        return False
+    same_text = meta["state"].get("corpus_sha256") == ckpt.state.corpus_sha256
+    return vocab == ckpt.vocab and cfg == ckpt.config and same_text and meta.get("train", {}).get("seed") == \
+        ckpt.train.get("seed")
+
+
+def load_checkpoint(path, with_training_state: bool = True) -> Checkpoint:
+    """Read and check a checkpoint. Every problem is a one-line CharrnnError.
+
+    Every tensor is checked against the header (present, float32, the shape the
+    config implies) before anything is allocated, so a damaged or hostile config
+    cannot ask for more memory than the file itself holds."""
+    header, data, data_start = read_header(path)
+    meta = _metadata(path, header)
+    vocab, cfg = _model_of(path, meta)
     tensors = _Tensors(path, header, data, data_start)
     shapes = parameter_shapes(cfg)
     tensors.check(shapes)

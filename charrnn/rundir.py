@@ -14,7 +14,7 @@ import math
 from contextlib import contextmanager
 from pathlib import Path
 
-from charrnn.checkpoint import Checkpoint, TrainingState, read_metadata, save_checkpoint
+from charrnn.checkpoint import Checkpoint, read_metadata, same_run, save_checkpoint
 from charrnn.config import is_int
 from charrnn.errors import CharrnnError, named
 from charrnn.fileio import atomic_write_text, locked_directory, remove_stale_temp_files
@@ -107,16 +107,21 @@ class RunDirectory:
                 f"{last} is at step {last_step}, ahead of {resume} (step {step}), and resuming "
                 f"would replace it; pass {named('overwrite')} to do so, or give another {named('out')}")
 
-    def adopt_best(self, state: TrainingState) -> None:
+    def adopt_best(self, resumed: Checkpoint) -> None:
         """best.safetensors is only ever replaced by a lower validation loss, also
-        across resumes: start from the lower of the checkpoint's and the file's."""
-        best = self.file(BEST)
+        across resumes: start from the lower of the resumed checkpoint's and the
+        file's, if the file is of the same run (model, vocabulary, corpus and seed;
+        --overwrite may have left another run's there)."""
+        best, state = self.file(BEST), resumed.state
         if not best.exists():
             return
         try:
-            saved = read_metadata(best)["state"]
+            meta = read_metadata(best)
         except CharrnnError:
             return
+        if not same_run(best, meta, resumed):
+            return
+        saved = meta["state"]
         loss, step = saved.get("val_loss"), saved.get("best_step")
         if not (isinstance(loss, (int, float)) and math.isfinite(loss)):
             return

@@ -117,7 +117,7 @@ def resumed_run(resume, given_model: dict, given_train: dict, vocab_path, run_di
     state.elapsed = state.elapsed or 0.0
     if not overwrite:
         run_dir.check_last(resume, state.step)
-        run_dir.adopt_best(state)
+        run_dir.adopt_best(ckpt)
     # With a weight average the file's model is the average, and the weights train on from their own names.
     params, average = (ckpt.raw, ckpt.params) if ckpt.raw is not None else (ckpt.params, None)
     return Start(ckpt.config, tcfg, ckpt.vocab, params, Adam(params, ckpt.optimizer), state, ckpt.carry,

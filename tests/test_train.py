@@ -165,6 +165,34 @@ def test_a_kill_between_two_writes_resumes_to_the_same_files(corpus, tmp_path, m
     assert rows == list(range(10, steps + 1, 10))
 
 
+def test_a_best_checkpoint_left_by_another_run_is_not_adopted_on_resume(corpus, tmp_path, monkeypatch):
+    """--overwrite on another corpus, stopped before its first evaluation, then resumed:
+    the other run's best.safetensors (a far lower loss, on its own text) is not this
+    run's best, so the first evaluation writes this run's."""
+    import signal
+
+    other = tmp_path / "other.txt"
+    other.write_text("ab" * 3000)
+    run(other, tmp_path / "run", 20, eval_every=10)
+    real = Trainer.train_step
+
+    def stop_at_step_3(self, *args):
+        out = real(self, *args)
+        if self.step == 2:
+            self._on_stop_signal(signal.SIGINT, None)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", stop_at_step_3)
+    Trainer(corpus, tmp_path / "run", dict(TINY_MODEL), dict(TINY_TRAIN, max_steps=20), overwrite=True,
+            progress=False).run()
+    monkeypatch.setattr(Trainer, "train_step", real)
+    last = load_checkpoint(tmp_path / "run" / "last.safetensors")
+    assert last.state.step == 3 and load_checkpoint(tmp_path / "run" / "best.safetensors").state.step == 20
+    run(corpus, tmp_path / "run", 20, resume=tmp_path / "run" / "last.safetensors")
+    best = load_checkpoint(tmp_path / "run" / "best.safetensors")
+    assert best.state.corpus_sha256 == last.state.corpus_sha256 and best.state.step in (10, 20)
+
+
 def test_a_new_budget_on_resume_replaces_the_saved_one(corpus, tmp_path):
     first = Trainer(corpus, tmp_path, TINY_MODEL, dict(TINY_TRAIN, max_epochs=0.1), progress=False).run()
     # The saved --max-epochs is spent; a --max-steps given now is the budget, not an extra limit.
