@@ -62,6 +62,16 @@ def overfitting(rows: list[dict]) -> str | None:
     return None
 
 
+def resume_path(resume) -> Path:
+    """The checkpoint a resume names: a file, or a run directory's last.safetensors."""
+    p = Path(resume)
+    if not p.is_dir():
+        return p
+    if not (p / LAST).is_file():
+        raise CharrnnError(f"{named('resume', p)} is a directory without {LAST}: give a checkpoint file")
+    return p / LAST
+
+
 class RunDirectory:
     """The directory a run writes (out). Every check happens before anything is
     written: a refused run leaves the file system as it was."""

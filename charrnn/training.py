@@ -21,7 +21,7 @@ from charrnn.interrupts import handled
 from charrnn.model import RecurrentState, memory_for, step_key
 from charrnn.network import Network
 from charrnn.optim import WeightAverage, global_norm
-from charrnn.rundir import RunDirectory, overfitting
+from charrnn.rundir import RunDirectory, overfitting, resume_path
 from charrnn.runstart import Start, fine_tuned_run, new_run, resumed_run
 from charrnn.schedule import Budget, next_eval_time
 from charrnn.vocab import describe_chars
@@ -42,6 +42,7 @@ class Trainer:
         self.run_dir = RunDirectory(out_dir)
         self.out_dir = self.run_dir.path
         self.progress, self.resumed = progress, resume is not None
+        resume = None if resume is None else resume_path(resume)
         self.run_dir.check(resume, overwrite)
         if resume is not None:
             start = resumed_run(resume, given_model, given_train, vocab_path, self.run_dir, overwrite)

@@ -193,6 +193,17 @@ def test_a_best_checkpoint_left_by_another_run_is_not_adopted_on_resume(corpus, 
     assert best.state.corpus_sha256 == last.state.corpus_sha256 and best.state.step in (10, 20)
 
 
+def test_resume_takes_a_run_directory_for_its_last_checkpoint(corpus, tmp_path):
+    run(corpus, tmp_path / "a", 10)
+    run(corpus, tmp_path / "b", 10)
+    run(corpus, tmp_path / "a", 20, resume=tmp_path / "a")
+    run(corpus, tmp_path / "b", 20, resume=tmp_path / "b" / "last.safetensors")
+    assert (tmp_path / "a" / "last.safetensors").read_bytes() == (tmp_path / "b" / "last.safetensors").read_bytes()
+    with raises_as_cli("--resume .*empty is a directory without last.safetensors"):
+        (tmp_path / "empty").mkdir()
+        run(corpus, tmp_path / "c", 20, resume=tmp_path / "empty")
+
+
 def test_a_new_budget_on_resume_replaces_the_saved_one(corpus, tmp_path):
     first = Trainer(corpus, tmp_path, TINY_MODEL, dict(TINY_TRAIN, max_epochs=0.1), progress=False).run()
     # The saved --max-epochs is spent; a --max-steps given now is the budget, not an extra limit.
