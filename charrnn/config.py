@@ -180,8 +180,8 @@ class Setting:
                 value = parse_steps_or_duration(value)
             except ValueError:
                 pass  # the rule below refuses it
-        elif self.kind == "texts" and isinstance(value, (list, tuple)):
-            value = tuple(value)
+        elif self.kind == "texts" and isinstance(value, (list, tuple, str)):
+            value = (value,) if isinstance(value, str) else tuple(value)  # a string: one text
         if self.rule is not None and not self.rule.check(value):
             raise SettingError(self.name, value, self.rule.what)
         return plain_number(value)
@@ -468,7 +468,7 @@ class SampleConfig(Settings):
                           "understood.", "texts",
                           # (an empty one is refused with the stops a vocabulary cannot produce: sample.py)
                           Rule(lambda v: isinstance(v, tuple) and all(isinstance(s, str) for s in v),
-                               "a list of strings"))
+                               "a string or a list of strings"))
 
     # What beam search decides itself: given with beam, these are refused.
     NOT_WITH_BEAM = ("temperature", "top_k", "top_p", "min_p", "argmax", "dry_multiplier", "num_samples", "unique")

@@ -59,6 +59,12 @@ def test_stream_pieces_join_to_generate_and_start_with_the_prime(model):
     assert "".join(pieces) == model.generate("ROMEO", length=40, seed=11)
 
 
+def test_a_stop_may_be_one_string_as_on_the_server(model):
+    assert model.generate("ROMEO", length=200, seed=1, stop="e ") == model.generate("ROMEO", length=200, seed=1,
+                                                                                      stop=["e "])
+    assert model.settings(stop="\n\n").stop == ("\n\n",)
+
+
 def test_two_open_streams_and_a_score_between_pieces_in_one_thread(model):
     """The model's lock is held for a block's computation, not between pieces: a
     caller may zip two streams, or score text while a stream is open."""

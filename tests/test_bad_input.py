@@ -283,7 +283,7 @@ def test_corpus_with_characters_outside_a_vocab_file(runner, files, tmp_path):
 
 @pytest.mark.parametrize("make,message", [
     (lambda d: d / "missing.safetensors", "no such checkpoint file"),
-    (lambda d: d / "run", "is a directory"),
+    (lambda d: _empty_dir(d), "is a directory"),  # (--resume takes a run directory, with its last.safetensors)
     (lambda d: d / "truncated.safetensors", "is truncated"),
     (lambda d: d / "random.safetensors", "is not a safetensors checkpoint"),
     (lambda d: d / "vocab.json", "is not a safetensors checkpoint"),
@@ -310,6 +310,11 @@ def test_unusable_checkpoint_says_why(runner, files, tmp_path, make, message, co
             "resume": ["train", str(files / "corpus.txt"), "--out", str(tmp_path / "r"), "--resume", path,
                        "--max-steps", "30"]}[command]
     refused(runner.invoke(cli, args), message)
+
+
+def _empty_dir(d: Path) -> Path:
+    (d / "empty").mkdir(exist_ok=True)
+    return d / "empty"
 
 
 def _foreign(d: Path) -> Path:

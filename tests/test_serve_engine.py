@@ -47,6 +47,11 @@ def test_openai_meanings_where_they_differ():
     assert parse(temperature=0).settings.argmax
     assert parse(temperature=0).settings.temperature == 0.8  # unused by argmax
     assert parse(stop="\n").settings.stop == ("\n",) and parse(stop=["a", "b"]).settings.stop == ("a", "b")
+    beam = parse(temperature=0, beam=3).settings  # the most likely text: what beam search finds
+    assert beam.beam == 3 and not beam.argmax
+    with pytest.raises(RequestError, match="stop must be a string or a list of strings") as info:
+        parse(stop=7)
+    assert info.value.param == "stop"
     assert parse(stop=None).settings.stop == () and parse(top_k=None).settings.top_k is None
     assert parse(n=3, best_of=3).settings.num_samples == 3
     assert parse(stream=True, stream_options={"include_usage": True}).include_usage

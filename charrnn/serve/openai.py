@@ -149,13 +149,6 @@ def parse_completion(body, model_id: str, max_length: int, max_streams: int) -> 
     values = {SETTING_OF[f]: v for f, v in body.items() if f in SETTING_OF and v is not None}
     if "prime" in values and not isinstance(values["prime"], str):
         raise RequestError(400, f"prompt must be a string, got {type(values['prime']).__name__}", "prompt")
-    stop = values.get("stop")
-    if isinstance(stop, str):
-        values["stop"] = (stop,)
-    elif isinstance(stop, list):
-        values["stop"] = tuple(stop)
-    elif stop is not None:
-        raise RequestError(400, f"stop must be a string or a list of strings, got {stop!r}", "stop")
     if "temperature" in values:
         temperature = values["temperature"]
         if not is_real(temperature) or temperature < 0:
@@ -163,7 +156,8 @@ def parse_completion(body, model_id: str, max_length: int, max_streams: int) -> 
                                     f"got {temperature!r}", "temperature")
         if temperature == 0:  # OpenAI's meaning: the most likely character (charrnn's argmax)
             del values["temperature"]
-            values["argmax"] = True
+            if values.get("beam") is None:  # beam search: the most likely text, which it is already
+                values["argmax"] = True
     length = values.setdefault("length", min(DEFAULT_LENGTH, max_length))
     try:
         settings = SampleConfig.from_given(values)
