@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from charrnn import __version__
-from charrnn.config import ModelConfig
+from charrnn.config import DATA_SETTINGS, ModelConfig
 from charrnn.errors import CharrnnError
 from charrnn.fileio import atomic_write_bytes
 from charrnn.model import ParamBuffer, Parameters, RecurrentState, parameter_shapes
@@ -217,14 +217,16 @@ def _model_of(path, meta: dict) -> tuple[Vocab, ModelConfig]:
 
 def same_run(path, meta: dict, ckpt: Checkpoint) -> bool:
     """Whether checkpoint metadata (read_metadata's, of path) is of ckpt's run: the same
-    model, vocabulary, corpus and seed."""
+    model, vocabulary and corpus, and the settings a resume cannot change (the data each
+    step sees and the seed: DATA_SETTINGS)."""
     try:
         vocab, cfg = _model_of(path, meta)
     except CharrnnError:
         return False
+    train = meta.get("train", {})
+    same_data = all(train.get(name) == ckpt.train.get(name) for name in DATA_SETTINGS)
     same_text = meta["state"].get("corpus_sha256") == ckpt.state.corpus_sha256
-    return vocab == ckpt.vocab and cfg == ckpt.config and same_text and meta.get("train", {}).get("seed") == \
-        ckpt.train.get("seed")
+    return vocab == ckpt.vocab and cfg == ckpt.config and same_text and same_data
 
 
 def load_checkpoint(path, with_training_state: bool = True) -> Checkpoint:

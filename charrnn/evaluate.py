@@ -193,14 +193,17 @@ class Scored:
 
 def _line_bounds(ids: np.ndarray, end: int, cr: int = -1) -> list[tuple[int, int]]:
     """(start, stop) of every line of a text's ids, its end excluded, as str.splitlines
-    cuts text (a final end starts no new line); cr (an id, -1 for none) at a line's end
-    is left out too, as a Windows line end is in line mode's training (read_lines)."""
+    cuts text (a final end starts no new line); with cr (an id, -1 for none), as line
+    mode's training reads lines (read_lines): a cr at a line's end is part of the end,
+    and a line of nothing but cr is empty."""
     ends = np.flatnonzero(ids == end).tolist()
     starts = [0] + [e + 1 for e in ends]
     stops = ends + [ids.size]
     bounds = list(zip(starts, stops))
     bounds = bounds[:-1] if bounds and bounds[-1][0] == ids.size else bounds
-    return [(a, b - 1) if cr >= 0 and b > a and ids[b - 1] == cr else (a, b) for a, b in bounds]
+    if cr < 0:
+        return bounds
+    return [(a, a) if (ids[a:b] == cr).all() else (a, b - 1) if ids[b - 1] == cr else (a, b) for a, b in bounds]
 
 
 def score_text(net: Network, ids: np.ndarray, end: int, lines: bool, cr: int = -1) -> Scored:

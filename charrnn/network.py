@@ -19,9 +19,10 @@ from charrnn.kernels.recurrence import CELL_CODES
 from charrnn.kernels.sampling import Decoding, History
 from charrnn.model import ParamBuffer, Parameters, RecurrentState, layer_dropout_keys, weight_drop_keys
 
-# Workspaces kept (Network._workspace): a training pass, validation's chunk and its tail,
-# and one more.
-MAX_WORKSPACES = 4
+# Workspaces kept for passes that do not train (Network._workspace): validation's
+# chunk and tail, or a line-mode validation's lengths, a server's prompt chunks and
+# scores, whose lengths vary with the text.
+MAX_WORKSPACES = 8
 
 
 class Network:
@@ -48,19 +49,26 @@ class Network:
         self.cfg = cfg
         self.params = params
         self._packed_bf16 = None  # the training passes' packing in precision bf16
-        self._workspaces: dict[tuple, object] = {}
+        self._workspaces: dict[tuple, object] = {}  # of passes that do not train, the last used last
+        self._training_workspaces: dict[tuple, object] = {}  # training's few shapes, all kept
         self._packed = None
         self._hh_masks = None  # one (G*H, H) array per layer, refilled by each pass with weight drop
         self._dw_hh = None  # (G*H, H): one layer's w_hh gradient under weight drop, before its mask
         # (workspace, ids, dropout used, packed weights) of the last forward, for backward (which clears it)
         self._last = None
 
-    def _workspace(self, T: int, B: int, dropout: bool) -> Workspace:
-        """The arrays of a (T, B) pass, kept for the next pass of that shape. Only the
-        MAX_WORKSPACES shapes used last are kept: training repeats one or two shapes, but a
-        server scores texts and reads prompts of every length, and a workspace kept for
-        each would only ever add memory."""
+    def _workspace(self, T: int, B: int, dropout: bool, training: bool) -> Workspace:
+        """The arrays of a (T, B) pass, kept for the next pass of that shape. Training
+        has few shapes (one; line mode one per length step up to seq_len), all kept. Of
+        the other passes only the MAX_WORKSPACES shapes used last are kept: a server
+        scores texts and reads prompts of every length, and a workspace kept for each
+        would only ever add memory."""
         key = (T, B, dropout)
+        if training:
+            ws = self._training_workspaces.get(key)
+            if ws is None:
+                ws = self._training_workspaces[key] = Workspace(self.cfg, T, B, self.params.dtype, dropout)
+            return ws
         ws = self._workspaces.pop(key, None)
         if ws is None:
             ws = Workspace(self.cfg, T, B, self.params.dtype, dropout)
@@ -111,7 +119,7 @@ class Network:
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         T, B = ids.shape
         use_dropout = dropout_key is not None and cfg.dropout > 0.0
-        ws = self._workspace(T, B, use_dropout)
+        ws = self._workspace(T, B, use_dropout, training=dropout_key is not None)
         packed = self._pass_weights(dropout_key, nthreads)
         keys = layer_dropout_keys(dropout_key, cfg.layers) if use_dropout else None
         below = None

@@ -511,14 +511,17 @@ class UniqueSampler(BatchSampler):
         lines, seen, k = self.net.cfg.lines, set(), 1
         accepted: list[tuple[Stream, np.ndarray]] = []
         limit = self.MAX_DRAWS * self.wanted
+        primed = None  # the prime's state: read once, a chunk a step, for every round of draws
         while len(accepted) < self.wanted and k <= limit and self.length > 0:
             n = min(2 * (self.wanted - len(accepted)) + 8, limit - k + 1)
             streams = [Stream(self.vocab, self.settings, sample_seed(self.settings.seed, j), j, lines)
                        for j in range(k, k + n)]
             k += n
             ids: dict[int, list[int]] = {s.index: [] for s in streams}
+            if primed is None:
+                primed = {self.prime: (yield from prime_steps(self.net, streams[0].prime_ids))}
             batch = Batch(self.net, self.vocab)
-            blocks = [batch.add(streams)]
+            blocks = [batch.add(streams, primed)]
             while len(batch):
                 blocks.append(batch.advance(self.block))
                 yield

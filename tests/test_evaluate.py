@@ -60,15 +60,15 @@ def test_standard_input_drops_a_byte_order_mark():
 
 
 def test_line_mode_scores_a_windows_line_end_as_the_end_it_trained_on(net):
-    """Line mode's training reads "ab\r\n" as the line "ab" (read_lines): scoring leaves
-    the \r out of the line too, with the same nats; a line of only \r is no line."""
+    """Line mode's training reads "ab\\r\\n" as the line "ab" (read_lines): scoring
+    leaves the \\r out of the line too, with the same nats; a line of only \\r is no line."""
     from charrnn.evaluate import score_text
 
     cr, end = 5, 0  # ids: 0 the newline, 5 \r
     unix = np.array([1, 2, 0, 3, 4, 2, 0, 0], np.int64)
-    windows = np.array([1, 2, 5, 0, 3, 4, 2, 5, 0, 5, 0], np.int64)
+    windows = np.array([1, 2, 5, 0, 3, 4, 2, 5, 0, 5, 5, 0], np.int64)
     a, b = score_text(net, unix, end, True, cr), score_text(net, windows, end, True, cr)
     np.testing.assert_array_equal(a.nats, b.nats)
     assert a.counts.tolist() == b.counts.tolist() == [3, 4]
     assert [(x, y) for x, y, _, _ in b.lines] == [(0, 2), (4, 7), (9, 9)]
-    assert score_text(net, windows, end, True).counts.tolist() == [4, 5, 2]  # without cr: \r is a character
+    assert score_text(net, windows, end, True).counts.tolist() == [4, 5, 3]  # without cr: \r is a character

@@ -209,17 +209,22 @@ def test_training_in_chunks_with_carried_state_equals_one_long_sequence(rng, cel
 
 def test_a_network_keeps_the_arrays_of_its_last_few_shapes_only(rng):
     """A server reads prompts and scores texts of every length: a workspace kept for
-    each would only add memory. A shape met again computes as it did."""
+    each would only add memory. Training's few shapes are all kept. A shape met again
+    computes as it did."""
     from charrnn.network import MAX_WORKSPACES
 
     cfg, _, net = make_network("lstm", rng, layers=1)
     ids = rng.integers(V, size=(40, 1))
-    first = net.forward(ids[:7], RecurrentState.zeros(cfg, 1, np.float64))[0].copy()
+    zero = RecurrentState.zeros(cfg, 1, np.float64)
+    first = net.forward(ids[:7], zero)[0].copy()
+    for t in (8, 16, 24):  # line mode's training: one shape per length step
+        net.forward(ids[:t], zero, dropout_key=t)
     for t in range(1, 30):
-        net.forward(ids[:t], RecurrentState.zeros(cfg, 1, np.float64))
+        net.forward(ids[:t], zero)
         assert len(net._workspaces) <= MAX_WORKSPACES
     assert len(net._workspaces) == MAX_WORKSPACES and (7, 1, False) not in net._workspaces
-    assert np.array_equal(net.forward(ids[:7], RecurrentState.zeros(cfg, 1, np.float64))[0], first)
+    assert set(net._training_workspaces) == {(8, 1, False), (16, 1, False), (24, 1, False)}
+    assert np.array_equal(net.forward(ids[:7], zero)[0], first)
 
 
 def test_a_second_backward_without_a_forward_is_refused(rng):

@@ -390,3 +390,31 @@ def test_unique_lines_ended_by_a_stop_string_leave_it_out_and_say_so(line_model)
         stopped = line.endswith("a")
         assert choice["finish_reason"] == ("stop" if stopped else "length")
         assert choice["text"] == (line[:-1] if stopped else line)
+
+
+def test_unique_lines_read_a_long_prime_once_a_chunk_a_step(line_model, monkeypatch):
+    """A server runs the search for unique lines a step at a time: a long prime is read
+    a chunk a step, once for every round of draws, and each line is still what its
+    seed gives alone."""
+    from charrnn.sample import PRIME_CHUNK
+
+    letters = [c for c in line_model.checkpoint.vocab.chars if c.isalpha()]
+    prime = "".join(random.Random(1).choice(letters) for _ in range(2 * PRIME_CHUNK + 10))
+    cfg = SampleConfig(length=10, seed=3, num_samples=3, temperature=1.0, prime=prime, unique=True)
+    net, passes = line_model.network, []
+    real = net.forward
+    monkeypatch.setattr(net, "forward", lambda ids, *a, **k: (passes.append(ids.shape[0]), real(ids, *a, **k))[1])
+    with monkeypatch.context() as m:
+        m.setattr(line_model, "source", lambda line: "train")  # no line is new: every round of draws runs
+        sampler = line_model.sampler(cfg)
+        steps = sum(1 for _ in sampler.prepare_steps())
+    assert sampler.drawn == 150 and sampler.shortfall == 3  # 50 draws a line wanted, in rounds of 14
+    assert passes == [PRIME_CHUNK, PRIME_CHUNK, 10]  # the start marker and 2 * PRIME_CHUNK + 10, all but the last
+    assert steps >= 2 + 11  # two between the prime's chunks, then at least one for each round
+    sampler = line_model.sampler(cfg)
+    sampler.prepare()
+    monkeypatch.setattr(net, "forward", real)
+    assert len(sampler.seeds) == 3
+    decode = line_model.checkpoint.vocab.decode
+    for seed, ids in zip(sampler.seeds, sampler.found_ids):
+        assert line_model.generate(prime, length=10, seed=seed, temperature=1.0) == prime + decode(ids)
