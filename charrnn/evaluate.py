@@ -203,7 +203,13 @@ def _line_bounds(ids: np.ndarray, end: int, cr: int = -1) -> list[tuple[int, int
     bounds = bounds[:-1] if bounds and bounds[-1][0] == ids.size else bounds
     if cr < 0:
         return bounds
-    return [(a, a) if (ids[a:b] == cr).all() else (a, b - 1) if ids[b - 1] == cr else (a, b) for a, b in bounds]
+
+    def without_cr(a: int, b: int) -> tuple[int, int]:
+        if (ids[a:b] == cr).all():  # nothing but cr (or nothing): an empty line
+            return a, a
+        return (a, b - 1) if ids[b - 1] == cr else (a, b)
+
+    return [without_cr(a, b) for a, b in bounds]
 
 
 def score_text(net: Network, ids: np.ndarray, end: int, lines: bool, cr: int = -1) -> Scored:

@@ -120,8 +120,8 @@ class RunDirectory:
     def adopt_best(self, resumed: Checkpoint) -> None:
         """best.safetensors is only ever replaced by a lower validation loss, also
         across resumes: start from the lower of the resumed checkpoint's and the
-        file's, if the file is of the same run (model, vocabulary, corpus and seed;
-        --overwrite may have left another run's there)."""
+        file's, if the file is of the same run (checkpoint.same_run; --overwrite may
+        have left another run's there)."""
         best, state = self.file(BEST), resumed.state
         if not best.exists():
             return

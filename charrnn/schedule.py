@@ -31,12 +31,17 @@ class Budget:
     def __init__(self, tcfg: TrainConfig, steps_per_epoch: int):
         self.tcfg, self.steps_per_epoch = tcfg, steps_per_epoch
 
+    def patience_reached(self, since_best: int | None) -> bool:
+        """Whether patience has run out, given the evaluations since the best one."""
+        patience = self.tcfg.patience
+        return patience is not None and since_best is not None and since_best >= patience
+
     def reached(self, step: int, elapsed: float, since_best: int | None = None) -> str | None:
         """The budget setting that is spent (as a message names it), or None while
         training should go on; patience counts too, given the evaluations since the
         best one."""
         t = self.tcfg
-        if t.patience is not None and since_best is not None and since_best >= t.patience:
+        if self.patience_reached(since_best):
             return (f"{named('patience', t.patience)} ({since_best} evaluations without a new best "
                     "validation loss)")
         if t.max_steps is not None and step >= t.max_steps:

@@ -201,7 +201,7 @@ class Trainer:
                                f"{named('max_time')}")
         spent = self._spent(self.state.elapsed)
         if self.resumed and spent:
-            larger = (named("patience") if self._patience_spent() else
+            larger = (named("patience") if self.budget.patience_reached(self.state.since_best) else
                       f"{named('max_steps')}, {named('max_epochs')} or {named('max_time')}")
             raise CharrnnError(f"nothing to do: the checkpoint is at step {self.step}, which already meets "
                                f"{spent}; give a larger {larger}")
@@ -259,9 +259,6 @@ class Trainer:
     def _spent(self, elapsed: float) -> str | None:
         return self.budget.reached(self.step, elapsed, self.state.since_best)
 
-    def _patience_spent(self) -> bool:
-        return self.tcfg.patience is not None and (self.state.since_best or 0) >= self.tcfg.patience
-
     def _note_evaluation_cost(self, seconds: float, train_seconds: float) -> None:
         """Say once when validation takes a large share of the time (a big corpus)."""
         if seconds > 5 and seconds > 0.2 * train_seconds and not self.noted_eval_cost:
@@ -288,6 +285,6 @@ class Trainer:
                 "best_step": self.state.best_step, "elapsed": self.state.elapsed, "interrupted": self.interrupted,
                 "signal": self.stop_signal, "trained": self.step != self.start_step, "validated": not self.unvalidated,
                 "stopped_by": self._spent(self.state.elapsed), "overfitting": overfitting(self.metrics),
-                "patience_stop": self._patience_spent(),
+                "patience_stop": self.budget.patience_reached(self.state.since_best),
                 "last": str(self.run_dir.file("last.safetensors")), "best": str(self.run_dir.file("best.safetensors"))}
 

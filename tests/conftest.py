@@ -56,3 +56,21 @@ def raises_as_cli(match: str):
         yield info
     shown = render(info.value.message, as_flag)
     assert re.search(match, shown), (match, shown)
+
+
+def ctrl_c_in(monkeypatch, method: str, when):
+    """Deliver Ctrl-C to a run (as its signal handler would) inside Trainer.<method>,
+    after it returns, when when(trainer) holds."""
+    import signal
+
+    from charrnn.training import Trainer
+
+    real = getattr(Trainer, method)
+
+    def signalled(self, *args, **kwargs):
+        out = real(self, *args, **kwargs)
+        if when(self):
+            self._on_stop_signal(signal.SIGINT, None)
+        return out
+
+    monkeypatch.setattr(Trainer, method, signalled)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import SHAKESPEARE
+from conftest import SHAKESPEARE, ctrl_c_in
 
 from charrnn.cli import cli
 
@@ -105,27 +105,9 @@ def test_eval_every_takes_steps_or_training_time(runner, corpus, tmp_path):
     assert "--eval-every 60s" in info.stdout and "--lr-schedule cosine --warmup-steps 100" in info.stdout
 
 
-def _signal_at(monkeypatch, method: str, when):
-    """Deliver Ctrl-C to the run (as its handler would) inside Trainer.<method> when
-    when(trainer) holds."""
-    import signal
-
-    from charrnn.training import Trainer
-
-    real = getattr(Trainer, method)
-
-    def signalled(self, *args, **kwargs):
-        out = real(self, *args, **kwargs)
-        if when(self):
-            self._on_stop_signal(signal.SIGINT, None)
-        return out
-
-    monkeypatch.setattr(Trainer, method, signalled)
-
-
 def test_ctrl_c_in_the_step_that_spends_the_budget_ends_the_run_as_done(runner, corpus, tmp_path, monkeypatch):
     """Nothing would be left to resume: the last step is validated and the run is done."""
-    _signal_at(monkeypatch, "train_step", lambda t: t.step == 14)  # train_step runs before step counts it
+    ctrl_c_in(monkeypatch, "train_step", lambda t: t.step == 14)  # train_step runs before step counts it
     result = runner.invoke(cli, ["train", str(corpus), "--out", str(tmp_path), *TINY[:-3], "--max-steps", "15"])
     assert result.exit_code == 0, result.output
     assert "done: 15 steps" in result.stderr and "--resume" not in result.stderr
@@ -134,7 +116,7 @@ def test_ctrl_c_in_the_step_that_spends_the_budget_ends_the_run_as_done(runner, 
 
 
 def test_ctrl_c_during_an_evaluation_says_what_it_saved(runner, corpus, tmp_path, monkeypatch):
-    _signal_at(monkeypatch, "validate", lambda t: t.step == 10)
+    ctrl_c_in(monkeypatch, "validate", lambda t: t.step == 10)
     result = runner.invoke(cli, ["train", str(corpus), "--out", str(tmp_path), *TINY])
     assert result.exit_code == 130
     last = tmp_path / "last.safetensors"

@@ -4,7 +4,7 @@ import signal
 
 import numpy as np
 import pytest
-from conftest import SHAKESPEARE, raises_as_cli
+from conftest import SHAKESPEARE, ctrl_c_in, raises_as_cli
 
 from charrnn.checkpoint import load_checkpoint
 from charrnn.errors import CharrnnError
@@ -169,23 +169,13 @@ def test_a_best_checkpoint_left_by_another_run_is_not_adopted_on_resume(corpus, 
     """--overwrite on another corpus, stopped before its first evaluation, then resumed:
     the other run's best.safetensors (a far lower loss, on its own text) is not this
     run's best, so the first evaluation writes this run's."""
-    import signal
-
     other = tmp_path / "other.txt"
     other.write_text("ab" * 3000)
     run(other, tmp_path / "run", 20, eval_every=10)
-    real = Trainer.train_step
-
-    def stop_at_step_3(self, *args):
-        out = real(self, *args)
-        if self.step == 2:
-            self._on_stop_signal(signal.SIGINT, None)
-        return out
-
-    monkeypatch.setattr(Trainer, "train_step", stop_at_step_3)
-    Trainer(corpus, tmp_path / "run", dict(TINY_MODEL), dict(TINY_TRAIN, max_steps=20), overwrite=True,
-            progress=False).run()
-    monkeypatch.setattr(Trainer, "train_step", real)
+    with monkeypatch.context() as m:
+        ctrl_c_in(m, "train_step", lambda t: t.step == 2)  # in step 3 (train_step runs before step counts it)
+        Trainer(corpus, tmp_path / "run", dict(TINY_MODEL), dict(TINY_TRAIN, max_steps=20), overwrite=True,
+                progress=False).run()
     last = load_checkpoint(tmp_path / "run" / "last.safetensors")
     assert last.state.step == 3 and load_checkpoint(tmp_path / "run" / "best.safetensors").state.step == 20
     run(corpus, tmp_path / "run", 20, resume=tmp_path / "run" / "last.safetensors")
